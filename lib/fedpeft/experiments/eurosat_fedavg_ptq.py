@@ -1,0 +1,352 @@
+"""EuroSAT: Flower-style FedAvg of the report's CNN, then FP32 / FP16 / INT8 post-training quantization.
+
+Seed: ``../shared/seeds/003_4ffed47dd2e2f732.txt``. Notebook: ``notebooks/04_eurosat_fedavg_ptq.ipynb``.
+The notebook composes the small functions below; each is a plain function of its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data as fdata
+from ..config import Settings, Spec, load_settings
+from ..federated import Client, FederatedResult, RoundConfig, run_federated
+from ..ledger import MIB, cost
+from ..models import EuroSATCNN
+from ..partition import SCHEMES, label_skew, partition
+from ..profiling import measure, resolve_precision
+from ..quantization import PTQ_METHODS, quantize
+from ..reporting import ClaimsTable
+from ..strategies import build_strategy
+from ..training import ClassifierTrainer
+
+EXPERIMENT = "eurosat_fedavg_ptq"
+ENGINES = ("inprocess", "flower")
+
+SCHEMA: dict[str, Spec] = {
+    "source": Spec(str, choices=("generated", "eurosat_zip", "hub"), doc="where the images come from"),
+    "hub_dataset": Spec(str, doc="hub name (or save_to_disk folder) for source=hub"),
+    "generated_images_per_class": Spec(int, low=4, doc="images per class for source=generated"),
+    "verify_checksum": Spec(bool, doc="check the zip against the data root's MANIFEST.sha256"),
+    "global_test_fraction": Spec(float, low=0.05, high=0.5, doc="share held out as the server's test set (not for hub)"),
+    "num_clients": Spec(int, low=1, high=10_000),
+    "client_test_fraction": Spec(float, low=0.0, high=0.9, doc="each client's local test split"),
+    "partition": Spec(str, choices=SCHEMES, doc="the main partition scheme (the seed: iid)"),
+    "seeds": Spec(list, item=int, min_items=1, doc="seeds of the main runs"),
+    "compare_partitions": Spec(list, item=str, choices=SCHEMES, doc="extra partition schemes"),
+    "compare_seeds": Spec(list, item=int, doc="seeds of the extra partition runs"),
+    "dirichlet_alpha": Spec(float, low=1e-3, doc="Dirichlet concentration; smaller = more label skew"),
+    "num_rounds": Spec(int, low=1, high=10_000),
+    "local_epochs": Spec(int, low=1, high=1000),
+    "batch_size": Spec(int, low=1, high=65_536),
+    "learning_rate": Spec(float, low=1e-8, high=10.0),
+    "fraction_train": Spec(float, low=0.01, high=1.0),
+    "time_limit_s": Spec(float, low=1.0, nullable=True, doc="stop between rounds after this many seconds"),
+    "train_precision": Spec(str, choices=("auto", "fp32", "bf16"), doc="auto: bf16 only on CPUs with native bf16"),
+    "channels_last": Spec(bool),
+    "eval_batch_size": Spec(int, low=1, high=65_536),
+    "ptq_methods": Spec(list, item=str, choices=PTQ_METHODS, min_items=1),
+    "calibration_images": Spec(int, low=1, doc="training images that calibrate int8_static"),
+    "price_usd_per_mib": Spec(float, low=0.0, doc="link price; the seed's satellite link: $5 per MB (= MiB)"),
+    "extra_rounds": Spec(int, low=0, doc="an extra run with this many rounds (0: none), to show what more rounds give"),
+    "engine": Spec(str, choices=ENGINES),
+    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+}
+
+#: The seed's reported figures (``003_4ffed47dd2e2f732.txt``), quoted, not measured.
+SEED = {
+    "params": 434_602,
+    "accuracy": {"fp32": 85.20, "fp16": 85.18, "int8_dynamic": 84.95},
+    "size_mb": {"fp32": 1.66, "fp16": 0.83, "int8_dynamic": 0.52},
+    "compression": {"fp16": 2.00, "int8_dynamic": 3.19},
+    "round_traffic_mb": 33.2,
+    "cost_10_rounds_usd": 1660.0,
+    "int8_drop_pct": -0.25,
+}
+
+
+def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
+    return load_settings(profile, EXPERIMENT, SCHEMA, overrides)
+
+
+def load_data(s: Settings, progress: bool = True) -> tuple[fdata.ImageArrays, fdata.ImageArrays]:
+    """(pool shared out among clients, server test set) for the profile's source."""
+    p = s.params
+    if p["source"] == "hub":
+        return fdata.load_eurosat_hub(p["hub_dataset"])
+    if p["source"] == "generated":
+        images = fdata.generate_landcover_images(p["generated_images_per_class"], seed=0)
+    else:
+        images = fdata.load_eurosat_zip(s.data_root, s.cache_dir, verify=p["verify_checksum"], progress=progress)
+    pool_idx, test_idx = fdata.stratified_split(images.labels.numpy(), p["global_test_fraction"], seed=0)
+    return images.subset(pool_idx), images.subset(test_idx)
+
+
+def make_clients(pool: fdata.ImageArrays, scheme: str, s: Settings, seed: int) -> list[Client]:
+    """Partition ``pool`` among ``num_clients`` and split each part into local train/test (seeded)."""
+    p = s.params
+    options = {"alpha": p["dirichlet_alpha"]} if scheme == "dirichlet" else {}
+    if scheme == "by_label":
+        options = {"classes_per_client": 2}
+    if scheme == "overlap":
+        options = {"overlap_fraction": 0.1}
+    parts = partition(pool.labels.numpy(), scheme, p["num_clients"], seed, **options)
+    clients = []
+    for i, idx in enumerate(parts):
+        tr, te = fdata.random_split(len(idx), p["client_test_fraction"], seed=seed * 1000 + i)
+        clients.append(Client(f"client_{i}", pool.subset(idx[tr]), pool.subset(idx[te])))
+    return clients
+
+
+def make_trainer(s: Settings) -> ClassifierTrainer:
+    p = s.params
+    return ClassifierTrainer(
+        lr=p["learning_rate"],
+        batch_size=p["batch_size"],
+        epochs=p["local_epochs"],
+        optimizer="adam",
+        precision=resolve_precision(p["train_precision"]),
+        channels_last=p["channels_last"],
+        eval_batch_size=p["eval_batch_size"],
+    )
+
+
+@dataclass
+class Run:
+    partition: str
+    seed: int
+    num_rounds: int
+    result: FederatedResult
+    model: torch.nn.Module
+    label_skew: float
+    train_images: int  # image passes of local training (epochs counted)
+    peak_memory_mib: float
+    memory_kind: str
+
+    def history(self) -> pd.DataFrame:
+        return self.result.history.assign(partition=self.partition, seed=self.seed, num_rounds=self.num_rounds)
+
+
+def run_one(s: Settings, pool, server_test, scheme: str, seed: int, num_rounds: int | None = None, progress: bool = True) -> Run:
+    """One federated training run from a seeded initial model; resumes from its checkpoint if interrupted."""
+    p = s.params
+    rounds = num_rounds or p["num_rounds"]
+    if p["torch_threads"]:
+        torch.set_num_threads(p["torch_threads"])
+    clients = make_clients(pool, scheme, s, seed)
+    trainer = make_trainer(s)
+    torch.manual_seed(seed)
+    model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
+    config = RoundConfig(
+        num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"]
+    )
+    strategy = build_strategy("fedavg")
+    ckpt = s.cache_dir / "checkpoints" / s.profile / EXPERIMENT / f"{scheme}_seed{seed}_r{rounds}.pt"
+    with measure() as m:
+        if p["engine"] == "flower":
+            from ..flower_engine import run_flower
+
+            out = run_flower(model, clients, strategy, trainer, config, server_test=server_test)
+            result = _flower_result(out)
+        else:
+            result = run_federated(
+                model, clients, strategy, trainer, config, server_test=server_test, checkpoint_path=ckpt,
+                progress=progress, description=f"{scheme} seed {seed}",
+            )
+    ckpt.unlink(missing_ok=True)  # finished: the next run starts afresh
+    model.load_state_dict(result.final_state)
+    parts_skew = _skew(clients)
+    rounds_done = result.rounds_completed
+    train_images = sum(len(c.train) for c in clients) * p["local_epochs"] * rounds_done
+    return Run(scheme, seed, rounds, result, model, parts_skew, train_images, m.peak_memory_mib, m.memory_kind)
+
+
+def _skew(clients: list[Client]) -> float:
+    """Label skew of the clients' training splits (mean total-variation distance to the pooled distribution)."""
+    labels = np.concatenate([c.train.labels.numpy() for c in clients])
+    offsets = np.cumsum([0] + [len(c.train) for c in clients])
+    parts = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(clients))]
+    return label_skew(parts, labels)
+
+
+def _flower_result(out: dict) -> FederatedResult:
+    from ..ledger import CommunicationLedger
+
+    rows = [{"round": r, "server_loss": v["loss"], "server_accuracy": v["accuracy"], "train_s": np.nan, "eval_s": np.nan}
+            for r, v in sorted(out["server_metrics"].items())]
+    return FederatedResult(pd.DataFrame(rows), pd.DataFrame(), CommunicationLedger(), out["final_state"], np.nan, False, 0)
+
+
+def run_summary(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: final accuracy, time, throughput and the loop's overhead."""
+    rows = []
+    for r in runs:
+        h = r.result.history
+        last = h.iloc[-1]
+        train_s = float(h["train_s"].sum())
+        rows.append(
+            {
+                "partition": r.partition,
+                "seed": r.seed,
+                "rounds": int(last["round"]),
+                "label_skew_tv": r.label_skew,
+                "server_accuracy": float(last["server_accuracy"]),
+                "client_accuracy": float(last.get("client_accuracy", np.nan)),
+                "wall_s": r.result.wall_s,
+                "train_s": train_s,
+                "eval_s": float(h["eval_s"].sum()),
+                "train_images_per_s": r.train_images / train_s if train_s else np.nan,
+                "loop_overhead": r.result.loop_overhead(),
+                "stopped_by_time_limit": r.result.stopped_by_time_limit,
+                "peak_memory_mib": r.peak_memory_mib,
+                "memory_kind": r.memory_kind,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def accuracy_by_partition(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation of the final server accuracy (percent) per partition."""
+    g = summary.groupby(["partition", "rounds"], sort=False)["server_accuracy"]
+    out = g.agg(accuracy_mean="mean", accuracy_std="std", runs="count").reset_index()
+    out[["accuracy_mean", "accuracy_std"]] *= 100
+    return out.fillna({"accuracy_std": 0.0})
+
+
+def ptq_comparison(model: torch.nn.Module, server_test, calibration_source, s: Settings) -> pd.DataFrame:
+    """Accuracy, drop vs FP32, saved size and compression of each PTQ method on the server's test set."""
+    p = s.params
+    trainer = make_trainer(s)
+    trainer.precision, trainer.channels_last = "fp32", False  # quantized kernels: plain fp32/contiguous inputs
+    n_cal = min(p["calibration_images"], len(calibration_source))
+    cal = [fdata.normalize_batch(calibration_source.images[i : i + 64]) for i in range(0, n_cal, 64)]
+    rows = []
+    for method in p["ptq_methods"]:
+        q = quantize(model, method, calibration=cal if method == "int8_static" else None)
+        stats = trainer.evaluate(q.module, server_test, input_dtype=q.input_dtype)
+        rows.append(
+            {
+                "method": method,
+                "accuracy_pct": 100 * stats.accuracy,
+                "size_bytes": q.size_bytes(),
+                "int8_weight_share": q.int8_fraction(),
+                "notes": "; ".join(q.notes),
+            }
+        )
+    df = pd.DataFrame(rows)
+    base = df.loc[df["method"] == "fp32"].iloc[0] if (df["method"] == "fp32").any() else df.iloc[0]
+    df["drop_pct_points"] = df["accuracy_pct"] - base["accuracy_pct"]
+    df["size_mib"] = df["size_bytes"] / MIB
+    df["compression"] = base["size_bytes"] / df["size_bytes"]
+    return df[["method", "accuracy_pct", "drop_pct_points", "size_bytes", "size_mib", "compression", "int8_weight_share", "notes"]]
+
+
+def communication_table(ptq: pd.DataFrame, run: Run, s: Settings) -> pd.DataFrame:
+    """Traffic per round and in total if the model travelled at each precision, and its cost.
+
+    The FP32 row's per-message bytes are the ledger's measured safetensors messages of ``run``; the other rows use
+    the measured saved size of the quantized model as the message (what a client would send), both directions.
+    """
+    p = s.params
+    ledger = run.result.ledger.frame()
+    rounds = run.result.rounds_completed
+    clients_per_round = int(run.result.history.loc[run.result.history["round"] > 0, "num_clients"].mean())
+    rows = []
+    for _, r in ptq.iterrows():
+        if r["method"] == "fp32" and not ledger.empty:
+            per_round = ledger.groupby("round")["bytes"].sum().mean()
+            message = ledger["bytes"].mean()
+            source = "ledger (safetensors messages)"
+        else:
+            message = r["size_bytes"]
+            per_round = 2 * clients_per_round * message
+            source = "saved model size x 2 directions x clients"
+        total = per_round * rounds
+        rows.append(
+            {
+                "precision": r["method"],
+                "message_bytes": int(message),
+                "round_mib": per_round / MIB,
+                "total_mib": total / MIB,
+                "rounds": rounds,
+                "cost_usd": cost(total, p["price_usd_per_mib"]),
+                "source": source,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["saving_vs_fp32_pct"] = 100 * (1 - df["total_mib"] / df.loc[0, "total_mib"])
+    return df
+
+
+def build_claims(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, params: int) -> ClaimsTable:
+    """The seed's claims beside the study's measurements (accuracy claims need the real data to be tested)."""
+    real = s.params["source"] != "generated"
+    claims = ClaimsTable(profile=s.profile)
+    claims.add("The CNN has 434,602 parameters", f"{SEED['params']:,}", f"{params:,}", params == SEED["params"])
+    main = acc.loc[(acc["partition"] == s.params["partition"]) & (acc["rounds"] == s.params["num_rounds"])].iloc[0]
+    study_acc = f"{main['accuracy_mean']:.2f} ± {main['accuracy_std']:.2f} % ({int(main['runs'])} seeds)"
+    holds = (abs(main["accuracy_mean"] - SEED["accuracy"]["fp32"]) <= max(2 * main["accuracy_std"], 1.0)) if real else None
+    claims.add(
+        "FP32 FedAvg test accuracy after 10 rounds (single run)", "85.20 %", study_acc, holds,
+        "held-out global test set" + ("" if real else "; generated images, so the figure is not comparable"),
+    )
+    by = ptq.set_index("method")
+    for method, label in (("fp16", "FP16"), ("int8_dynamic", "INT8 (dynamic)")):
+        if method in by.index:
+            seed_drop = SEED["accuracy"][method] - SEED["accuracy"]["fp32"]
+            drop = by.loc[method, "drop_pct_points"]
+            claims.add(
+                f"{label} accuracy drop vs FP32", f"{seed_drop:+.2f} pts", f"{drop:+.2f} pts",
+                abs(drop) <= 0.5 if real else None, f"one trained model (seed {s.params['seeds'][0]}), global test set",
+            )
+    for method, label in (("fp32", "FP32"), ("fp16", "FP16"), ("int8_dynamic", "INT8 (dynamic)")):
+        if method in by.index:
+            mib = by.loc[method, "size_mib"]
+            claims.add(f"{label} saved model size", f"{SEED['size_mb'][method]:.2f} MB", f"{mib:.2f} MiB",
+                       abs(mib - SEED["size_mb"][method]) < 0.01)
+    if "int8_dynamic" in by.index:
+        share = by.loc["int8_dynamic", "int8_weight_share"]
+        claims.add("INT8 model: 'Quantize these layers' {Linear, Conv2d}", "all weights int8", f"{100 * share:.1f} % of weights int8",
+                   share > 0.99, "quantize_dynamic has no Conv2d kernel: convolutions stay fp32")
+        c = by.loc["int8_dynamic", "compression"]
+        claims.add("INT8 compression ratio", "3.19x", f"{c:.2f}x", abs(c - 3.19) < 0.05)
+    if "int8_static" in by.index:
+        claims.add("Full INT8 (convolutions too) compression", "0.41 MB, 4x (theoretical)", f"{by.loc['int8_static', 'size_mib']:.2f} MiB, {by.loc['int8_static', 'compression']:.2f}x",
+                   None, "pt2e static int8; measured, not claimed by the seed")
+    fp32 = comm.loc[comm["precision"] == "fp32"].iloc[0]
+    n = s.params["num_clients"] * s.params["fraction_train"]
+    claims.add(f"FP32 traffic per round ({n:g} clients, both directions)", "33.2 MB", f"{fp32['round_mib']:.2f} MiB",
+               abs(fp32["round_mib"] - SEED["round_traffic_mb"]) < 0.5 if n == 10 else None, "measured message bytes")
+    return claims
+
+
+def headline(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame) -> pd.DataFrame:
+    """The experiment's one-table summary, for the study's top-level report."""
+    main = acc.loc[(acc["partition"] == s.params["partition"]) & (acc["rounds"] == s.params["num_rounds"])].iloc[0]
+    merged = ptq.merge(comm[["precision", "total_mib", "cost_usd"]], left_on="method", right_on="precision")
+    merged.insert(0, "fp32_accuracy_seeds", f"{main['accuracy_mean']:.2f} ± {main['accuracy_std']:.2f}")
+    return merged[["method", "fp32_accuracy_seeds", "accuracy_pct", "size_mib", "compression", "total_mib", "cost_usd"]]
+
+
+def metrics(summary: pd.DataFrame, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, s: Settings) -> dict[str, float]:
+    """Flat numbers for ``dvc metrics``."""
+    out: dict[str, float] = {}
+    for _, r in acc.iterrows():
+        key = f"{r['partition']}_r{int(r['rounds'])}"
+        out[f"{key}_accuracy_mean_pct"] = round(float(r["accuracy_mean"]), 4)
+        out[f"{key}_accuracy_std_pct"] = round(float(r["accuracy_std"]), 4)
+    for _, r in ptq.iterrows():
+        out[f"ptq_{r['method']}_accuracy_pct"] = round(float(r["accuracy_pct"]), 4)
+        out[f"ptq_{r['method']}_size_bytes"] = int(r["size_bytes"])
+    for _, r in comm.iterrows():
+        out[f"traffic_{r['precision']}_total_mib"] = round(float(r["total_mib"]), 4)
+    main = summary[summary["partition"] == s.params["partition"]]
+    out["train_images_per_s_mean"] = round(float(main["train_images_per_s"].mean()), 1)
+    out["loop_overhead_mean"] = round(float(main["loop_overhead"].mean()), 4)
+    out["run_wall_s_mean"] = round(float(main["wall_s"].mean()), 1)
+    return out

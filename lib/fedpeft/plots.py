@@ -1,0 +1,42 @@
+"""The study's figures. Each function takes a tidy DataFrame and returns a matplotlib Figure in the study style
+(call :func:`fedpeft.reporting.use_study_style` once first); saving is :func:`fedpeft.reporting.save_figure`."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+
+def metric_per_round(history: pd.DataFrame, y: str, ylabel: str, hue: str = "partition", scale: float = 1.0):
+    """Mean over seeds per round with a +/- 1 standard deviation band, one line per ``hue`` value."""
+    df = history.assign(**{y: history[y] * scale})
+    fig, ax = plt.subplots()
+    sns.lineplot(data=df, x="round", y=y, hue=hue, errorbar="sd", marker="o", ax=ax)
+    ax.set_xlabel("round (0 = initial model)")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def size_vs_accuracy(ptq: pd.DataFrame):
+    """Saved model size (MiB) against test accuracy, one point per quantization method."""
+    fig, ax = plt.subplots()
+    sns.scatterplot(data=ptq, x="size_mib", y="accuracy_pct", hue="method", s=90, ax=ax, legend=False)
+    for _, r in ptq.iterrows():
+        ax.annotate(r["method"], (r["size_mib"], r["accuracy_pct"]), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlabel("saved model size (MiB)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlim(0, ptq["size_mib"].max() * 1.25)
+    return fig
+
+
+def traffic_and_cost(comm: pd.DataFrame):
+    """Total traffic (MiB, both directions, all rounds) per precision, with the cost on a second axis."""
+    fig, ax = plt.subplots()
+    sns.barplot(data=comm, x="precision", y="total_mib", hue="precision", ax=ax, legend=False)
+    ax.set_ylabel("total traffic (MiB)")
+    ax.set_xlabel("")
+    for patch, usd in zip(ax.patches, comm["cost_usd"]):
+        ax.annotate(f"${usd:,.0f}", (patch.get_x() + patch.get_width() / 2, patch.get_height()), ha="center", va="bottom")
+    return fig
