@@ -49,7 +49,7 @@ class Spec:
         elif self.kind is list:
             what = f"a list of {self.item.__name__}" + (f" with at least {self.min_items} item(s)" if self.min_items else "")
         else:
-            what = f"a {self.kind.__name__}"
+            what = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(self.kind, self.kind.__name__)
         if self.low is not None or self.high is not None:
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high

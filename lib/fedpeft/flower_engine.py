@@ -2,7 +2,9 @@
 
 The ClientApp calls the same :func:`fedpeft.federated.client_update` as the in-process loop, and the server
 strategy subclasses Flower's ``FedAvg`` only to hand the replies to the same fedpeft strategy object, so both
-engines do identical arithmetic (replies are ordered by partition id before aggregation, as in-process).
+engines do identical arithmetic (replies are ordered by partition id before aggregation, as in-process). Each
+Ray actor gets one CPU, so torch runs one thread there; results are bitwise comparable with an in-process run
+that also uses one thread (convolution sums depend on the thread count).
 Flower's telemetry, update checks and runtime dependency installation are switched off, and Ray is shut down
 when the simulation returns.
 """

@@ -1,0 +1,49 @@
+"""One source of truth for dependencies, and the pipeline files kept in step."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dependencies_are_pinned_in_pyproject():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert deps, "pyproject.toml lists no dependencies"
+    unpinned = [d for d in deps if not re.search(r"==\d", d)]
+    assert not unpinned, f"unpinned dependencies: {unpinned}"
+
+
+def test_environment_yml_installs_the_project_and_pins_nothing_else():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip == ["-e ."], "environment.yml must install the project from pyproject.toml, nothing else"
+    assert sorted(conda) == ["pip", "python=3.11"]
+
+
+def _normalised(profile: str) -> str:
+    path = ROOT / ("dvc.yaml" if profile == "embedded" else f"pipelines/{profile}/dvc.yaml")
+    data = yaml.safe_load(path.read_text())
+    assert data["vars"] == [{"profile": profile, "root": "." if profile == "embedded" else "../.."}]
+    return yaml.safe_dump(data["stages"])
+
+
+def test_profile_pipelines_match_the_default_one():
+    embedded = _normalised("embedded")
+    for profile in ("local", "paper"):
+        assert _normalised(profile) == embedded, f"pipelines/{profile}/dvc.yaml has drifted from dvc.yaml"
+
+
+def test_every_notebook_has_a_stage_and_a_parameters_cell():
+    import nbformat
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {d for s in stages.values() for d in s.get("deps", [])}
+    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert f"notebooks/{nb_path.name}" in deps, f"{nb_path.name} has no stage in dvc.yaml"
+        nb = nbformat.read(nb_path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and "profile" in tagged[0].source

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from fedpeft.ledger import MIB, CommunicationLedger, cost, deserialize_state, serialize_state
+from fedpeft.models import EuroSATCNN, count_parameters
+from fedpeft.quantization import quantize
+
+
+def test_seed_cnn_has_434602_parameters():
+    assert count_parameters(EuroSATCNN()) == 434_602
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = EuroSATCNN().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        for bn in (m.bn1, m.bn2, m.bn3):
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def test_fp32_size_is_the_real_file(model):
+    q = quantize(model, "fp32")
+    assert 434_602 * 4 < q.size_bytes() < 434_602 * 4 + 20_000  # parameters + BN buffers + zip overhead
+
+
+def test_fp16_halves_size_and_keeps_outputs(model, inputs):
+    q32, q16 = quantize(model, "fp32"), quantize(model, "fp16")
+    assert 0.49 < q16.size_bytes() / q32.size_bytes() < 0.52
+    with torch.no_grad():
+        assert torch.allclose(q16.module(inputs.half()).float(), model(inputs), atol=2e-2)
+
+
+def test_dynamic_int8_leaves_convolutions_in_float(model):
+    q = quantize(model, "int8_dynamic")
+    convs = 2_400 + 51_200 + 55_296  # conv weight elements
+    linears = 307_200 + 16_384 + 1_280
+    assert q.int8_fraction() == pytest.approx(linears / (convs + linears))
+    assert any("convolutions left in fp32" in n for n in q.notes)
+
+
+def test_static_int8_quantizes_convolutions_too(model, inputs):
+    q = quantize(model, "int8_static", calibration=[inputs])
+    assert q.int8_fraction() == 1.0
+    assert q.size_bytes() < 0.3 * quantize(model, "fp32").size_bytes()
+    with torch.no_grad():
+        out = q.module(inputs[:5])  # another batch size than calibration
+    assert out.shape == (5, 10)
+    assert (out.argmax(1) == model(inputs[:5]).argmax(1)).float().mean() >= 0.6
+
+
+def test_quantize_leaves_the_model_untouched(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quantize(model, "fp16")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_quantization_inputs(model):
+    with pytest.raises(ValueError, match="method = 'int4' is not known"):
+        quantize(model, "int4")
+    with pytest.raises(ValueError, match="int8_static needs calibration"):
+        quantize(model, "int8_static")
+
+
+def test_serialization_round_trip_and_transport_precision():
+    state = {"w": torch.randn(100, 10), "n": torch.tensor(3)}
+    b32, b16 = serialize_state(state), serialize_state(state, "fp16")
+    back = deserialize_state(b16, like=state)
+    assert back["w"].dtype == torch.float32 and back["n"].item() == 3
+    assert torch.allclose(back["w"], state["w"], atol=1e-2)
+    assert torch.equal(deserialize_state(b32)["w"], state["w"])
+    assert len(b32) - len(b16) == 100 * 10 * 2
+    with pytest.raises(ValueError, match="transport = 'int3'"):
+        serialize_state(state, "int3")
+
+
+def test_ledger_totals_and_cost():
+    ledger = CommunicationLedger()
+    for rnd in (1, 2):
+        for c in ("a", "b"):
+            ledger.record(rnd, c, "down", 100)
+            ledger.record(rnd, c, "up", 50)
+    per_round = ledger.per_round()
+    assert per_round["down"].tolist() == [200, 200] and per_round["up"].tolist() == [100, 100]
+    assert per_round["cumulative"].tolist() == [300, 600] and ledger.total_bytes() == 600
+    assert cost(2 * MIB, 5.0) == 10.0
+    with pytest.raises(ValueError, match="direction = 'sideways'"):
+        ledger.record(1, "a", "sideways", 1)
+    restored = CommunicationLedger.from_state_dict(ledger.state_dict())
+    assert restored.total_bytes() == 600
