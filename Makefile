@@ -46,7 +46,7 @@ unit: env
 # Re-executes each committed executed notebook of the embedded profile and compares its headline cells
 # (marked NBVAL_CHECK_OUTPUT). Outputs go to a scratch folder, never over the committed reports.
 nbval: env
-	FEDPEFT_REPORTS_DIR=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider reports/embedded/*/*.ipynb
+	FEDPEFT_REPORTS_DIR=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb
 
 clean-env:
 	rm -rf $(VENV)
