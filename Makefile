@@ -1,6 +1,7 @@
 # The study's two commands:
 #   make repro [PROFILE=embedded|local|paper]   run the pipeline (creates the environment if missing)
 #   make test                                    unit tests + nbval on the committed executed notebooks
+#   make bench                                   throughput benchmarks (measurements, not pass/fail)
 PROFILE ?= embedded
 VENV ?= .venv
 PYTHON ?= python3
@@ -25,7 +26,7 @@ else
 PIPELINE := pipelines/$(PROFILE)/dvc.yaml
 endif
 
-.PHONY: env repro test unit nbval clean-env
+.PHONY: env repro test unit nbval bench clean-env
 env: $(VENV)/.installed
 
 # Re-installs when pyproject.toml (the one dependency list) changes.
@@ -47,6 +48,10 @@ unit: env
 # (marked NBVAL_CHECK_OUTPUT). Outputs go to a scratch folder, never over the committed reports.
 nbval: env
 	FEDPEFT_REPORTS_DIR=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb
+
+# Benchmarks measure; they never pass or fail. Results: reports/benchmarks/.
+bench: env
+	$(BIN)/python benchmarks/eurosat_cnn_throughput.py
 
 clean-env:
 	rm -rf $(VENV)
