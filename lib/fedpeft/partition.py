@@ -135,3 +135,43 @@ def label_skew(parts: Sequence[np.ndarray], labels: Sequence[int]) -> float:
         local = np.bincount(labels[p], minlength=k) / len(p)
         dists.append(0.5 * np.abs(local - global_p).sum())
     return float(np.mean(dists))
+
+
+def save_shard_manifests(out_dir, parts: Sequence[np.ndarray], labels: Sequence[int], info: dict) -> dict:
+    """Write ``client_<i>.json`` (1-based, as the GLUE report) with each client's example indices, and
+    ``summary.json`` with ``info`` (scheme, seed, options), client sizes, label counts and the label skew.
+
+    Indices refer to the rows of the training table the partition was made from. Returns the summary.
+    """
+    import json
+    from pathlib import Path
+
+    from .reporting import atomic_write_text
+
+    labels = np.asarray(labels)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("client_*.json"):
+        old.unlink()
+    for i, p in enumerate(parts, start=1):
+        atomic_write_text(out / f"client_{i}.json", json.dumps({"client": i, "indices": [int(x) for x in p]}))
+    summary = dict(info) | {
+        "num_clients": len(parts),
+        "size_per_client": [int(len(p)) for p in parts],
+        "labels_per_client": [{str(k): int(v) for k, v in zip(*np.unique(labels[p], return_counts=True))} for p in parts],
+        "label_skew": label_skew(parts, labels),
+        "shared_examples": int(len(set.intersection(*[set(p.tolist()) for p in parts]))) if len(parts) > 1 else 0,
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def load_shard_manifests(out_dir) -> list[np.ndarray]:
+    """Read back the clients' index arrays written by :func:`save_shard_manifests`, in client order."""
+    import json
+    from pathlib import Path
+
+    files = sorted(Path(out_dir).glob("client_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    if not files:
+        raise FileNotFoundError(f"no client_<i>.json shard manifests in {out_dir}")
+    return [np.asarray(json.loads(f.read_text())["indices"], dtype=np.int64) for f in files]

