@@ -137,9 +137,10 @@ def client_update(
 
     Shared by the in-process loop and the Flower ClientApp, so both engines do exactly the same local work.
     """
-    model.load_state_dict(dict(received), strict=False)
-    global_params = {k: v.detach().clone() for k, v in received.items()}
     generator = seeded_generator(seed, round_, client_index)
+    received = strategy.expand_for_model(received, generator)
+    model.load_state_dict(received, strict=False)
+    global_params = {k: v.detach().clone() for k, v in received.items()}
     stats = trainer.train(model, client.train, generator, lambda m: strategy.proximal_term(m, global_params))
     state = model.state_dict()
     return {k: state[k].detach().clone() for k in received}, stats
@@ -216,7 +217,7 @@ def run_federated(
 
     def evaluate_global(round_: int, row: dict) -> None:
         t0 = time.perf_counter()
-        work_model.load_state_dict(global_state, strict=False)
+        work_model.load_state_dict(strategy.expand_for_model(global_state), strict=False)
         if server_test is not None:
             row.update(_metrics("server", trainer.evaluate(work_model, server_test)))
         if config.evaluate_clients:

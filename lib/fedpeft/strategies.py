@@ -52,6 +52,11 @@ class FedAvg:
         """Extra client loss; FedAvg adds none."""
         return None
 
+    def expand_for_model(self, state: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> StateDict:
+        """The global state laid out as the clients' model holds it (unchanged here; LoRA strategies that keep
+        a smaller global adapter than clients train override it). ``generator`` seeds any new values."""
+        return dict(state)
+
     def aggregate(
         self,
         global_state: Mapping[str, torch.Tensor],

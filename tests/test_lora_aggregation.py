@@ -1,0 +1,161 @@
+"""LoRA aggregation: exactness of each method on hand-made factors, the round-loop strategy, and the merge."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedpeft import lora
+from fedpeft.lora import LoraAggregation, LoraFactors, aggregate, mean_delta, relative_error
+from fedpeft.partition import save_shard_manifests
+
+
+def _factors(count=3, rank=2, out_f=10, in_f=12, scaling=0.5, seed=0, shared_a=None):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        LoraFactors(shared_a if shared_a is not None else torch.randn(rank, in_f, generator=g, dtype=torch.float64),
+                    torch.randn(out_f, rank, generator=g, dtype=torch.float64), scaling)
+        for _ in range(count)
+    ]
+
+
+def test_naive_average_differs_from_the_mean_delta_but_equals_it_for_identical_clients():
+    fs = _factors()
+    w = [1.0, 2.0, 3.0]
+    naive = aggregate("naive", fs, w)
+    assert relative_error(mean_delta(fs, w), naive.delta()) > 0.1
+    same = [fs[0]] * 3
+    assert relative_error(mean_delta(same, w), aggregate("naive", same, w).delta()) < 1e-12
+
+
+def test_naive_average_on_a_known_example():
+    a1, a2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    b1, b2 = torch.tensor([[1.0], [0.0]]), torch.tensor([[0.0], [1.0]])
+    fs = [LoraFactors(a1, b1, 1.0), LoraFactors(a2, b2, 1.0)]
+    # true mean of B_i A_i = 0.5 * I; naive: mean(B) @ mean(A) = 0.25 * ones
+    torch.testing.assert_close(mean_delta(fs).float(), 0.5 * torch.eye(2))
+    torch.testing.assert_close(aggregate("naive", fs).delta().float(), 0.25 * torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("k,r", [(2, 2), (3, 2), (4, 1)])
+def test_svd_is_exact_when_its_rank_reaches_the_sum_of_client_ranks(k, r):
+    fs = _factors(count=k, rank=r)
+    w = list(range(1, k + 1))
+    merged = aggregate("svd", fs, w, svd_rank=k * r, scaling=2.0)
+    assert merged.rank == k * r and merged.scaling == 2.0
+    assert relative_error(mean_delta(fs, w), merged.delta()) < 1e-10
+
+
+def test_svd_truncation_error_is_the_eckart_young_optimum():
+    fs = _factors(count=3, rank=2)
+    target = mean_delta(fs)
+    s = torch.linalg.svdvals(target)
+    for q in (1, 2, 4):
+        merged = aggregate("svd", fs, None, svd_rank=q)
+        expected = float(torch.sqrt((s[q:] ** 2).sum()) / torch.sqrt((s ** 2).sum()))
+        assert relative_error(target, merged.delta()) == pytest.approx(expected, rel=1e-8)
+
+
+def test_svd_rank_above_the_layer_is_refused():
+    fs = _factors(out_f=10, in_f=12)
+    with pytest.raises(ValueError, match=r"svd_rank = 11 .*10 x 12 layer.*\[1, 10\]"):
+        aggregate("svd", fs, None, svd_rank=11)
+    with pytest.raises(ValueError, match="svd_rank = 0"):
+        aggregate("svd", fs, None, svd_rank=0)
+
+
+def test_frozen_a_and_stacking_are_exact():
+    shared = torch.randn(2, 12, dtype=torch.float64)
+    fs = _factors(shared_a=shared)
+    w = [3.0, 1.0, 1.0]
+    ffa = aggregate("ffa", fs, w)
+    assert torch.equal(ffa.A, shared)
+    assert relative_error(mean_delta(fs, w), ffa.delta()) < 1e-12
+    other = _factors(seed=5)
+    flora = aggregate("flora", other, w)
+    assert flora.rank == 6
+    assert relative_error(mean_delta(other, w), flora.delta()) < 1e-12
+    with pytest.raises(ValueError, match="same frozen A"):
+        aggregate("ffa", other, w)
+
+
+def test_weights_must_match_the_adapters():
+    fs = _factors()
+    with pytest.raises(ValueError, match="weights has 2 values but there are 3 adapters"):
+        aggregate("naive", fs, [1.0, 2.0])
+    with pytest.raises(ValueError, match="must be finite, >= 0"):
+        aggregate("naive", fs, [1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="aggregation = 'mean' is not known"):
+        aggregate("mean", fs)
+
+
+def test_merge_weights_come_from_manifest_sample_counts(tmp_path):
+    parts = [np.arange(0, 10), np.arange(10, 40), np.arange(40, 100)]
+    save_shard_manifests(tmp_path, parts, np.zeros(100, dtype=int), {"mode": "test"})
+    paths = [tmp_path / f"client_{i}.json" for i in (1, 2, 3)]
+    weights, source = lora.merge_weights(3, manifests=paths)
+    assert weights == pytest.approx([0.1, 0.3, 0.6]) and source == "manifest sample counts"
+    assert lora.merge_weights(2)[0] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="not both"):
+        lora.merge_weights(3, weights=[1, 1, 1], manifests=paths)
+    with pytest.raises(ValueError, match="2 shard manifests for 3 adapters"):
+        lora.merge_weights(3, manifests=paths[:2])
+
+
+def _state(fs, head=None, frozen_a=False):
+    s = {}
+    for i, f in enumerate(fs):
+        if not frozen_a:
+            s[f"layer{i}.lora_A.default.weight"] = f.A.float()
+        s[f"layer{i}.lora_B.default.weight"] = f.B.float()
+    if head is not None:
+        s["classifier.weight"] = head
+    return s
+
+
+def test_strategy_records_errors_and_averages_the_head():
+    clients = [_state(_factors(count=2, seed=c, scaling=1.0), head=torch.full((2, 3), float(c))) for c in range(3)]
+    naive = LoraAggregation("naive", client_rank=2, client_alpha=2)
+    out = naive.aggregate(clients[0], clients, [1, 1, 2])
+    torch.testing.assert_close(out["classifier.weight"], torch.full((2, 3), (0 + 1 + 4) / 4))
+    errors = naive.error_frame()
+    assert list(errors["round"]) == [1, 1] and (errors["relative_error"] > 0.05).all()
+    svd = LoraAggregation("svd", client_rank=2, client_alpha=2, global_rank=2, global_alpha=2)
+    svd.aggregate(clients[0], clients, [1, 1, 2])
+    assert (svd.error_frame()["relative_error"] < errors["relative_error"]).all()  # SVD is the best rank-2 fit
+
+
+def test_ffa_strategy_is_exact_with_the_frozen_a():
+    shared = torch.randn(2, 12, dtype=torch.float64)
+    per_client = [_factors(count=1, shared_a=shared, seed=c, scaling=1.0) for c in range(3)]
+    frozen = {"layer0.lora_A.default.weight": shared.float()}
+    ffa = LoraAggregation("ffa", client_rank=2, client_alpha=2, frozen=frozen)
+    clients = [_state(f, frozen_a=True) for f in per_client]
+    out = ffa.aggregate(clients[0], clients, [1, 2, 3])
+    assert set(out) == {"layer0.lora_B.default.weight"}
+    assert ffa.error_frame()["relative_error"].max() < 1e-6
+
+
+def test_strategy_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="flora.*not allowed in the round loop"):
+        LoraAggregation("flora", 8, 8)
+    with pytest.raises(ValueError, match="svd_rank = 16 is above the clients' rank 8"):
+        LoraAggregation("svd", 8, 8, global_rank=16)
+    with pytest.raises(ValueError, match="only 'svd' can compress"):
+        LoraAggregation("naive", 16, 16, global_rank=8)
+    with pytest.raises(ValueError, match="needs the frozen A"):
+        LoraAggregation("ffa", 8, 8)
+
+
+def test_expanding_a_compressed_global_adapter_keeps_its_delta():
+    g = _factors(count=1, rank=2, scaling=1.0)[0]
+    strategy = LoraAggregation("svd", client_rank=4, client_alpha=8, global_rank=2, global_alpha=2)  # s_c 2, s_g 1
+    state = _state([g])
+    for generator in (None, torch.Generator().manual_seed(0)):
+        big = strategy.expand_for_model(state, generator)
+        A, B = big["layer0.lora_A.default.weight"], big["layer0.lora_B.default.weight"]
+        assert A.shape == (4, 12) and B.shape == (10, 4)
+        assert torch.count_nonzero(B[:, 2:]) == 0
+        torch.testing.assert_close((2.0 * B.double() @ A.double()), g.delta(), rtol=1e-5, atol=1e-5)
+    assert torch.count_nonzero(big["layer0.lora_A.default.weight"][2:]) > 0  # new directions can learn
