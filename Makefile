@@ -52,6 +52,7 @@ nbval: env
 # Benchmarks measure; they never pass or fail. Results: reports/benchmarks/.
 bench: env
 	$(BIN)/python benchmarks/eurosat_cnn_throughput.py
+	$(BIN)/python benchmarks/lora_aggregation_speed.py
 
 clean-env:
 	rm -rf $(VENV)

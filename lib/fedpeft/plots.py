@@ -40,3 +40,35 @@ def traffic_and_cost(comm: pd.DataFrame):
     for patch, usd in zip(ax.patches, comm["cost_usd"]):
         ax.annotate(f"${usd:,.0f}", (patch.get_x() + patch.get_width() / 2, patch.get_height()), ha="center", va="bottom")
     return fig
+
+
+def score_per_round_by_group(history: pd.DataFrame, y: str, ylabel: str, hue: str, col: str, scale: float = 1.0):
+    """One panel per ``col`` value (e.g. sharding), one line per ``hue`` value (e.g. aggregation)."""
+    df = history.assign(**{y: history[y] * scale})
+    grid = sns.relplot(data=df, x="round", y=y, hue=hue, col=col, kind="line", marker="o", errorbar="sd",
+                       height=3.0, aspect=1.0, facet_kws={"sharey": True})
+    grid.set_axis_labels("round (0 = initial model)", ylabel)
+    for ax in grid.axes.flat:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return grid.figure
+
+
+def aggregation_error_per_round(errors: pd.DataFrame):
+    """Relative Frobenius error of the aggregated delta-W per round (mean over layers), per method and sharding."""
+    fig, ax = plt.subplots()
+    sns.lineplot(data=errors, x="round", y="mean", hue="method", style="sharding", marker="o", errorbar=None, ax=ax)
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_xlabel("round")
+    ax.set_ylabel("||mean dW - aggregated dW|| / ||mean dW||")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def error_vs_clients(study: pd.DataFrame):
+    """Mean relative aggregation error against the number of clients, one panel per sharding."""
+    grid = sns.relplot(data=study, x="clients", y="mean_relative_error", hue="method", col="sharding", kind="line",
+                       marker="o", height=3.0, aspect=1.0)
+    grid.set_axis_labels("clients K", "mean relative error of delta-W")
+    for ax in grid.axes.flat:
+        ax.set_yscale("symlog", linthresh=1e-6)
+    return grid.figure
