@@ -169,3 +169,11 @@ def test_merged_peft_adapters_load_back_with_the_mean_delta(tiny_task, tmp_path)
 
 def relative_error_ok(target, got, tol=1e-5):
     return lora.relative_error(target, got) < tol
+
+
+def test_training_on_no_examples_is_refused(tiny_task):
+    import copy
+
+    model, data = tiny_task
+    with pytest.raises(ValueError, match="empty data set"):
+        TextClassifierTrainer("sst2", lr=1e-3, batch_size=8, epochs=1).train(copy.deepcopy(model), data.subset([]), seeded_generator(0))

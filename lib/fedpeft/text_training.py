@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .glue import TokenizedText, compute_metrics, get_task
-from .training import TrainStats
+from .training import TrainStats, optimizer_step
 
 SCHEDULES = ("linear", "constant")
 
@@ -71,6 +71,8 @@ class TextClassifierTrainer:
         return F.cross_entropy(logits, labels)
 
     def train(self, model: nn.Module, data: TokenizedText, generator: torch.Generator, extra_loss: Callable | None = None) -> TrainStats:
+        if len(data) == 0:
+            raise ValueError("cannot train on an empty data set")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -86,14 +88,7 @@ class TextClassifierTrainer:
             for idx in length_grouped_batches(lengths, self.batch_size, generator):
                 logits = model(**data.batch(idx)).logits
                 loss = self.loss(logits, data.labels[idx])
-                total = loss
-                if extra_loss is not None:
-                    extra = extra_loss(model)
-                    if extra is not None:
-                        total = loss + extra
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
+                optimizer_step(optimizer, model, loss, extra_loss)
                 scheduler.step()
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)

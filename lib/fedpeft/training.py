@@ -106,14 +106,7 @@ class ClassifierTrainer:
                 x, y = self._inputs(data.images[idx]), data.labels[idx]
                 with self._autocast():
                     loss = F.cross_entropy(model(x), y)
-                objective = loss
-                if extra_loss is not None:
-                    term = extra_loss(model)
-                    if term is not None:
-                        objective = loss + term
-                opt.zero_grad(set_to_none=True)
-                objective.backward()
-                opt.step()
+                optimizer_step(opt, model, loss, extra_loss)
                 total_loss += loss.item() * len(idx)
                 seen += len(idx)
         return TrainStats(loss=total_loss / seen, examples=seen, seconds=time.perf_counter() - start)
@@ -141,6 +134,20 @@ class ClassifierTrainer:
                 outs.append(model(x).float())
         logits = torch.cat(outs) if outs else torch.empty(0)
         return {"logits": logits, "seconds": time.perf_counter() - start}
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor,
+                   extra_loss: Callable[[nn.Module], torch.Tensor | None] | None = None) -> None:
+    """One optimizer step on ``loss`` plus ``extra_loss(model)`` when that gives a term (FedProx's proximal
+    term); the caller logs ``loss`` alone."""
+    objective = loss
+    if extra_loss is not None:
+        term = extra_loss(model)
+        if term is not None:
+            objective = loss + term
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
 
 
 def seeded_generator(*keys: int) -> torch.Generator:

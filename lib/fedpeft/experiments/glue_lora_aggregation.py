@@ -284,9 +284,9 @@ def final_scores(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def grid_table(scores: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Final validation score of each aggregation (rows) under each sharding (columns), in percent."""
-    sub = scores[(scores["task"] == task)]
+def grid_table(scores: pd.DataFrame, task: str, seed: int) -> pd.DataFrame:
+    """Final validation score of each aggregation (rows) under each sharding (columns) for one seed, in percent."""
+    sub = scores[(scores["task"] == task) & (scores["seed"] == seed)]
     return (100 * sub.pivot_table(index="method", columns="sharding", values="score", aggfunc="mean")).round(2)
 
 
@@ -393,13 +393,14 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, seeds:
     if {"svd", "naive"} <= set(iid.index):
         claims.add("naive averaging is faster (no SVD)", "asserted", f"naive {iid['naive']:.1f} ms vs svd {iid['svd']:.1f} ms per round",
                    bool(iid["naive"] < iid["svd"]), "server aggregation time only; local training dominates a round")
-    g = main.groupby(["method", "sharding"])["score"].mean().unstack()
+    g = main[main["seed"] == s["grid_seed"]].groupby(["method", "sharding"])["score"].mean().unstack()
     if {"svd", "naive"} <= set(g.index) and "category" in g.columns:
         gap_iid = 100 * (g.loc["svd", "iid"] - g.loc["naive", "iid"])
         gap_cat = 100 * (g.loc["svd", "category"] - g.loc["naive", "category"])
+        noise = 2 * seeds["score_std_pct"].max() if len(seeds) > 0 and seeds["seeds"].min() > 1 else 1.0
         claims.add("naive averaging 'may be less stable with heterogeneous clients'", "asserted",
-                   f"svd - naive: {gap_iid:+.2f} pts IID, {gap_cat:+.2f} pts category", bool(gap_cat > 0),
-                   "holds if svd beats naive on category shards (one seed)")
+                   f"svd - naive: {gap_iid:+.2f} pts IID, {gap_cat:+.2f} pts category", bool(gap_cat > noise),
+                   f"holds if svd beats naive on category shards by more than {noise:.2f} pts (twice the largest IID seed sd)")
     comp = scores[(scores["task"] == s["main_task"]) & (scores["client_rank"] != s["lora_rank"])]
     if len(comp):
         ref = main[(main["method"] == "svd") & (main["sharding"] == "iid") & (main["seed"] == comp["seed"].iloc[0])]["score"]
@@ -408,10 +409,6 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, seeds:
                    f"{100 * comp['score'].iloc[0]:.2f} % vs {100 * ref.iloc[0]:.2f} % training at {s['lora_rank']}", bool(gap >= -2.0),
                    "holds if compressing costs at most 2 points against training at the global rank (one seed)")
     cen = baselines[baselines["baseline"] == "centralized LoRA"]["score"]
-    if len(cen) and len(seeds):
-        best = seeds["score_mean_pct"].max()
-        claims.add("federated LoRA approaches centralized LoRA", "implied", f"best federated {best:.2f} % vs centralized {100 * cen.mean():.2f} %",
-                   None, "same data and epochs; a comparison, not a pass/fail claim")
     for task, key in (("sst2", "lora_paper_sst2_accuracy"), ("mrpc", "lora_paper_mrpc_accuracy")):
         measured = cen if task == s["main_task"] else pd.Series(dtype=float)
         verdict = None
