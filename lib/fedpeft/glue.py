@@ -153,20 +153,30 @@ def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> d
 
 
 def train_word_tokenizer(texts: Sequence[str], vocab_size: int = 512):
-    """A small WordPiece tokenizer trained on ``texts``, wrapped as a transformers fast tokenizer with RoBERTa's
-    special tokens (the ``embedded`` profile's tokenizer: nothing is downloaded)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A word-level tokenizer whose vocabulary is the ``vocab_size`` most frequent words of ``texts`` (ties by
+    spelling, so it is the same in every process), wrapped as a transformers fast tokenizer with RoBERTa's
+    special tokens (the ``embedded`` profile's tokenizer: nothing is downloaded).
+
+    Not the ``tokenizers`` trainers: their vocabulary order varies between processes when counts tie.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     special = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
-    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(list(texts), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.Whitespace()
+    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
+    words = sorted(counts, key=lambda w: (-counts[w], w))[: max(vocab_size - len(special), 0)]
+    vocab = {tok: i for i, tok in enumerate(special + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", cls_token="<s>",

