@@ -26,6 +26,14 @@ else
 PIPELINE := pipelines/$(PROFILE)/dvc.yaml
 endif
 
+# pyproject.toml's [tool.fedpeft] install-without-dependencies, installed with pip --no-deps.
+define INSTALL_WITHOUT_DEPENDENCIES
+import subprocess, sys, tomllib
+pkgs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["fedpeft"]["install-without-dependencies"]
+subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *pkgs])
+endef
+export INSTALL_WITHOUT_DEPENDENCIES
+
 .PHONY: env repro test unit nbval bench clean-env
 env: $(VENV)/.installed
 
@@ -34,6 +42,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -c "$$INSTALL_WITHOUT_DEPENDENCIES"
 	touch $@
 
 repro: env
@@ -53,6 +62,7 @@ nbval: env
 bench: env
 	$(BIN)/python benchmarks/eurosat_cnn_throughput.py
 	$(BIN)/python benchmarks/lora_aggregation_speed.py
+	$(BIN)/python benchmarks/causal_lm_throughput.py
 
 clean-env:
 	rm -rf $(VENV)

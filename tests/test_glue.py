@@ -126,7 +126,7 @@ def test_lora_rank_larger_than_the_layer_is_refused(tiny_task):
     model, _ = tiny_task
     with pytest.raises(ValueError, match=r"lora rank = 65 is not allowed; it must be an integer in \[1, 64\]"):
         attach_lora(copy.deepcopy(model), 65, 65, 0.0, ["query", "value"])
-    with pytest.raises(ValueError, match="match no linear layer"):
+    with pytest.raises(ValueError, match="name no linear layer"):
         attach_lora(copy.deepcopy(model), 4, 4, 0.0, ["q_proj"])
 
 

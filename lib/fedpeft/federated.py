@@ -114,6 +114,18 @@ def exchanged_keys(model: nn.Module, exchange: str) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
+def update_norm(new_state: Mapping[str, torch.Tensor], old_state: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of a client's change over the floating tensors it sends (its drift from the global model); NaN
+    when the client trains another layout than the server keeps (a LoRA rank the server compresses)."""
+    total = 0.0
+    for k, v in new_state.items():
+        if v.shape != old_state[k].shape:
+            return float("nan")
+        if v.is_floating_point():
+            total += float((v.to(torch.float32) - old_state[k].to(torch.float32)).pow(2).sum())
+    return total ** 0.5
+
+
 def sample_clients(num_clients: int, fraction: float, min_clients: int, seed: int, round_: int) -> list[int]:
     """Indices of the clients that train in ``round_``: ``max(min_clients, int(fraction * n))`` of them."""
     k = min(num_clients, max(min_clients, int(fraction * num_clients)))
@@ -266,7 +278,8 @@ def run_federated(
             comm_s += time.perf_counter() - t0
             weights.append(c.num_examples)
             losses.append(stats.loss)
-            client_rows.append({"round": round_, "client": c.cid, "train_examples": c.num_examples, "train_loss": stats.loss})
+            client_rows.append({"round": round_, "client": c.cid, "train_examples": c.num_examples, "train_loss": stats.loss,
+                                "update_norm": update_norm(states[-1], received)})
         t0 = time.perf_counter()
         global_state = strategy.aggregate(global_state, states, weights, trainable_keys)
         aggregate_s = time.perf_counter() - t0

@@ -72,3 +72,15 @@ def error_vs_clients(study: pd.DataFrame):
     for ax in grid.axes.flat:
         ax.set_yscale("symlog", linthresh=1e-6)
     return grid.figure
+
+
+def runtime_breakdown(split: pd.DataFrame, label: str = "arm"):
+    """Seconds of local training, server evaluation and aggregation per run, stacked horizontally."""
+    parts = ["train_s", "eval_s", "aggregate_s"]
+    df = split.set_index(label)[parts].rename(columns=lambda c: c.removesuffix("_s"))
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(df) + 1.2))
+    df.plot.barh(stacked=True, ax=ax)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("")
+    ax.invert_yaxis()
+    return fig

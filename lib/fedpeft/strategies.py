@@ -91,7 +91,7 @@ class FedProx(FedAvg):
         if self.mu == 0:
             return None
         terms = [
-            (p - global_params[name].to(p.dtype)).pow(2).sum()
+            (p - global_params[name].to(device=p.device, dtype=p.dtype)).pow(2).sum()
             for name, p in model.named_parameters()
             if p.requires_grad
         ]

