@@ -84,7 +84,8 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str, float_
     for col in shown.columns:
         if pd.api.types.is_float_dtype(shown[col]):
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else float_format.format(v))
-    shown = shown.astype(str)
+    # astype(str) would keep None/NaN as missing values in pandas 3, which LaTeX escaping cannot handle
+    shown = shown.map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
     md = f"**{caption}**\n\n" + shown.to_markdown(index=False) + "\n"
     escaped = shown.map(_latex_escape)
     escaped.columns = [_latex_escape(str(c)) for c in shown.columns]
