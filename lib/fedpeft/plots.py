@@ -84,3 +84,28 @@ def runtime_breakdown(split: pd.DataFrame, label: str = "arm"):
     ax.set_ylabel("")
     ax.invert_yaxis()
     return fig
+
+
+def loss_per_step(steps: pd.DataFrame):
+    """Training loss per optimizer step, one line per arm."""
+    fig, ax = plt.subplots()
+    sns.lineplot(data=steps, x="step", y="loss", hue="arm", marker="o", ax=ax)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def arms_speed_memory(speed: pd.DataFrame):
+    """Two panels: steps/s (with its spread) and peak memory (MiB), per model and arm."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    sns.barplot(data=speed, x="model", y="steps_per_s", hue="arm", ax=ax1)
+    for patch, (_, row) in zip(ax1.patches, speed.sort_values(["arm", "model"], key=lambda c: c.map(
+            {m: i for i, m in enumerate(speed[c.name].unique())})).iterrows()):
+        ax1.errorbar(patch.get_x() + patch.get_width() / 2, row["steps_per_s"], yerr=row["steps_per_s_spread"], color="black", capsize=3)
+    ax1.set_ylabel("steps/s (median of warm steps)")
+    sns.barplot(data=speed, x="model", y="peak_memory_mib", hue="arm", ax=ax2, legend=False)
+    ax2.set_ylabel(f"peak memory (MiB, {speed['memory_kind'].iloc[0]})")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("")
+    return fig
