@@ -48,3 +48,22 @@ def test_every_notebook_has_a_stage_and_a_parameters_cell():
         nb = nbformat.read(nb_path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and "profile" in tagged[0].source
+
+
+def test_each_stage_depends_on_every_module_its_notebook_reaches():
+    from module_deps import notebook_dependencies
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        notebooks = [d for d in stage.get("deps", []) if d.startswith("notebooks/")]
+        for nb in notebooks:
+            missing = sorted(notebook_dependencies(ROOT / nb) - set(stage["deps"]))
+            assert not missing, f"stage {name} does not list {missing}, which {nb} imports"
+
+
+def test_module_closure_follows_relative_imports():
+    from module_deps import closure
+
+    files = {p.name for p in closure({"fedpeft.experiments.code_lm_fedprox"})}
+    assert {"code_lm_fedprox.py", "code_corpus.py", "causal_lm.py", "lm_training.py", "federated.py", "ledger.py"} <= files
+    assert "quantization.py" not in files

@@ -1,0 +1,69 @@
+"""The fedpeft modules a notebook needs: its own imports and everything they import in turn (read from the source,
+not by importing). Used to check that each DVC stage lists exactly what can change its results."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "lib"
+
+
+def _module_file(dotted: str) -> Path | None:
+    base = LIB / dotted.replace(".", "/")
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _dotted(path: Path) -> str:
+    rel = path.relative_to(LIB).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """Dotted fedpeft modules imported by ``source`` (relative imports resolved against ``package``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "fedpeft"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.split(".")[0] != "fedpeft":
+                continue
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
+    return {m for m in found if _module_file(m) is not None}
+
+
+def closure(modules: set[str]) -> set[Path]:
+    """Files of ``modules``, their parent packages' ``__init__``, and all they import, transitively."""
+    seen: set[Path] = set()
+    todo = list(modules)
+    while todo:
+        dotted = todo.pop()
+        parts = dotted.split(".")
+        for i in range(1, len(parts) + 1):
+            path = _module_file(".".join(parts[:i]))
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            package = _dotted(path) if path.name == "__init__.py" else ".".join(_dotted(path).split(".")[:-1])
+            todo += imported_modules(path.read_text(), package)
+    return seen
+
+
+def notebook_dependencies(notebook: Path) -> set[str]:
+    """Repository-relative paths of every fedpeft source file the notebook's code can reach."""
+    cells = json.loads(notebook.read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return {p.relative_to(ROOT).as_posix() for p in closure(imported_modules(source, "fedpeft"))}
