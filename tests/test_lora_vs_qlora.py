@@ -71,6 +71,30 @@ def test_measured_nf4_bytes_match_the_formula(double_quant):
     assert row["weight_bytes"] + row["statistics_bytes"] == qlora.nf4_bytes(256 * 128, double_quant)
 
 
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4_formula_matches_measured_bytes_on_odd_layer_sizes(double_quant):
+    # 3,000 and 210 weights are not multiples of the 64-weight block: the last block is partial
+    model = nn.Sequential(nn.Linear(100, 30), nn.ReLU(), nn.Linear(30, 7, bias=False))
+    qlora.quantize_linear_layers(model, torch.float32, double_quant)
+    check = qlora.nf4_measured_vs_formula(model)
+    assert check["layers"] == 2 and check["weights"] == 3000 + 210
+    assert check["measured_bytes"] == check["formula_bytes"]
+    assert check["formula_bytes"] == qlora.nf4_bytes(3000, double_quant) + qlora.nf4_bytes(210, double_quant)
+
+
+def test_nf4_check_ignores_full_precision_layers():
+    assert qlora.nf4_measured_vs_formula(nn.Linear(64, 64))["layers"] == 0
+
+
+def test_reload_sentence_follows_the_measured_difference():
+    import pandas as pd
+
+    close = pd.DataFrame({"fp16_reload_max_abs_diff": [1e-4, 2e-4]})
+    far = pd.DataFrame({"fp16_reload_max_abs_diff": [1e-4, 0.5]})
+    assert "reload to the same logits" in exp.reload_sentence(close)
+    assert "did not reload" in exp.reload_sentence(far) and "0.5" in exp.reload_sentence(far)
+
 # --- the language model arms ----------------------------------------------------------------------------------
 
 def test_qlora_load_holds_4bit_weights(base_dir):

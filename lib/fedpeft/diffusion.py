@@ -18,7 +18,6 @@ generated colour fields.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path

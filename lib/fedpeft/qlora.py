@@ -99,6 +99,25 @@ def weight_bytes_by_layer_type(model: nn.Module) -> pd.DataFrame:
     return df.sort_values("weight_bytes", ascending=False).reset_index(drop=True)
 
 
+def nf4_measured_vs_formula(model: nn.Module) -> dict[str, int]:
+    """Bytes of every bitsandbytes NF4 layer in ``model`` as measured (packed codes plus quantization statistics)
+    and as :func:`nf4_bytes` predicts them from each layer's weight count alone. Layers without a quantization
+    state (not yet moved to a device) are not counted."""
+    import bitsandbytes as bnb
+
+    out = {"layers": 0, "weights": 0, "measured_bytes": 0, "formula_bytes": 0}
+    for mod in model.modules():
+        state = getattr(mod.weight, "quant_state", None) if isinstance(mod, bnb.nn.Linear4bit) else None
+        if state is None:
+            continue
+        n = int(state.shape.numel())
+        out["layers"] += 1
+        out["weights"] += n
+        out["measured_bytes"] += mod.weight.numel() * mod.weight.element_size() + _quant_state_bytes(state)
+        out["formula_bytes"] += nf4_bytes(n, bool(getattr(state, "nested", False)), state.blocksize)
+    return out
+
+
 def quantizable_linear_parameters(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> tuple[list[int], int]:
     """Weight sizes of the ``nn.Linear`` layers a 4-bit load quantizes (transformers leaves the output head in
     full precision), and the count of every other parameter."""

@@ -140,6 +140,10 @@ def speed_summary(records: list[dict[str, float]], warm_steps: int) -> dict[str,
             "timed_steps": len(rates), "total_s": float(sum(r["seconds"] for r in records))}
 
 
+DTYPES_SAVE = {"fp32": torch.float32, "fp16": torch.float16}
+FP16_RELOAD_TOLERANCE = 1e-2  # largest logit difference still called "the same logits" after an fp16 round trip
+
+
 def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path) -> dict[str, Any]:
     """Load, train ``lm_steps`` steps, evaluate, save the adapter in fp32 and fp16 and reload the fp16 copy."""
     autocast = DTYPES[s["compute_dtype"]] if (arm == "lora" and s["base_dtype"] == "bf16") else None
@@ -160,10 +164,8 @@ def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path) -> dict[str,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),
             "eval_loss": eval_loss, "adapter_fp32_bytes": sizes["fp32"], "adapter_fp16_bytes": sizes["fp16"],
             "adapter_dtype_in_training": adapter_dtype, "fp16_reload_max_abs_diff": reload_error,
-            "trainable": trainable, "total": total, "records": records, "weights": qlora.weight_bytes_by_layer_type(model)}
-
-
-DTYPES_SAVE = {"fp32": torch.float32, "fp16": torch.float16}
+            "trainable": trainable, "total": total, "records": records, "weights": qlora.weight_bytes_by_layer_type(model),
+            "nf4": qlora.nf4_measured_vs_formula(model)}
 
 
 @torch.no_grad()
@@ -218,10 +220,10 @@ def run_diffusion_arm(s: Settings, data: DiffusionData, arm: str) -> dict[str, A
     return {"arm": arm, **speed_summary(records, s["warm_steps"]), "peak_memory_mib": m.peak_memory_bytes / 2**20,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),
             "eval_loss": eval_loss, "trainable": trainable, "total": total, "records": records, "unet": unet,
-            "weights": qlora.weight_bytes_by_layer_type(unet)}
+            "weights": qlora.weight_bytes_by_layer_type(unet), "nf4": qlora.nf4_measured_vs_formula(unet)}
 
 
-def arm_table(results: list[dict[str, Any]], drop=("records", "weights", "unet")) -> pd.DataFrame:
+def arm_table(results: list[dict[str, Any]], drop=("records", "weights", "unet", "nf4")) -> pd.DataFrame:
     return pd.DataFrame([{k: v for k, v in r.items() if k not in drop} for r in results])
 
 
@@ -267,16 +269,12 @@ def paper_memory() -> pd.DataFrame:
     return pd.concat([gemma, unet], ignore_index=True)
 
 
-def measured_vs_analytic(results: list[dict[str, Any]], model: nn.Module | None = None) -> pd.DataFrame:
-    """Weight bytes measured on the trained models (all layer types summed) per arm."""
-    rows = []
-    for r in results:
-        w = r["weights"]
-        base = w[w["layer type"] != "LoRA adapter"]
-        rows.append({"arm": r["arm"], "base_weight_bytes": int(base["weight_bytes"].sum()),
-                     "quant_statistics_bytes": int(base["statistics_bytes"].sum()),
-                     "adapter_bytes": int(w.loc[w["layer type"] == "LoRA adapter", "weight_bytes"].sum())})
-    return pd.DataFrame(rows)
+def nf4_bytes_check(results: list[dict[str, Any]], model: str) -> pd.DataFrame:
+    """The QLoRA arm's NF4 layers: bytes measured on the trained model next to :func:`qlora.nf4_bytes`, the formula
+    the analytic memory tables use, so the paper-scale numbers rest on a measured check."""
+    return pd.DataFrame([{"model": model, "arm": r["arm"], **r["nf4"],
+                          "formula_matches": r["nf4"]["measured_bytes"] == r["nf4"]["formula_bytes"]}
+                         for r in results if r["nf4"]["layers"]])
 
 
 # --- claims ----------------------------------------------------------------------------------------------------
@@ -343,6 +341,15 @@ def metrics(lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFrame) -> dict[
     return out
 
 
+def reload_sentence(lm: pd.DataFrame) -> str:
+    """Whether the fp16 adapter copies reproduced the trained models' logits, as measured."""
+    worst = float(lm["fp16_reload_max_abs_diff"].max())
+    if worst < FP16_RELOAD_TOLERANCE:
+        return f"Its fp16 copies reload to the same logits (largest difference {worst:.2g}), so fp16 is enough for transport."
+    return (f"Its fp16 copies did not reload to the same logits here (largest difference {worst:.2g}, tolerance "
+            f"{FP16_RELOAD_TOLERANCE:g}): keep fp32 copies.")
+
+
 def finding(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFrame, memory: pd.DataFrame) -> str:
     """The report's opening paragraph, written from the measured tables."""
     by, d = lm.set_index("arm"), dm.set_index("arm")
@@ -360,7 +367,7 @@ def finding(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFr
         f"{d.loc['lora', 'peak_memory_mib']:.0f} vs {d.loc['qlora', 'peak_memory_mib']:.0f} MiB.",
         f"The seed's Gemma-2-2B adapter has {g['adapter_parameters']:,} parameters: {g['fp32_MB']:.1f} MB in fp32 and "
         f"{g['fp16_MB']:.1f} MB in fp16, the seed's two sizes, so the difference it saw is the dtype the adapter was saved "
-        f"in; the study saves transport copies in fp16 (they reload to the same logits within fp16 rounding).",
+        f"in. {reload_sentence(lm)}",
         f"4-bit weights shrink Gemma-2-2B from {gm['bf16']:.2f} GB (bf16) to {gm[dq]:.2f} GB but the SD 1.5 UNet only from "
         f"{um['bf16']:.2f} to {um[dq]:.2f} GB, since most of its weights are convolutions that stay in bf16.",
     ]
