@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .ledger import CommunicationLedger, deserialize_state, serialize_state
+from .network import NetworkModel
 from .strategies import FedAvg, StateDict
 from .training import seeded_generator
 
@@ -191,11 +192,14 @@ def run_federated(
     progress: bool = True,
     description: str = "rounds",
     stop_after_round: int | None = None,
+    network: NetworkModel | None = None,
 ) -> FederatedResult:
     """Run ``config.num_rounds`` rounds of federated training starting from ``model``'s weights.
 
     ``checkpoint_path``: written after every round; if it exists when the call starts (same settings), the run
     resumes after its last round. ``stop_after_round`` ends the call early (to simulate an interruption).
+    ``network``: farmers that it says drop out of a round download the global model but never report; the
+    round aggregates those that report (with none, the global model stays as it was).
     """
     if not clients:
         raise ValueError("run_federated needs at least one client")
@@ -268,9 +272,14 @@ def run_federated(
             received = deserialize_state(down, like=global_state)
             ledger.record(round_, c.cid, "down", len(down))
             comm_s += time.perf_counter() - t0
+            if network is not None and not network.reports(round_, i):
+                client_rows.append({"round": round_, "client": c.cid, "train_examples": c.num_examples, "train_loss": np.nan,
+                                    "update_norm": np.nan, "train_s": 0.0, "reported": False})
+                continue
             t0 = time.perf_counter()
             new_state, stats = client_update(work_model, received, c, i, round_, strategy, trainer, config.seed)
-            train_s += time.perf_counter() - t0
+            client_train_s = time.perf_counter() - t0
+            train_s += client_train_s
             t0 = time.perf_counter()
             up = serialize_state(new_state, config.transport)
             ledger.record(round_, c.cid, "up", len(up))
@@ -279,14 +288,15 @@ def run_federated(
             weights.append(c.num_examples)
             losses.append(stats.loss)
             client_rows.append({"round": round_, "client": c.cid, "train_examples": c.num_examples, "train_loss": stats.loss,
-                                "update_norm": update_norm(states[-1], received)})
+                                "update_norm": update_norm(states[-1], received), "train_s": client_train_s, "reported": True})
         t0 = time.perf_counter()
-        global_state = strategy.aggregate(global_state, states, weights, trainable_keys)
+        if states:
+            global_state = strategy.aggregate(global_state, states, weights, trainable_keys)
         aggregate_s = time.perf_counter() - t0
         row = {
             "round": round_,
-            "num_clients": len(chosen),
-            "train_loss": float(np.average(losses, weights=weights)),
+            "num_clients": len(states),
+            "train_loss": float(np.average(losses, weights=weights)) if states else np.nan,
             "train_s": train_s,
             "aggregate_s": aggregate_s,
             "comm_s": comm_s,

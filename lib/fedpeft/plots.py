@@ -109,3 +109,36 @@ def arms_speed_memory(speed: pd.DataFrame):
     for ax in (ax1, ax2):
         ax.set_xlabel("")
     return fig
+
+
+def metric_per_step(history: pd.DataFrame, y: str, ylabel: str, hue: str = "scenario"):
+    """A metric against local optimizer steps per farmer (so runs with different round lengths line up); mean
+    over seeds with a +/- 1 standard deviation band."""
+    fig, ax = plt.subplots()
+    sns.lineplot(data=history, x="farmer_steps", y=y, hue=hue, errorbar="sd", ax=ax)
+    ax.set_xlabel("optimizer steps per farmer")
+    ax.set_ylabel(ylabel)
+    return fig
+
+
+def image_grid(images, titles, columns: int = 6):
+    """uint8 (N, 3, H, W) images in a grid, each with its title (e.g. its label)."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(title, fontsize=8)
+    return fig
+
+
+def score_vs_bytes(runs: pd.DataFrame, x: str = "total_MiB", y: str = "test_macro_f1", hue: str = "label"):
+    """Test score against total traffic (MiB, log scale), one point per run (seed)."""
+    fig, ax = plt.subplots()
+    sns.scatterplot(data=runs, x=x, y=y, hue=hue, style=hue, s=70, ax=ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("total traffic, both directions (MiB, log scale)")
+    ax.set_ylabel("test macro F1")
+    ax.legend(fontsize=7, loc="best")
+    return fig
