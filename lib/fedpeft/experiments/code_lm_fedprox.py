@@ -7,7 +7,6 @@ The notebook composes the small functions below.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
