@@ -1,6 +1,6 @@
 # The study's two commands:
 #   make repro [PROFILE=embedded|local|paper]   run the pipeline (creates the environment if missing)
-#   make test                                    unit tests + nbval on the committed executed notebooks
+#   make test                                    lint, unit tests, nbval on the committed executed notebooks
 #   make bench                                   throughput benchmarks (measurements, not pass/fail)
 PROFILE ?= embedded
 VENV ?= .venv
@@ -34,7 +34,7 @@ subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-
 endef
 export INSTALL_WITHOUT_DEPENDENCIES
 
-.PHONY: env repro test unit nbval bench clean-env
+.PHONY: env repro test lint unit nbval bench clean-env
 env: $(VENV)/.installed
 
 # Re-installs when pyproject.toml (the one dependency list) changes.
@@ -48,7 +48,11 @@ $(VENV)/.installed: pyproject.toml
 repro: env
 	$(BIN)/dvc repro $(PIPELINE)
 
-test: unit nbval
+test: lint unit nbval
+
+# ruff (pinned in pyproject.toml, configured under [tool.ruff]) over the library, the tests and the benchmarks.
+lint: env
+	$(BIN)/ruff check lib tests benchmarks
 
 unit: env
 	$(BIN)/python -m pytest tests
@@ -63,6 +67,7 @@ bench: env
 	$(BIN)/python benchmarks/eurosat_cnn_throughput.py
 	$(BIN)/python benchmarks/lora_aggregation_speed.py
 	$(BIN)/python benchmarks/causal_lm_throughput.py
+	$(BIN)/python benchmarks/trainer_overhead.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -19,11 +19,12 @@ import time
 import pandas as pd
 import torch
 
-from fedpeft.causal_lm import load_causal_lm
-from fedpeft.config import REPO_ROOT, load_raw
-from fedpeft.profiling import cpu_supports_bf16, machine_description
-from fedpeft.reporting import MarkdownReport, package_versions
-from fedpeft.text_models import attach_lora
+from fedpeft.core.config import REPO_ROOT, load_raw
+from fedpeft.core.device import cpu_supports_bf16
+from fedpeft.core.profiling import machine_description
+from fedpeft.models.causal_lm import load_causal_lm
+from fedpeft.models.text import attach_lora
+from fedpeft.reporting.outputs import MarkdownReport, package_versions
 
 BLOCK = 128
 
@@ -56,7 +57,7 @@ def main(argv=None) -> None:
     rows = []
 
     for precision in ("fp32", "bf16"):
-        def step(batch=ids[:2]):
+        def step(batch=ids[:2], precision=precision):
             model.train()
             with autocast(precision):
                 loss = model(input_ids=batch, labels=batch).loss
@@ -68,7 +69,7 @@ def main(argv=None) -> None:
 
     for precision in ("fp32", "bf16"):
         for batch, grad in ((4, True), (1, False), (4, False), (8, False)):
-            def forward(b=ids[:batch], grad=grad):
+            def forward(b=ids[:batch], grad=grad, precision=precision):
                 model.eval()
                 with torch.set_grad_enabled(grad), autocast(precision):
                     model(input_ids=b, labels=b).loss.float()

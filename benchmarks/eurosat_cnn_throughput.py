@@ -13,16 +13,15 @@ import argparse
 import contextlib
 import statistics
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fedpeft.config import REPO_ROOT
-from fedpeft.models import EuroSATCNN
-from fedpeft.profiling import machine_description
-from fedpeft.reporting import MarkdownReport, package_versions
+from fedpeft.core.config import REPO_ROOT
+from fedpeft.core.profiling import machine_description
+from fedpeft.models.cnn import EuroSATCNN
+from fedpeft.reporting.outputs import MarkdownReport, package_versions
 
 
 def _autocast(precision: str):

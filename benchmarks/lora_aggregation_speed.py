@@ -18,10 +18,10 @@ import time
 import pandas as pd
 import torch
 
-from fedpeft.config import REPO_ROOT
-from fedpeft.lora import LoraFactors, aggregate, mean_delta
-from fedpeft.profiling import machine_description
-from fedpeft.reporting import MarkdownReport, package_versions
+from fedpeft.core.config import REPO_ROOT
+from fedpeft.core.profiling import machine_description
+from fedpeft.federated.lora_aggregation import LoraFactors, aggregate, mean_delta
+from fedpeft.reporting.outputs import MarkdownReport, package_versions
 
 MODELS = {"roberta-base": (12, 768), "roberta-large": (24, 1024)}
 
@@ -57,11 +57,11 @@ def main(argv=None) -> None:
             ffa_layers = [[LoraFactors(shared_a[i], f.B, 1.0) for f in layer] for i, layer in enumerate(layers)]
             w = [1.0 / k] * k
             methods = {
-                "naive": (lambda fs: aggregate("naive", fs, w), layers),
-                "ffa": (lambda fs: aggregate("ffa", fs, w), ffa_layers),
-                "flora": (lambda fs: aggregate("flora", fs, w), layers),
-                "svd (stacked factors)": (lambda fs: aggregate("svd", fs, w, svd_rank=args.rank), layers),
-                "svd (dense delta-W)": (lambda fs: dense_svd(fs, w, args.rank), layers),
+                "naive": (lambda fs, w=w: aggregate("naive", fs, w), layers),
+                "ffa": (lambda fs, w=w: aggregate("ffa", fs, w), ffa_layers),
+                "flora": (lambda fs, w=w: aggregate("flora", fs, w), layers),
+                "svd (stacked factors)": (lambda fs, w=w: aggregate("svd", fs, w, svd_rank=args.rank), layers),
+                "svd (dense delta-W)": (lambda fs, w=w: dense_svd(fs, w, args.rank), layers),
             }
             for name, (fn, data) in methods.items():
                 seconds = time_round(fn, data, args.repeats)

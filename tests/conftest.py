@@ -15,6 +15,6 @@ def _deterministic():
 
 @pytest.fixture
 def tiny_images():
-    from fedpeft.data import generate_landcover_images
+    from fedpeft.data.eurosat import generate_landcover_images
 
     return generate_landcover_images(6, seed=0)  # 60 images, 10 classes

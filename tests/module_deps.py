@@ -45,6 +45,17 @@ def imported_modules(source: str, package: str) -> set[str]:
     return {m for m in found if _module_file(m) is not None}
 
 
+def _documentation_only(path: Path) -> bool:
+    """A package ``__init__`` holding only a docstring and constants (no imports, no code) cannot change a
+    result, so editing its prose should not rerun a stage."""
+    body = ast.parse(path.read_text()).body
+    return path.name == "__init__.py" and all(
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        or isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for node in body
+    )
+
+
 def closure(modules: set[str]) -> set[Path]:
     """Files of ``modules``, their parent packages' ``__init__``, and all they import, transitively."""
     seen: set[Path] = set()
@@ -63,7 +74,38 @@ def closure(modules: set[str]) -> set[Path]:
 
 
 def notebook_dependencies(notebook: Path) -> set[str]:
-    """Repository-relative paths of every fedpeft source file the notebook's code can reach."""
+    """Repository-relative paths of every fedpeft source file the notebook's code can reach (documentation-only
+    package ``__init__`` files left out)."""
     cells = json.loads(notebook.read_text())["cells"]
     source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    return {p.relative_to(ROOT).as_posix() for p in closure(imported_modules(source, "fedpeft"))}
+    return {p.relative_to(ROOT).as_posix() for p in closure(imported_modules(source, "fedpeft")) if not _documentation_only(p)}
+
+
+def write_stage_deps(pipeline: Path) -> bool:
+    """Rewrite each stage's ``deps`` in ``pipeline`` (a dvc.yaml) to its notebook plus exactly the fedpeft files
+    the notebook reaches, keeping other deps; returns whether the file changed. Run as
+    ``python tests/module_deps.py`` after moving or adding a module."""
+    import re
+
+    import yaml
+
+    text = pipeline.read_text()
+    stages = yaml.safe_load(text)["stages"]
+    for name, stage in stages.items():
+        deps = stage.get("deps", [])
+        notebooks = [d for d in deps if d.startswith("notebooks/")]
+        wanted = [d for d in deps if not d.startswith("lib/fedpeft/")]
+        for nb in notebooks:
+            wanted += sorted(notebook_dependencies(ROOT / nb))
+        block = re.search(rf"(\n  {re.escape(name)}:\n(?:    .*\n|\n)*?    deps:\n)((?:      - .*\n)+)", text)
+        if block is None:
+            raise ValueError(f"stage {name} of {pipeline} has no deps block to rewrite")
+        text = text[: block.start(2)] + "".join(f"      - {d}\n" for d in wanted) + text[block.end(2):]
+    changed = text != pipeline.read_text()
+    pipeline.write_text(text)
+    return changed
+
+
+if __name__ == "__main__":
+    for path in [ROOT / "dvc.yaml", *sorted((ROOT / "pipelines").glob("*/dvc.yaml"))]:
+        print(path.relative_to(ROOT), "updated" if write_stage_deps(path) else "unchanged")

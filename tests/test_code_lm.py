@@ -8,15 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from fedpeft import causal_lm, code_corpus
-from fedpeft.causal_lm import byte_level_tokenizer, check_sequence_length, tiny_opt
-from fedpeft.code_corpus import Document, TokenBlocks
+from fedpeft.data import code_corpus
+from fedpeft.data.code_corpus import Document, TokenBlocks
 from fedpeft.experiments import code_lm_fedprox as exp
-from fedpeft.federated import Client, RoundConfig, run_federated
-from fedpeft.ledger import serialize_state
-from fedpeft.lm_training import CausalLMTrainer
-from fedpeft.strategies import FedAvg, FedProx
-from fedpeft.text_models import attach_lora, count_parameters
+from fedpeft.federated.ledger import serialize_state
+from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.strategies import FedAvg, FedProx
+from fedpeft.models import causal_lm
+from fedpeft.models.causal_lm import byte_level_tokenizer, check_sequence_length, tiny_opt
+from fedpeft.models.counting import count_parameters
+from fedpeft.models.text import attach_lora
+from fedpeft.training.causal_lm import CausalLMTrainer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_opt_350m_lora_parameter_line_matches_the_seed_exactly():
 
 
 def test_peft_default_targets_for_opt_are_q_and_v():
-    from fedpeft.text_models import default_lora_targets
+    from fedpeft.models.text import default_lora_targets
 
     assert sorted(default_lora_targets(causal_lm.build_on_meta(causal_lm.opt_350m_config()))) == ["q_proj", "v_proj"]
 
@@ -131,7 +133,7 @@ def test_lora_on_a_causal_lm_trains_adapters_only(tokenizer):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     # 2 layers x (q, v) x rank 4 x (64 + 64)
-    assert count_parameters(model)[0] == 2 * 2 * 4 * 128
+    assert count_parameters(model, trainable_only=True) == 2 * 2 * 4 * 128
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     blocks = TokenBlocks(torch.randint(2, 258, (8, 16)), ["x.py"])
     CausalLMTrainer(lr=1e-2, batch_size=4, epochs=1).train(model, blocks, torch.Generator().manual_seed(0))
@@ -188,7 +190,7 @@ def test_proximal_term_covers_the_adapters_only(tokenizer):
     model = _lora_opt(tokenizer)
     global_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.5)
     n_adapter = sum(p.numel() for p in global_params.values())

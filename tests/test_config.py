@@ -1,6 +1,6 @@
 import pytest
 
-from fedpeft.config import ParameterError, Spec, load_settings, validate_section
+from fedpeft.core.config import ParameterError, Spec, load_settings, validate_section
 from fedpeft.experiments import eurosat_fedavg_ptq as exp
 
 SCHEMA = {

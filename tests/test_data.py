@@ -7,9 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from fedpeft.data import (EUROSAT_CLASSES, generate_landcover_images, load_eurosat_hub, load_eurosat_zip,
-                          normalize_batch, random_split, stratified_split)
-from fedpeft.integrity import DataFileError, require_data_file
+from fedpeft.core.integrity import DataFileError, require_data_file
+from fedpeft.data.eurosat import (
+    EUROSAT_CLASSES,
+    generate_landcover_images,
+    load_eurosat_hub,
+    load_eurosat_zip,
+    normalize_batch,
+    random_split,
+    stratified_split,
+)
 
 
 def test_generated_images_are_deterministic_and_balanced():

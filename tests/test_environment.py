@@ -65,5 +65,5 @@ def test_module_closure_follows_relative_imports():
     from module_deps import closure
 
     files = {p.name for p in closure({"fedpeft.experiments.code_lm_fedprox"})}
-    assert {"code_lm_fedprox.py", "code_corpus.py", "causal_lm.py", "lm_training.py", "federated.py", "ledger.py"} <= files
-    assert "quantization.py" not in files
+    assert {"code_lm_fedprox.py", "code_corpus.py", "causal_lm.py", "loop.py", "ledger.py", "contract.py"} <= files
+    assert "ptq.py" not in files and "eurosat.py" not in files  # the round loop no longer reaches the EuroSAT loader

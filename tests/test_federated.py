@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedpeft.data import random_split
-from fedpeft.federated import Client, RoundConfig, run_federated, sample_clients
-from fedpeft.ledger import serialize_state
-from fedpeft.models import EuroSATCNN
-from fedpeft.partition import partition
-from fedpeft.strategies import DiLoCo, FedAvg, FedProx
-from fedpeft.training import ClassifierTrainer
+from fedpeft.data.eurosat import random_split
+from fedpeft.federated.ledger import serialize_state
+from fedpeft.federated.loop import Client, RoundConfig, run_federated, sample_clients
+from fedpeft.federated.partition import partition
+from fedpeft.federated.strategies import DiLoCo, FedAvg, FedProx
+from fedpeft.models.cnn import EuroSATCNN
+from fedpeft.training.image import ClassifierTrainer
 
 
 def make_clients(images, n=2):

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedpeft import glue, lora
-from fedpeft.config import load_raw
-from fedpeft.partition import load_shard_manifests, partition, save_shard_manifests
-from fedpeft.text_training import TextClassifierTrainer, length_grouped_batches
-from fedpeft.training import seeded_generator
+from fedpeft.core.config import load_raw
+from fedpeft.core.seeding import seeded_generator
+from fedpeft.data import glue
+from fedpeft.federated import lora_aggregation as lora
+from fedpeft.federated.partition import load_shard_manifests, partition, save_shard_manifests
+from fedpeft.training.text import TextClassifierTrainer, length_grouped_batches
 
 DATA_ROOT = (Path(__file__).resolve().parents[1] / load_raw("local")["common"]["data_root"]).resolve()
 
@@ -76,7 +77,7 @@ def test_iid_and_category_shards_are_disjoint_and_cover_everything(tmp_path):
     assert all(len(np.unique(labels[p])) == 1 for p in category)
     summary = save_shard_manifests(tmp_path, category, labels, {"mode": "category", "seed": 1})
     assert summary["size_per_client"] == [len(p) for p in category] and summary["shared_examples"] == 0
-    assert all(np.array_equal(x, y) for x, y in zip(load_shard_manifests(tmp_path), category))
+    assert all(np.array_equal(x, y) for x, y in zip(load_shard_manifests(tmp_path), category, strict=True))
 
 
 def test_overlap_shards_share_the_stated_fraction(tmp_path):
@@ -100,7 +101,7 @@ def test_length_grouped_batches_visit_every_example_once():
 
 @pytest.fixture(scope="module")
 def tiny_task():
-    from fedpeft.text_models import load_text_model
+    from fedpeft.models.text import load_text_model
 
     table = glue.generate_sentiment_sentences(48, 0)
     model, tokenizer = load_text_model("tiny-roberta", 2, seed=0, tokenizer_texts=table["text_a"].tolist())
@@ -121,7 +122,7 @@ def test_fractional_epochs_take_the_stated_number_of_steps(tiny_task):
 def test_lora_rank_larger_than_the_layer_is_refused(tiny_task):
     import copy
 
-    from fedpeft.text_models import attach_lora
+    from fedpeft.models.text import attach_lora
 
     model, _ = tiny_task
     with pytest.raises(ValueError, match=r"lora rank = 65 is not allowed; it must be an integer in \[1, 64\]"):
@@ -136,7 +137,7 @@ def test_merged_peft_adapters_load_back_with_the_mean_delta(tiny_task, tmp_path)
     from peft import PeftModel
     from peft.utils import load_peft_weights
 
-    from fedpeft.text_models import attach_lora
+    from fedpeft.models.text import attach_lora
 
     model, data = tiny_task
     dirs = []
@@ -159,11 +160,11 @@ def test_merged_peft_adapters_load_back_with_the_mean_delta(tiny_task, tmp_path)
     states = [load_peft_weights(str(d)) for d in dirs]
     key_a = next(k for k in states[0] if "lora_A" in k)
     key_b = key_a.replace("lora_A", "lora_B")
-    target = sum(w * 2.0 * s[key_b].double() @ s[key_a].double() for w, s in zip([0.2, 0.6, 0.2], states))
+    target = sum(w * 2.0 * s[key_b].double() @ s[key_a].double() for w, s in zip([0.2, 0.6, 0.2], states, strict=True))
     layer = merged.get_submodule(key_a.removeprefix("base_model.model.").removesuffix(".lora_A.weight"))
     got = layer.scaling["default"] * layer.lora_B["default"].weight.double() @ layer.lora_A["default"].weight.double()
     assert relative_error_ok(target, got)
-    with pytest.raises(ValueError, match="weights has 2 values but there are 3 adapters"):
+    with pytest.raises(ValueError, match="weights has 2 values but there are 3 states"):
         lora.merge_adapter_dirs(dirs, tmp_path / "bad", method="naive", weights=[1, 2])
 
 

@@ -1,12 +1,11 @@
 """The GLUE LoRA experiment end to end at toy scale: what crosses the wire, exactness in the loop, compression."""
 
 import pytest
-import torch
 
-from fedpeft.config import ParameterError
+from fedpeft.core.config import ParameterError
 from fedpeft.experiments import glue_lora_aggregation as exp
-from fedpeft.ledger import MIB, serialize_state
-from fedpeft.lora import lora_layer_names
+from fedpeft.federated.ledger import serialize_state
+from fedpeft.federated.lora_aggregation import lora_layer_names
 
 TOY = {"train_examples": 60, "eval_examples": 30, "pretrain_examples": 40, "num_rounds": 2, "batch_size": 8,
        "lora_rank": 4, "lora_alpha": 4, "svd_rank": 4, "compress_client_rank": 8}

@@ -1,14 +1,13 @@
 """LoRA aggregation: exactness of each method on hand-made factors, the round-loop strategy, and the merge."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from fedpeft import lora
-from fedpeft.lora import LoraAggregation, LoraFactors, aggregate, mean_delta, relative_error
-from fedpeft.partition import save_shard_manifests
+from fedpeft.federated import lora_aggregation as lora
+from fedpeft.federated.lora_aggregation import LoraAggregation, LoraFactors, aggregate, mean_delta, relative_error
+from fedpeft.federated.partition import save_shard_manifests
 
 
 def _factors(count=3, rank=2, out_f=10, in_f=12, scaling=0.5, seed=0, shared_a=None):
@@ -82,7 +81,7 @@ def test_frozen_a_and_stacking_are_exact():
 
 def test_weights_must_match_the_adapters():
     fs = _factors()
-    with pytest.raises(ValueError, match="weights has 2 values but there are 3 adapters"):
+    with pytest.raises(ValueError, match="weights has 2 values but there are 3 states"):
         aggregate("naive", fs, [1.0, 2.0])
     with pytest.raises(ValueError, match="must be finite, >= 0"):
         aggregate("naive", fs, [1.0, -1.0, 1.0])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedpeft.partition import label_skew, partition
+from fedpeft.federated.partition import label_skew, partition
 
 LABELS = np.repeat(np.arange(10), 100)  # 1,000 examples, 10 balanced classes
 
@@ -21,7 +21,7 @@ def test_disjoint_complete_and_reproducible(scheme, options):
         joined = np.concatenate(parts)
         assert len(joined) == len(np.unique(joined))  # disjoint (classes held by nobody are left out)
     again = partition(LABELS, scheme, 5, seed=3, **options)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 def test_iid_equal_sizes_and_low_skew():

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from fedpeft.ledger import MIB, CommunicationLedger, cost, deserialize_state, serialize_state
-from fedpeft.models import EuroSATCNN, count_parameters
-from fedpeft.quantization import quantize
+from fedpeft.federated.ledger import MIB, CommunicationLedger, cost, deserialize_state, serialize_state
+from fedpeft.models.cnn import EuroSATCNN
+from fedpeft.models.counting import count_parameters
+from fedpeft.quantization.ptq import quantize
 
 
 def test_seed_cnn_has_434602_parameters():

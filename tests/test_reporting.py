@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedpeft.profiling import measure, resolve_precision
-from fedpeft.reporting import ClaimsTable, mean_spread, save_figure, write_metrics, write_table
-from fedpeft.summary import collect
+from fedpeft.core.device import resolve_precision
+from fedpeft.core.profiling import measure
+from fedpeft.reporting.outputs import ClaimsTable, mean_spread, save_figure, write_metrics, write_table
+from fedpeft.reporting.summary import collect
 
 
 def test_table_written_as_booktabs_latex_and_markdown(tmp_path):

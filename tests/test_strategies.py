@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedpeft.strategies import DiLoCo, FedAvg, FedProx, build_strategy, weighted_average
+from fedpeft.federated.strategies import DiLoCo, FedAvg, FedProx, build_strategy, weighted_average
 
 
 def test_weighted_average_on_known_tensors():
@@ -17,7 +17,7 @@ def test_weighted_average_rejects_bad_weights():
     s = {"w": torch.zeros(1)}
     with pytest.raises(ValueError, match="weights"):
         weighted_average([s], [0])
-    with pytest.raises(ValueError, match="2 states but 1 weights"):
+    with pytest.raises(ValueError, match="weights has 1 values but there are 2 states"):
         weighted_average([s, s], [1])
 
 

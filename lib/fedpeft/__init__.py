@@ -1,23 +1,16 @@
 """fedpeft: the helper library of a reproducible study of bandwidth- and memory-efficient fine-tuning.
 
-Modules, one job each:
+Layers, bottom to top; a module imports only from its own layer and those below it (``tests/test_layers.py``
+fails on an upward import):
 
-- ``config``: per-profile parameters, validated when loaded
-- ``integrity``: data files checked against the data root's manifest
-- ``data``: in-memory image sets and the EuroSAT sources of each profile
-- ``partition``: sharing data among clients (IID, stratified, Dirichlet, by label, overlapping)
-- ``models``: models built from code
-- ``training``: local training and evaluation
-- ``strategies``: FedAvg, FedProx, DiLoCo
-- ``federated``: the in-process round loop (sampling, evaluation, time limit, checkpoint/resume)
-- ``flower_engine``: the same strategies on Flower's simulation engine
-- ``ledger``: communication accounting from real serialized messages
-- ``quantization``: post-training quantization and measured sizes
-- ``profiling``: wall time, throughput, peak memory
-- ``reporting``: figure style, figures, LaTeX/markdown tables, metrics, claims
-- ``plots``: the study's figure functions
-- ``summary``: the per-profile summary report
-- ``experiments``: one module per experiment, composed by its notebook
+1. ``core``: settings, data integrity, device and precision, seeding, atomic files, measurement
+2. ``data``: the data sets of each profile (EuroSAT, GLUE, Python code, instructions, weeds)
+3. ``quantization``: post-training quantization, NF4 layers
+4. ``models``: models built from code or loaded offline; LoRA/QLoRA adapters on them
+5. ``training``: the trainer contract and its trainers
+6. ``federated``: strategies, LoRA aggregation, partitions, ledger, network, the round loop, the Flower engine
+7. ``reporting``: figures, tables, claims, summaries
+8. ``experiments``: one module per experiment, composed by its notebook
 """
 
 __version__ = "0.1.0"

@@ -16,16 +16,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import code_corpus
-from ..causal_lm import build_on_meta, check_sequence_length, load_causal_lm, opt_350m_config, training_memory_bytes
-from ..config import Settings, Spec, load_settings
-from ..federated import Client, FederatedResult, RoundConfig, run_federated
-from ..ledger import MIB, serialize_state
-from ..lm_training import CausalLMTrainer
-from ..profiling import measure
-from ..reporting import STUDY_PACKAGES, ClaimsTable, mean_spread
-from ..strategies import FedAvg, FedProx
-from ..text_models import attach_lora, count_parameters
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.profiling import measure
+from fedpeft.data import code_corpus
+from fedpeft.federated.ledger import MIB, serialize_state
+from fedpeft.federated.loop import Client, FederatedResult, RoundConfig, run_federated
+from fedpeft.federated.strategies import FedAvg, FedProx
+from fedpeft.models.causal_lm import build_on_meta, check_sequence_length, load_causal_lm, opt_350m_config, training_memory_bytes
+from fedpeft.models.counting import count_parameters
+from fedpeft.models.text import attach_lora
+from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable, mean_spread
+from fedpeft.training.causal_lm import CausalLMTrainer
 
 EXPERIMENT = "code_lm_fedprox"
 
@@ -177,7 +178,7 @@ def seed_parameter_line(s: Settings) -> dict[str, int]:
     meta = build_on_meta(opt_350m_config())
     base_total = sum(p.numel() for p in meta.parameters())
     peft = attach_lora(meta, s["lora_rank"], s["lora_alpha"], s["lora_dropout"], None, task_type="CAUSAL_LM")
-    trainable, total = count_parameters(peft)
+    trainable, total = count_parameters(peft, trainable_only=True), count_parameters(peft)
     return {"base_total": base_total, "trainable": trainable, "total": total}
 
 
@@ -375,7 +376,7 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
           f"mean client update norm FedAvg {avg['mean_update_norm']:.3g} vs FedProx {prox['mean_update_norm']:.3g}",
           bool(prox["mean_update_norm"] < avg["mean_update_norm"]),
           "L2 norm of each client's change to the adapters in a round, mean over clients, rounds and seeds")
-    c.add(f"... and so gives better or more stable convergence than FedAvg", "asserted, no FedAvg baseline",
+    c.add("... and so gives better or more stable convergence than FedAvg", "asserted, no FedAvg baseline",
           f"final eval loss FedAvg {avg['final_eval_loss_mean']:.4f} vs FedProx {prox['final_eval_loss_mean']:.4f}",
           bool(gap > noise), f"holds only if FedProx's loss is lower by more than {noise:.3g} nats/token (twice the "
           f"larger seed sd, at least 0.001); {int(avg['seeds'])} seed(s)")
@@ -423,7 +424,7 @@ def headline(s: Settings, table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def metrics(s: Settings, table: pd.DataFrame, runs_wall_s: float) -> dict[str, float]:
+def metrics(table: pd.DataFrame, runs_wall_s: float) -> dict[str, float]:
     """Flat numbers for ``dvc metrics``: losses in nats per token, speeds in tokens/s, memory and payload in MiB."""
     out: dict[str, float] = {}
     for _, r in table.iterrows():

@@ -13,17 +13,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data as fdata
-from ..config import Settings, Spec, load_settings
-from ..federated import Client, FederatedResult, RoundConfig, run_federated
-from ..ledger import MIB, cost
-from ..models import EuroSATCNN
-from ..partition import SCHEMES, label_skew, partition
-from ..profiling import measure, resolve_precision
-from ..quantization import PTQ_METHODS, quantize
-from ..reporting import ClaimsTable
-from ..strategies import build_strategy
-from ..training import ClassifierTrainer
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.device import resolve_precision
+from fedpeft.core.profiling import measure
+from fedpeft.data import eurosat as fdata
+from fedpeft.federated.ledger import MIB, cost
+from fedpeft.federated.loop import Client, FederatedResult, RoundConfig, run_federated
+from fedpeft.federated.partition import SCHEMES, label_skew, partition
+from fedpeft.federated.strategies import build_strategy
+from fedpeft.models.cnn import EuroSATCNN
+from fedpeft.quantization.ptq import PTQ_METHODS, quantize
+from fedpeft.reporting.outputs import ClaimsTable
+from fedpeft.training.image import ClassifierTrainer
 
 EXPERIMENT = "eurosat_fedavg_ptq"
 ENGINES = ("inprocess", "flower")
@@ -149,7 +150,7 @@ def run_one(s: Settings, pool, server_test, scheme: str, seed: int, num_rounds: 
     ckpt = s.cache_dir / "checkpoints" / s.profile / EXPERIMENT / f"{scheme}_seed{seed}_r{rounds}.pt"
     with measure() as m:
         if p["engine"] == "flower":
-            from ..flower_engine import run_flower
+            from fedpeft.federated.flower_engine import run_flower
 
             out = run_flower(model, clients, strategy, trainer, config, server_test=server_test)
             result = _flower_result(out)
@@ -175,7 +176,7 @@ def _skew(clients: list[Client]) -> float:
 
 
 def _flower_result(out: dict) -> FederatedResult:
-    from ..ledger import CommunicationLedger
+    from fedpeft.federated.ledger import CommunicationLedger
 
     rows = [{"round": r, "server_loss": v["loss"], "server_accuracy": v["accuracy"], "train_s": np.nan, "eval_s": np.nan}
             for r, v in sorted(out["server_metrics"].items())]
@@ -232,7 +233,7 @@ def ptq_comparison(model: torch.nn.Module, server_test, calibration_source, s: S
         rows.append(
             {
                 "method": method,
-                "accuracy_pct": 100 * stats.accuracy,
+                "accuracy_pct": 100 * stats["accuracy"],
                 "size_bytes": q.size_bytes(),
                 "int8_weight_share": q.int8_fraction(),
                 "notes": "; ".join(q.notes),

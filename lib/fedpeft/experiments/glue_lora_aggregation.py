@@ -16,17 +16,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import glue
-from ..config import Settings, Spec, load_settings
-from ..federated import Client, FederatedResult, RoundConfig, client_update, run_federated
-from ..ledger import MIB, serialize_state
-from ..lora import METHODS, ROUND_METHODS, LoraAggregation, merge_adapter_dirs, merge_adapter_states, normalize_weights
-from ..partition import label_skew, partition, save_shard_manifests
-from ..reporting import STUDY_PACKAGES, ClaimsTable, mean_spread
-from ..strategies import FedAvg
-from ..text_models import attach_lora, count_parameters, frozen_lora_a, load_text_model
-from ..text_training import TextClassifierTrainer
-from ..training import seeded_generator
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.seeding import seeded_generator
+from fedpeft.data import glue
+from fedpeft.federated.ledger import MIB, serialize_state
+from fedpeft.federated.loop import Client, FederatedResult, RoundConfig, client_update, run_federated
+from fedpeft.federated.lora_aggregation import (
+    ROUND_METHODS,
+    LoraAggregation,
+    merge_adapter_dirs,
+    merge_adapter_states,
+)
+from fedpeft.federated.partition import label_skew, partition, save_shard_manifests
+from fedpeft.federated.strategies import FedAvg, normalize_weights
+from fedpeft.models.counting import count_parameters
+from fedpeft.models.text import attach_lora, frozen_lora_a, load_text_model
+from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable, mean_spread
+from fedpeft.training.text import TextClassifierTrainer
 
 EXPERIMENT = "glue_lora_aggregation"
 SHARDINGS = ("iid", "overlap", "category", "dirichlet")
@@ -133,7 +139,7 @@ class TaskData:
         return stratify_labels(self.task, self.train_table["label"].to_numpy())
 
 
-def prepare_task(s: Settings, task: str, seed: int = 0, progress: bool = True) -> TaskData:
+def prepare_task(s: Settings, task: str, seed: int = 0) -> TaskData:
     """Load, tokenize, and build the base model (tiny-roberta's encoder is first trained on separate
     generated sentences, standing in for pretraining, and its head is then re-initialised)."""
     train_table, dev_table = load_tables(s, task)
@@ -236,7 +242,7 @@ def run_federated_lora(s: Settings, data: TaskData, method: str, sharding: str, 
     config = RoundConfig(num_rounds=s["num_rounds"], seed=seed, exchange="trainable", evaluate_clients=s["evaluate_clients"])
     result = run_federated(model, clients, strategy, make_trainer(s, data.task), config, server_test=data.dev,
                            progress=progress, description=f"{data.task} {method}/{sharding} r{client_rank} seed {seed}")
-    trainable, total = count_parameters(model)
+    trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
     full_bytes = len(serialize_state(model.state_dict()))
     return Run(data.task, method, sharding if init_adapter is None else f"{sharding}, warm start", seed, client_rank, result, strategy.error_frame(), strategy.measure_s, label_skew(parts, data.strata),
                trainable, total, full_bytes)
@@ -254,7 +260,7 @@ def train_centralized(s: Settings, data: TaskData, seed: int, full: bool, save_t
     start = time.perf_counter()
     trainer.train(model, data.train, seeded_generator(seed, 20_000))
     seconds = time.perf_counter() - start
-    trainable, _ = count_parameters(model)
+    trainable = count_parameters(model, trainable_only=True)
     stats = trainer.evaluate(model, data.dev)
     if save_to is not None and not full:
         model.save_pretrained(save_to)
@@ -355,7 +361,7 @@ def one_shot_merge(s: Settings, data: TaskData, seed: int, work_dir: Path) -> tu
         adapter_dirs.append(work_dir / f"client_{i}")
         model.save_pretrained(adapter_dirs[-1])
     client_scores = []
-    for i, state in enumerate(states, start=1):
+    for state in states:
         model.load_state_dict(state, strict=False)
         client_scores.append(trainer.evaluate(model, data.dev)["score"])
     rows, saved = [], []

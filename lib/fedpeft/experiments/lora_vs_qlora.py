@@ -17,12 +17,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import diffusion, instruct, qlora, sft
-from ..causal_lm import build_on_meta, byte_level_tokenizer, cache_smollm2, check_sequence_length
-from ..config import Settings, Spec, load_settings
-from ..profiling import measure
-from ..reporting import STUDY_PACKAGES, ClaimsTable
-from ..text_models import attach_lora, count_parameters
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.profiling import measure
+from fedpeft.data import instruct
+from fedpeft.models.causal_lm import build_on_meta, byte_level_tokenizer, cache_smollm2, check_sequence_length
+from fedpeft.models.counting import count_parameters
+from fedpeft.models.text import attach_lora
+from fedpeft.quantization import nf4 as qlora
+from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable
+from fedpeft.training import diffusion, sft
 
 EXPERIMENT = "lora_vs_qlora"
 ARMS = ("lora", "qlora")
@@ -158,7 +161,7 @@ def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path) -> dict[str,
     sizes = {dt: sft.save_adapter_copy(model, work_dir / f"{arm}_{dt}", DTYPES_SAVE[dt]) for dt in DTYPES_SAVE}
     adapter_dtype = str(next(p.dtype for n, p in model.named_parameters() if p.requires_grad)).removeprefix("torch.")
     reload_error = fp16_reload_error(s, data, arm, model, work_dir / f"{arm}_fp16")
-    trainable, total = count_parameters(model)
+    trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
     last = records[-max(1, len(records) // 4):]
     return {"arm": arm, **speed_summary(records, s["warm_steps"]), "peak_memory_mib": m.peak_memory_bytes / 2**20,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),
@@ -215,7 +218,7 @@ def run_diffusion_arm(s: Settings, data: DiffusionData, arm: str) -> dict[str, A
         records = diffusion.train_steps(unet, data.components.scheduler, data.latents, data.text, s["diffusion_steps"],
                                         s["diffusion_batch"], s["diffusion_lr"], s["seed"])
     eval_loss = diffusion.evaluate_loss(unet, data.components.scheduler, data.latents, data.text)
-    trainable, total = count_parameters(unet)
+    trainable, total = count_parameters(unet, trainable_only=True), count_parameters(unet)
     last = records[-max(1, len(records) // 4):]
     return {"arm": arm, **speed_summary(records, s["warm_steps"]), "peak_memory_mib": m.peak_memory_bytes / 2**20,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),

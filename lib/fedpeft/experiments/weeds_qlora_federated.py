@@ -16,19 +16,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import weeds
-from ..backbones import BACKBONES, Backbone, build_backbone, calibrate_batchnorm, count_parameters
-from ..config import Settings, Spec, load_settings
-from ..feature_cache import CacheStats, augmented_batch, extract_features, seed_augmentations
-from ..federated import Client, RoundConfig, run_federated
-from ..head_adapters import (ARMS, COMPUTE_DTYPES, FeatureSet, FeatureViews, HeadTrainer, adapted_head, base_head,
-                             effective_update_rank, inverse_frequency_weights, lora_parameter_count)
-from ..ledger import MIB, TRANSPORT_DTYPES, serialize_state
-from ..network import NetworkModel
-from ..profiling import measure
-from ..reporting import STUDY_PACKAGES, ClaimsTable
-from ..strategies import build_strategy
-from ..training import optimizer_step
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.profiling import measure
+from fedpeft.data import weeds
+from fedpeft.federated.ledger import MIB, serialize_state
+from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.network import NetworkModel
+from fedpeft.federated.strategies import build_strategy
+from fedpeft.models.backbones import BACKBONES, Backbone, build_backbone, calibrate_batchnorm
+from fedpeft.models.counting import count_parameters
+from fedpeft.models.feature_cache import CacheStats, augmented_batch, extract_features, seed_augmentations
+from fedpeft.models.head import ARMS, COMPUTE_DTYPES, adapted_head, base_head, effective_update_rank, lora_parameter_count
+from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable
+from fedpeft.training.contract import optimizer_step
+from fedpeft.training.head import FeatureSet, FeatureViews, HeadTrainer, inverse_frequency_weights
 
 EXPERIMENT = "weeds_qlora_federated"
 SOURCES = ("generated", "cwfid", "weedsgalore")
@@ -142,7 +143,7 @@ def split_table(splits: Splits) -> pd.DataFrame:
     for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         counts = part.class_counts()
         rows.append({"split": name, "fields": len(set(part.groups.tolist())), "samples": len(part),
-                     **{c: int(n) for c, n in zip(part.class_names, counts)}})
+                     **{c: int(n) for c, n in zip(part.class_names, counts, strict=True)}})
     return pd.DataFrame(rows)
 
 
@@ -207,7 +208,7 @@ def make_farmers(feats: Features, num_farmers: int, seed: int, local_steps: int,
         if step_fractions:
             steps = max(1, int(round(step_fractions[f % len(step_fractions)] * local_steps)))
         cid = f"farmer_{f}" if num_farmers > 1 else "centralized"
-        clients.append(Client(cid, FeatureViews(feats.train[idx], feats.train_labels[idx], cid, steps)))
+        clients.append(Client(cid, FeatureViews(feats.train[idx], feats.train_labels[idx], local_steps=steps)))
     return clients
 
 
@@ -268,7 +269,7 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: RunSpec, progres
     ledger = result.ledger.frame()
     trainable = [p for p in head.parameters() if p.requires_grad]
     return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps,
-            "history": history, "test_loss": test.loss, "test_accuracy": test.accuracy, "test_macro_f1": test.macro_f1,
+            "history": history, "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             "adapter_params": sum(p.numel() for p in trainable), "effective_update_rank": effective_update_rank(head),
             "payload_bytes": int(ledger.loc[ledger["direction"] == "up", "bytes"].iloc[0]) if (ledger["direction"] == "up").any() else 0,
             "messages": len(ledger), "total_bytes": int(ledger["bytes"].sum()), "syncs": rounds,
@@ -378,7 +379,7 @@ def farmer_memory(s: Settings, backbone: Backbone, splits: Splits) -> dict[str, 
                         s["target_module"], s["compute_dtype"], s["double_quant"])
     images = splits.train.images[: s["batch_size"]]
     labels = splits.train.labels[: s["batch_size"]]
-    augment = seed_augmentations(images.shape[-1])
+    augment = seed_augmentations()
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=s["learning_rate"])
     with measure(device) as m:
         with torch.no_grad():
@@ -393,7 +394,7 @@ def step_cost(s: Settings, backbone: Backbone, splits: Splits, feats: Features, 
     head = adapted_head(base_head(backbone.head, backbone.dropout), s["arm"], s["lora_rank"], s["lora_alpha"], s["lora_dropout"],
                         s["target_module"], s["compute_dtype"], s["double_quant"])
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=s["learning_rate"])
-    augment = seed_augmentations(splits.train.images.shape[-1])
+    augment = seed_augmentations()
     g = torch.Generator().manual_seed(0)
     n, views = feats.train.shape[:2]
 

@@ -1,0 +1,199 @@
+"""Loading and validating the study's parameters.
+
+Each profile has one file, ``params/<profile>.yaml``, with one section per experiment. A section is validated
+against a schema when it is loaded: an unknown key, a wrong type or a value out of range raises
+:class:`ParameterError` naming the key, the value and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+PROFILES = ("embedded", "local", "paper")
+DEFAULT_PROFILE = "embedded"
+
+#: The repository's root (``lib/fedpeft/config.py`` -> two folders up from ``lib``).
+REPO_ROOT = Path(__file__).resolve().parents[3]  # lib/fedpeft/core/config.py -> the repository
+
+
+class ParameterError(ValueError):
+    """A parameter is unknown, of the wrong type, or out of its allowed range."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one parameter may hold.
+
+    ``kind`` is a Python type (``int``, ``float``, ``str``, ``bool``) or ``list`` with ``item`` giving the
+    element type. ``choices`` restricts values (or list elements); ``low``/``high`` bound numbers (inclusive);
+    ``nullable`` allows ``None``.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    choices: Sequence[Any] | None = None
+    item: type | None = None
+    nullable: bool = False
+    min_items: int = 0
+    doc: str = ""
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            what = f"one of {list(self.choices)}"
+        elif self.kind is list:
+            what = f"a list of {self.item.__name__}" + (f" with at least {self.min_items} item(s)" if self.min_items else "")
+        else:
+            what = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(self.kind, self.kind.__name__)
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else self.low
+            hi = "inf" if self.high is None else self.high
+            what += f" in [{lo}, {hi}]"
+        if self.nullable:
+            what += " or null"
+        return what
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_scalar(value: Any, kind: type, spec: Spec) -> bool:
+    if not _type_ok(value, kind):
+        return False
+    if spec.choices is not None and value not in spec.choices:
+        return False
+    if spec.low is not None and value < spec.low:
+        return False
+    return not (spec.high is not None and value > spec.high)
+
+
+def validate_section(section: str, values: Mapping[str, Any], schema: Mapping[str, Spec]) -> dict[str, Any]:
+    """Check ``values`` against ``schema`` and return a plain dict; raise :class:`ParameterError` otherwise.
+
+    Every key of the schema is required, so that each profile file states its settings in full.
+    """
+    if not isinstance(values, Mapping):
+        raise ParameterError(f"{section}: expected a mapping of settings, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ParameterError(
+            f"{section}.{unknown[0]}: unknown setting (value {values[unknown[0]]!r}); allowed keys: {sorted(schema)}"
+        )
+    missing = sorted(set(schema) - set(values))
+    if missing:
+        raise ParameterError(f"{section}.{missing[0]}: missing; it must be {schema[missing[0]].allowed()}")
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        value = values[key]
+        name = f"{section}.{key}"
+        if value is None:
+            if not spec.nullable:
+                raise ParameterError(f"{name} = None is not allowed; it must be {spec.allowed()}")
+        elif spec.kind is list:
+            ok = isinstance(value, list) and len(value) >= spec.min_items
+            ok = ok and all(_check_scalar(v, spec.item, spec) for v in value)
+            if not ok:
+                raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}")
+            value = [float(v) if spec.item is float else v for v in value]
+        elif not _check_scalar(value, spec.kind, spec):
+            raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}")
+        elif spec.kind is float:
+            value = float(value)
+        out[key] = value
+    return out
+
+
+COMMON_SCHEMA: dict[str, Spec] = {
+    "profile": Spec(str, choices=PROFILES, doc="which profile this file describes"),
+    "data_root": Spec(str, doc="folder of the real data sets (local profile), relative to the repository root"),
+    "reports_dir": Spec(str, doc="where this profile's results go, relative to the repository root"),
+    "cache_dir": Spec(str, doc="scratch folder for decoded data and checkpoints (ignored by git)"),
+}
+
+
+def params_path(profile: str) -> Path:
+    if profile not in PROFILES:
+        raise ParameterError(f"profile = {profile!r} is not allowed; it must be one of {list(PROFILES)}")
+    return REPO_ROOT / "params" / f"{profile}.yaml"
+
+
+def load_raw(profile: str) -> dict[str, Any]:
+    path = params_path(profile)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameters file for profile {profile!r} not found: {path}")
+    with path.open() as fh:
+        return yaml.safe_load(fh) or {}
+
+
+@dataclass
+class Settings:
+    """The validated settings of one experiment under one profile, with resolved paths."""
+
+    profile: str
+    experiment: str
+    params: dict[str, Any]
+    data_root: Path
+    report_dir: Path
+    cache_dir: Path
+    common: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    @property
+    def metrics_path(self) -> Path:
+        """Flat metrics for ``dvc metrics``: ``<reports>/metrics/<experiment>.json`` (DVC forbids a metrics file
+        inside a directory output, so it sits beside the experiment's folder)."""
+        return self.report_dir.parent / "metrics" / f"{self.experiment}.json"
+
+    @property
+    def history_path(self) -> Path:
+        """Per-round history for ``dvc plots``: ``<reports>/plots/<experiment>_history.csv``."""
+        return self.report_dir.parent / "plots" / f"{self.experiment}_history.csv"
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+def load_settings(profile: str, experiment: str, schema: Mapping[str, Spec], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Load ``params/<profile>.yaml``, validate its ``common`` and ``experiment`` sections, apply ``overrides``.
+
+    Environment variables adjust paths without editing the file: ``FEDPEFT_DATA_ROOT`` (the data root) and
+    ``FEDPEFT_REPORTS_DIR`` (a scratch reports root, used by the nbval check so it never rewrites the committed
+    reports).
+    """
+    raw = load_raw(profile)
+    common = validate_section("common", raw.get("common", {}), COMMON_SCHEMA)
+    if common["profile"] != profile:
+        raise ParameterError(f"common.profile = {common['profile']!r} in {params_path(profile)} does not match the profile {profile!r}")
+    if experiment not in raw:
+        raise ParameterError(f"{params_path(profile)} has no section {experiment!r}; sections: {sorted(raw)}")
+    values = dict(raw[experiment])
+    for key, value in (overrides or {}).items():
+        if key not in schema:
+            raise ParameterError(f"{experiment}.{key}: unknown setting (value {value!r}); allowed keys: {sorted(schema)}")
+        values[key] = value
+    params = validate_section(experiment, values, schema)
+    data_root = _resolve(os.environ.get("FEDPEFT_DATA_ROOT", common["data_root"]))
+    reports_root = _resolve(os.environ.get("FEDPEFT_REPORTS_DIR", common["reports_dir"]))
+    return Settings(
+        profile=profile,
+        experiment=experiment,
+        params=params,
+        data_root=data_root,
+        report_dir=reports_root / experiment,
+        cache_dir=_resolve(common["cache_dir"]),
+        common=common,
+    )

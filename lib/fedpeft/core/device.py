@@ -1,0 +1,53 @@
+"""Where and in what precision training runs: the ``device`` setting every trainer takes (``auto`` picks CUDA
+when a GPU is visible) and ``precision`` (``auto`` picks bf16 only where it is native)."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if device not in DEVICES:
+        raise ValueError(f"device = {device!r} is not allowed; it must be one of {list(DEVICES)}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device = 'cuda' is not allowed here: no GPU is visible; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings cover it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16).
+
+    Without them oneDNN emulates bf16, and autocast makes the EuroSAT CNN about 2x *slower* (measured: 144 vs
+    342 images/s on a 2-core AVX-512 Xeon), so ``precision="auto"`` only picks bf16 where this is true.
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` also answers True for AVX512-BW, so it is not used.)
+    """
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` on CPUs with native bf16 (or on CUDA), else ``fp32``; other values pass through."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() or cpu_supports_bf16() else "fp32"

@@ -1,0 +1,188 @@
+"""Everything a report writes: one figure style, figures as PNG and PDF, tables as LaTeX (booktabs) and
+markdown from the same DataFrame, flat ``metrics.json``, claims tables, and the package versions used.
+
+All writes are atomic (written to a temporary file, then renamed), so a killed run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from fedpeft.core.files import atomic_write_text
+
+STUDY_PACKAGES = (
+    "torch", "torchvision", "torchao", "flwr", "flwr-datasets", "transformers", "peft", "bitsandbytes",
+    "datasets", "pandas", "numpy", "scikit-learn", "matplotlib", "seaborn", "papermill", "dvc",
+)  # fmt: skip
+
+
+def use_study_style() -> None:
+    """The study's one figure style (seaborn whitegrid, colour-blind palette, paper-sized fonts)."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.15)
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (6.4, 4.0),
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "pdf.fonttype": 42,  # embed TrueType, editable in vector tools
+            "svg.hashsalt": "fedpeft",
+            "path.simplify": True,
+        }
+    )
+
+
+def save_figure(fig, out_dir: Path, name: str) -> dict[str, Path]:
+    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` in ``out_dir`` (atomically); return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for ext in ("png", "pdf"):
+        final = out_dir / f"{name}.{ext}"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=f".{ext}")
+        os.close(fd)
+        # Fixed metadata keeps the files byte-stable across reruns.
+        meta = {"Software": None} if ext == "png" else {"CreationDate": None, "Producer": None, "Creator": None}
+        fig.savefig(tmp, format=ext, metadata=meta)
+        os.replace(tmp, final)
+        paths[ext] = final
+    return paths
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(a, b)
+    return text
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str, float_format: str = "{:.4g}") -> dict[str, Path]:
+    """Write ``df`` as ``<name>.tex`` (booktabs) and ``<name>.md`` from the same values."""
+    out_dir = Path(out_dir)
+    shown = df.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else float_format.format(v))
+    # astype(str) would keep None/NaN as missing values in pandas 3, which LaTeX escaping cannot handle
+    shown = shown.map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+    md = f"**{caption}**\n\n" + shown.to_markdown(index=False) + "\n"
+    escaped = shown.map(_latex_escape)
+    escaped.columns = [_latex_escape(str(c)) for c in shown.columns]
+    tex = escaped.style.hide(axis="index").to_latex(
+        hrules=True, caption=_latex_escape(caption), label=f"tab:{name}", position="htbp", position_float="centering"
+    )
+    return {
+        "tex": atomic_write_text(out_dir / f"{name}.tex", tex),
+        "md": atomic_write_text(out_dir / f"{name}.md", md),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(metrics: Mapping[str, Any], path: Path) -> Path:
+    """A flat JSON object of numbers for ``dvc metrics`` (keys sorted, NaN written as null)."""
+    flat = {k: _plain(v) for k, v in sorted(metrics.items())}
+    return atomic_write_text(Path(path), json.dumps(flat, indent=2) + "\n")
+
+
+def write_csv(df: pd.DataFrame, path: Path, float_format: str = "%.6g") -> Path:
+    return atomic_write_text(Path(path), df.to_csv(index=False, float_format=float_format))
+
+
+def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
+    import platform
+
+    rows = [{"package": "python", "version": platform.python_version()}]
+    for name in packages:
+        try:
+            rows.append({"package": name, "version": metadata.version(name)})
+        except metadata.PackageNotFoundError:
+            rows.append({"package": name, "version": "not installed"})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Claim:
+    claim: str
+    seed_figure: str
+    study_figure: str
+    holds: bool | None  # None: not testable in this profile
+    note: str = ""
+
+
+@dataclass
+class ClaimsTable:
+    """The seed's claims beside what the study measured, and whether each holds."""
+
+    profile: str
+    claims: list[Claim] = field(default_factory=list)
+
+    def add(self, claim: str, seed_figure: str, study_figure: str, holds: bool | None, note: str = "") -> None:
+        self.claims.append(Claim(claim, seed_figure, study_figure, holds, note))
+
+    def frame(self) -> pd.DataFrame:
+        verdict = {True: "holds", False: "does not hold", None: "not testable here"}
+        return pd.DataFrame(
+            [
+                {
+                    "claim": c.claim,
+                    "seed": c.seed_figure,
+                    "study": c.study_figure,
+                    "profile": self.profile,
+                    "verdict": verdict[c.holds],
+                    "note": c.note,
+                }
+                for c in self.claims
+            ]
+        )
+
+
+def mean_spread(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    s = pd.Series(list(values), dtype=float)
+    return float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else 0.0
+
+
+class MarkdownReport:
+    """A markdown report assembled from the same DataFrames and figures the notebook shows."""
+
+    def __init__(self, title: str) -> None:
+        self.parts: list[str] = [f"# {title}\n"]
+
+    def text(self, markdown: str) -> None:
+        self.parts.append(markdown.strip() + "\n")
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"{'#' * level} {text}\n")
+
+    def figure(self, png_name: str, caption: str) -> None:
+        self.parts.append(f"![{caption}]({png_name})\n\n*{caption}*\n")
+
+    def table(self, df: pd.DataFrame, caption: str, float_format: str = "{:.4g}") -> None:
+        shown = df.copy()
+        for col in shown.columns:
+            if pd.api.types.is_float_dtype(shown[col]):
+                shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else float_format.format(v))
+        self.parts.append(f"**{caption}**\n\n{shown.to_markdown(index=False)}\n")
+
+    def write(self, path: Path) -> Path:
+        return atomic_write_text(Path(path), "\n".join(self.parts))

@@ -1,0 +1,164 @@
+"""Supervised fine-tuning (SFT) of a causal LM on rendered instruction pairs, LoRA or QLoRA, with timing.
+
+The seed used trl's ``SFTTrainer``: batch 1 with gradient accumulation 8, AdamW at lr 2e-4, a cosine schedule with
+3 % warm-up (transformers' ``get_cosine_schedule_with_warmup``), loss on every token of the rendered text. This
+loop does the same so that each optimizer step can be timed on its own: a *step* is one optimizer update
+(``grad_accum`` examples); steps/s counts updates per second of wall time.
+Also here: the Gemma-2 architectures, 4-bit loading through transformers' ``BitsAndBytesConfig``, and adapter
+files written in fp32 and fp16.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+#: google/gemma-2-2b's published config.json (architecture only).
+GEMMA2_2B = dict(
+    vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, max_position_embeddings=8192, sliding_window=4096, query_pre_attn_scalar=256,
+    final_logit_softcapping=30.0, attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh",
+    tie_word_embeddings=True, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+)
+SEED_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def gemma2_2b_config():
+    from transformers import Gemma2Config
+
+    return Gemma2Config(**GEMMA2_2B)
+
+
+def tiny_gemma2(tokenizer):
+    """A 2-layer Gemma-2 with the tokenizer's vocabulary (``embedded``)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                          sliding_window=256, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+    return Gemma2ForCausalLM(config)
+
+
+def load_for_arm(source_dir: Path, arm: str, compute_dtype: torch.dtype, base_dtype: torch.dtype, double_quant: bool = True):
+    """The base model of ``source_dir`` for one arm: ``lora`` in ``base_dtype``; ``qlora`` with NF4 linear layers
+    (bitsandbytes through transformers, ``device_map`` CPU or the GPU) computing in ``compute_dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    from fedpeft.quantization.nf4 import bnb_config
+
+    if arm == "lora":
+        return AutoModelForCausalLM.from_pretrained(source_dir, dtype=base_dtype)
+    if arm != "qlora":
+        raise ValueError(f"arm = {arm!r} is not allowed; it must be 'lora' or 'qlora'")
+    device_map = {"": 0} if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=bnb_config(compute_dtype, double_quant),
+                                                dtype=compute_dtype, device_map=device_map)
+
+
+def save_base(model: nn.Module, tokenizer, folder: Path) -> Path:
+    """Save a model built in memory so that both arms load it the same way (written to a temporary folder first)."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def train_sft(model: nn.Module, examples: list[torch.Tensor], steps: int, grad_accum: int, lr: float,
+              warmup_ratio: float, seed: int, autocast_dtype: torch.dtype | None = None) -> list[dict[str, float]]:
+    """``steps`` optimizer updates of ``grad_accum`` examples each (batch 1, as the seed), examples drawn in a
+    seeded shuffled order; one record per update: mean loss over its examples and its wall seconds."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    from transformers import get_cosine_schedule_with_warmup
+
+    device = next(p for p in model.parameters()).device
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    model.train()
+    records = []
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        total = 0.0
+        for _ in range(grad_accum):
+            if not order:
+                order = rng.permutation(len(examples)).tolist()
+            ids = examples[order.pop()].unsqueeze(0).to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = model(input_ids=ids, labels=ids).loss
+            (loss / grad_accum).backward()
+            total += float(loss.detach())
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        records.append({"step": step, "loss": total / grad_accum, "seconds": time.perf_counter() - start})
+    return records
+
+
+@torch.no_grad()
+def evaluate_sft(model: nn.Module, examples: list[torch.Tensor], autocast_dtype: torch.dtype | None = None) -> float:
+    """Token-weighted mean loss (nats per predicted token) over ``examples``."""
+    device = next(p for p in model.parameters()).device
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for ids in examples:
+        if len(ids) < 2:
+            continue
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(input_ids=ids.unsqueeze(0).to(device), labels=ids.unsqueeze(0).to(device)).loss
+        loss_sum += float(loss.float()) * (len(ids) - 1)
+        tokens += len(ids) - 1
+    return loss_sum / tokens
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def save_adapter_copy(model: nn.Module, folder: Path, dtype: torch.dtype) -> int:
+    """Save the model's LoRA adapter with peft, its tensors cast to ``dtype``; return the safetensors file's bytes."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].save_pretrained(folder)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in adapter_state(model).items()}
+    path = folder / "adapter_model.safetensors"
+    save_file(state, path)
+    return path.stat().st_size
+
+
+def load_adapter_copy(model: nn.Module, folder: Path) -> None:
+    """Load an adapter saved by :func:`save_adapter_copy` into a peft model of the same configuration (its
+    tensors are cast to the model's own dtype)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(Path(folder) / "adapter_model.safetensors")
+    own = adapter_state(model)
+    set_peft_model_state_dict(model, {k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def adapter_file_bytes(shapes: dict[str, torch.Size], dtype: torch.dtype) -> int:
+    """Exact size of a safetensors file holding tensors of ``shapes`` in ``dtype`` (serialized for real)."""
+    from safetensors.torch import save
+
+    return len(save({k: torch.zeros(s, dtype=dtype) for k, s in shapes.items()}))
