@@ -20,6 +20,11 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
+PROFILES := embedded local paper
+ifeq ($(filter $(PROFILE),$(PROFILES)),)
+$(error PROFILE=$(PROFILE) is not a profile of this study; use one of: $(PROFILES))
+endif
+
 ifeq ($(PROFILE),embedded)
 PIPELINE := dvc.yaml
 else
@@ -34,16 +39,33 @@ subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-
 endef
 export INSTALL_WITHOUT_DEPENDENCIES
 
-.PHONY: env repro test lint unit nbval bench clean-env
+# requirements.lock: every package of the environment with its hashes, resolved from pyproject.toml by `make lock`
+# (uv, pinned here, resolves in seconds; pip-compile downloads every wheel to hash it). tests/test_environment.py
+# fails when pyproject.toml changed without the lock.
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+
+.PHONY: env lock repro test lint unit nbval bench dry-run clean-env
 env: $(VENV)/.installed
 
-# Re-installs when pyproject.toml (the one dependency list) changes.
-$(VENV)/.installed: pyproject.toml
+# Re-installs when the lock changes: the locked set with hash checking, then the project itself without
+# dependencies, then [tool.fedpeft] install-without-dependencies.
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "$$INSTALL_WITHOUT_DEPENDENCIES"
 	touch $@
+
+# Re-resolves the lock from pyproject.toml, keeping the locked versions that still satisfy it (uv prefers the
+# pins of the file it writes); `make lock UPGRADE=--upgrade` moves everything to the newest allowed versions.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	cp $(LOCK) $(LOCK).tmp 2>/dev/null || true
+	.venv-lock/bin/uv pip compile pyproject.toml --python-version 3.11.5 --generate-hashes --no-header --quiet $(UPGRADE) -o $(LOCK).tmp
+	$(PYTHON) tests/lockfile.py --stamp $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
 
 repro: env
 	$(BIN)/dvc repro $(PIPELINE)
@@ -57,10 +79,14 @@ lint: env
 unit: env
 	$(BIN)/python -m pytest tests
 
-# Re-executes each committed executed notebook of the embedded profile and compares its headline cells
-# (marked NBVAL_CHECK_OUTPUT). Outputs go to a scratch folder, never over the committed reports.
+# Re-executes each committed executed notebook of the embedded profile into a scratch folder (never over the
+# committed reports) and compares its headline cells (marked NBVAL_CHECK_OUTPUT: exact-by-construction values such as
+# counts, bytes and table structure); then compares every regenerated metric with the committed one within the
+# tolerances of tests/metric_tolerances.yaml (trained floats differ between CPUs).
 nbval: env
-	FEDPEFT_REPORTS_DIR=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb
+	scratch=$$(mktemp -d) && \
+	FEDPEFT_REPORTS_DIR=$$scratch $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb && \
+	FEDPEFT_FRESH_REPORTS=$$scratch $(BIN)/python -m pytest -p no:cacheprovider tests/test_regeneration.py
 
 # Benchmarks measure; they never pass or fail. Results: reports/benchmarks/.
 bench: env
@@ -68,6 +94,11 @@ bench: env
 	$(BIN)/python benchmarks/lora_aggregation_speed.py
 	$(BIN)/python benchmarks/causal_lm_throughput.py
 	$(BIN)/python benchmarks/trainer_overhead.py
+
+# The paper profile's architectures at full size with random weights, one federated round each, on CUDA when
+# present (device auto): memory and step time before a GPU is spent on the real runs. Writes reports/paper/dry_run.md.
+dry-run: env
+	$(BIN)/python benchmarks/paper_dry_run.py --device auto
 
 clean-env:
 	rm -rf $(VENV)

@@ -25,7 +25,7 @@ def test_valid_section_passes_and_ints_become_floats():
         ({"rounds": 2.5}, "x.rounds = 2.5 is not allowed"),
         ({"rounds": True}, "x.rounds = True is not allowed"),
         ({"strategy": "fedsgd"}, "x.strategy = 'fedsgd' is not allowed; it must be one of \\['fedavg', 'fedprox'\\]"),
-        ({"lr": 3.0}, "x.lr = 3.0 is not allowed; it must be a number in \\[0.0, 1.0\\]"),
+        ({"lr": 3.0}, "x.lr = 3.0 is not allowed; it must be a finite number in \\[0.0, 1.0\\]"),
         ({"seeds": []}, "x.seeds = \\[\\] is not allowed; it must be a list of int with at least 1 item"),
         ({"seeds": [0, "a"]}, "x.seeds = \\[0, 'a'\\] is not allowed"),
         ({"limit": 0.5}, "x.limit = 0.5 is not allowed"),
@@ -41,7 +41,7 @@ def test_bad_values_name_key_value_and_what_is_allowed(change, message):
 def test_missing_key_is_named():
     values = dict(GOOD)
     del values["lr"]
-    with pytest.raises(ParameterError, match="x.lr: missing; it must be a number"):
+    with pytest.raises(ParameterError, match="x.lr: missing; it must be a finite number"):
         validate_section("x", values, SCHEMA)
 
 

@@ -17,12 +17,49 @@ def test_dependencies_are_pinned_in_pyproject():
     assert not unpinned, f"unpinned dependencies: {unpinned}"
 
 
-def test_environment_yml_installs_the_project_and_pins_nothing_else():
+def test_environment_yml_installs_the_lock_and_pins_nothing_else():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == ["-e ."], "environment.yml must install the project from pyproject.toml, nothing else"
+    assert pip == ["--require-hashes", "-r requirements.lock"], "environment.yml must install requirements.lock, nothing else"
     assert sorted(conda) == ["pip", "python=3.11"]
+
+
+def test_lock_was_made_from_the_current_pyproject():
+    from lockfile import dependencies_digest, read_stamp
+
+    assert read_stamp() == dependencies_digest(), (
+        "pyproject.toml's dependencies changed since requirements.lock was made; run `make lock` and commit both")
+
+
+def test_lock_pins_every_direct_dependency_at_its_pyproject_version():
+    from lockfile import locked_versions, normalize, pyproject_dependencies
+
+    locked = locked_versions()
+    for requirement in pyproject_dependencies()["dependencies"]:
+        name, version = re.match(r"([A-Za-z0-9._-]+)(?:\[[^]]*\])?==([^\s;]+)", requirement).groups()
+        assert locked.get(normalize(name)) == version, f"{requirement} is locked at {locked.get(normalize(name))}"
+
+
+def test_environment_holds_exactly_the_locked_versions():
+    """Every package installed here is in the lock at the same version (the project itself and the packages
+    installed without dependencies aside), so a number in a report comes from the locked set."""
+    import sysconfig
+    from importlib import metadata
+
+    from lockfile import locked_versions, normalize, pyproject_dependencies
+
+    site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    locked = locked_versions()
+    outside = {"fedpeft", "pip"} | {normalize(r.split("==")[0]) for r in pyproject_dependencies()["install-without-dependencies"]}
+    drift = {}
+    for dist in metadata.distributions():
+        if Path(str(dist.locate_file(""))).resolve() not in site:
+            continue  # vendored inside another package (Ray puts its own psutil on sys.path)
+        name = normalize(dist.metadata["Name"])
+        if name not in outside and locked.get(name) != dist.version:
+            drift[name] = (dist.version, locked.get(name))
+    assert not drift, f"installed (version, locked version) that differ: {drift}; rebuild the environment with `make env`"
 
 
 def _normalised(profile: str) -> str:

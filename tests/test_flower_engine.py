@@ -1,5 +1,6 @@
-"""Every trainer of the contract runs on both engines: Flower's simulation gives the same global model as the
-in-process loop."""
+"""Every trainer of the contract (the four federated ones, and the SFT and diffusion trainers that the LoRA-vs-QLoRA
+experiment uses centrally) runs on both engines: Flower's simulation gives the same global model as the in-process
+loop."""
 
 import copy
 import time
@@ -69,7 +70,33 @@ def _head_case(_):
     return head, clients, trainer, FeatureSet(features[:, 0], labels), FedAvg(), "trainable", 2
 
 
-CASES = {"image": _image_case, "text": _text_case, "causal_lm": _causal_lm_case, "head": _head_case}
+def _sft_case(_):
+    from fedpeft.models.causal_lm import byte_level_tokenizer
+    from fedpeft.models.text import attach_lora
+    from fedpeft.training.sft import SFTTrainer, tiny_gemma2
+
+    torch.manual_seed(0)
+    model = attach_lora(tiny_gemma2(byte_level_tokenizer()), 4, 8, 0.0, ["q_proj", "v_proj"], seed=0, task_type="CAUSAL_LM")
+    gen = torch.Generator().manual_seed(0)
+    examples = [torch.randint(2, 258, (12,), generator=gen) for _ in range(8)]
+    clients = [Client(f"c{i}", examples[i::2]) for i in range(2)]
+    return model, clients, SFTTrainer(steps=2, grad_accum=2, lr=1e-3, warmup_ratio=0.0), examples[:2], FedProx(mu=0.1), "trainable", 1
+
+
+def _diffusion_case(_):
+    from fedpeft.training import diffusion
+
+    comps = diffusion.build_components("tiny")
+    images, captions = diffusion.generated_images(4, 32)
+    data = diffusion.LatentCaptions(diffusion.encode_images(comps, images), diffusion.encode_captions(comps, captions))
+    unet = diffusion.attach_unet_lora(comps.unet, 4, 4)
+    clients = [Client(f"c{i}", diffusion.LatentCaptions(data.latents[i::2], data.text[i::2])) for i in range(2)]
+    trainer = diffusion.DiffusionTrainer(comps.scheduler, steps=2, batch_size=2, lr=1e-3, eval_repeats=1)
+    return unet, clients, trainer, data, FedAvg(), "trainable", 1
+
+
+CASES = {"image": _image_case, "text": _text_case, "causal_lm": _causal_lm_case, "head": _head_case, "sft": _sft_case,
+         "diffusion": _diffusion_case}
 
 
 @pytest.mark.slow

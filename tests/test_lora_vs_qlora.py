@@ -115,7 +115,7 @@ def test_a_qlora_step_changes_only_adapter_weights(base_dir, tokenizer):
     model = _adapter_model(base_dir, "qlora")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     examples = instruct.tokenize_pairs(instruct.generated_pairs(4), tokenizer, 64)
-    sft.train_sft(model, examples, steps=1, grad_accum=2, lr=1e-2, warmup_ratio=0.0, seed=0)
+    sft.SFTTrainer(steps=1, grad_accum=2, lr=1e-2, warmup_ratio=0.0).train(model, examples, torch.Generator().manual_seed(0))
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(".lora_" in n for n in changed)
     assert any(".lora_B." in n for n in changed)
@@ -185,7 +185,9 @@ def test_unet_lora_trains_only_attention_adapters_and_qlora_quantizes_linears():
     assert trainable and all(".lora_" in n for n in trainable)
     assert {n.split(".lora_")[0].split(".")[-1] for n in trainable} == {"to_q", "to_k", "to_v", "0"}
     before = {n: p.detach().clone() for n, p in unet.named_parameters()}
-    records = diffusion.train_steps(unet, comps.scheduler, latents, text, steps=1, batch_size=2, lr=1e-2, seed=0)
+    trainer = diffusion.DiffusionTrainer(comps.scheduler, steps=1, batch_size=2, lr=1e-2)
+    trainer.train(unet, diffusion.LatentCaptions(latents, text), torch.Generator().manual_seed(0))
+    records = trainer.records
     assert len(records) == 1 and np.isfinite(records[0]["loss"])
     changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(trainable)
@@ -210,7 +212,7 @@ def test_bad_inputs_are_named(base_dir, tmp_path):
     unet = diffusion.build_components("tiny").unet
     with pytest.raises(ValueError, match=r"target_modules \['to_qkv'\]"):
         diffusion.attach_unet_lora(copy.deepcopy(unet), 4, 4, targets=("to_qkv",))
-    with pytest.raises(ValueError, match="unet lora rank = 999"):
+    with pytest.raises(ValueError, match="lora rank = 999 is not allowed"):
         diffusion.attach_unet_lora(copy.deepcopy(unet), 999, 4)
     base = sft.load_for_arm(base_dir, "lora", torch.float32, torch.float32)
     with pytest.raises(ValueError, match=r"target_modules \['c_attn'\] name no linear layer"):

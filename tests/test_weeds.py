@@ -95,7 +95,8 @@ def test_weedsgalore_loader_on_a_fixture_in_the_release_layout(tmp_path):
         weeds.load_weedsgalore(tmp_path, "val", size=8)
 
 
-def test_cwfid_split_keeps_the_doubly_listed_image_in_test_only(tmp_path):
+def test_cwfid_split_keeps_the_doubly_listed_image_in_test_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDPEFT_VERIFY_DATA", "0")  # a hand-made file, not in any manifest
     (tmp_path / "train_test_split.yaml").write_text("train: [1, 2, 28]\ntest: [3, 28]\n")
     assert weeds.cwfid_split(tmp_path) == {"train": [1, 2], "test": [3, 28]}
     with pytest.raises(FileNotFoundError, match="train_test_split.yaml"):

@@ -7,6 +7,7 @@ against a schema when it is loaded: an unknown key, a wrong type or a value out 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 PROFILES = ("embedded", "local", "paper")
 DEFAULT_PROFILE = "embedded"
 
-#: The repository's root (``lib/fedpeft/config.py`` -> two folders up from ``lib``).
+#: The repository's root.
 REPO_ROOT = Path(__file__).resolve().parents[3]  # lib/fedpeft/core/config.py -> the repository
 
 
@@ -31,7 +32,8 @@ class Spec:
 
     ``kind`` is a Python type (``int``, ``float``, ``str``, ``bool``) or ``list`` with ``item`` giving the
     element type. ``choices`` restricts values (or list elements); ``low``/``high`` bound numbers (inclusive);
-    ``nullable`` allows ``None``.
+    ``nullable`` allows ``None``; ``unique`` forbids repeated list elements (seeds). Numbers must be finite: NaN
+    and infinities are refused whatever the bounds.
     """
 
     kind: type
@@ -41,15 +43,17 @@ class Spec:
     item: type | None = None
     nullable: bool = False
     min_items: int = 0
+    unique: bool = False
     doc: str = ""
 
     def allowed(self) -> str:
         if self.choices is not None:
             what = f"one of {list(self.choices)}"
         elif self.kind is list:
-            what = f"a list of {self.item.__name__}" + (f" with at least {self.min_items} item(s)" if self.min_items else "")
+            what = f"a list of {'distinct ' if self.unique else ''}{self.item.__name__}" + (
+                f" with at least {self.min_items} item(s)" if self.min_items else "")
         else:
-            what = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(self.kind, self.kind.__name__)
+            what = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(self.kind, self.kind.__name__)
         if self.low is not None or self.high is not None:
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high
@@ -69,6 +73,8 @@ def _type_ok(value: Any, kind: type) -> bool:
 
 def _check_scalar(value: Any, kind: type, spec: Spec) -> bool:
     if not _type_ok(value, kind):
+        return False
+    if kind is float and not math.isfinite(value):  # NaN would pass every range check below
         return False
     if spec.choices is not None and value not in spec.choices:
         return False
@@ -102,6 +108,10 @@ def validate_section(section: str, values: Mapping[str, Any], schema: Mapping[st
         elif spec.kind is list:
             ok = isinstance(value, list) and len(value) >= spec.min_items
             ok = ok and all(_check_scalar(v, spec.item, spec) for v in value)
+            if ok and spec.unique and len(set(value)) != len(value):
+                repeated = sorted({v for v in value if value.count(v) > 1})
+                raise ParameterError(f"{name} = {value!r} repeats {repeated}; it must be {spec.allowed()} "
+                                     "(a repeated seed would count one run twice)")
             if not ok:
                 raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}")
             value = [float(v) if spec.item is float else v for v in value]
@@ -127,12 +137,36 @@ def params_path(profile: str) -> Path:
     return REPO_ROOT / "params" / f"{profile}.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParameterError(f"{self.name}: key {key!r} is given twice (lines {seen[key] + 1} and "
+                                     f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_raw(profile: str) -> dict[str, Any]:
     path = params_path(profile)
     if not path.is_file():
         raise FileNotFoundError(f"parameters file for profile {profile!r} not found: {path}")
     with path.open() as fh:
-        return yaml.safe_load(fh) or {}
+        loader = _UniqueKeyLoader(fh)
+        loader.name = str(path)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParameterError(f"{path}: expected a mapping of sections (common, one per experiment), got {type(raw).__name__}")
+    return raw
 
 
 @dataclass
@@ -180,6 +214,9 @@ def load_settings(profile: str, experiment: str, schema: Mapping[str, Spec], ove
         raise ParameterError(f"common.profile = {common['profile']!r} in {params_path(profile)} does not match the profile {profile!r}")
     if experiment not in raw:
         raise ParameterError(f"{params_path(profile)} has no section {experiment!r}; sections: {sorted(raw)}")
+    if not isinstance(raw[experiment], Mapping):
+        raise ParameterError(f"{params_path(profile)}: section {experiment!r} must be a mapping of settings, "
+                             f"got {type(raw[experiment]).__name__} ({raw[experiment]!r})")
     values = dict(raw[experiment])
     for key, value in (overrides or {}).items():
         if key not in schema:

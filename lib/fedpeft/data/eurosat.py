@@ -17,7 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from fedpeft.core.integrity import require_data_file, sha256_of
+from fedpeft.core.integrity import decoding, require_data_file, sha256_of
 
 EUROSAT_CLASSES = (
     "AnnualCrop",
@@ -132,7 +132,7 @@ def load_eurosat_zip(data_root: Path, cache_dir: Path | None = None, verify: boo
     if cache is not None and cache.is_file():
         with np.load(cache) as npz:
             return ImageArrays(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]), EUROSAT_CLASSES)
-    with zipfile.ZipFile(path) as zf:
+    with decoding(path, "a zip archive"), zipfile.ZipFile(path) as zf:
         names = sorted(n for n in zf.namelist() if n.lower().endswith(".jpg"))
         images = np.empty((len(names), 64, 64, 3), dtype=np.uint8)
         labels = np.empty(len(names), dtype=np.int64)
@@ -140,7 +140,8 @@ def load_eurosat_zip(data_root: Path, cache_dir: Path | None = None, verify: boo
             cls = Path(name).parent.name
             if cls not in EUROSAT_CLASSES:
                 raise ValueError(f"{path}: unexpected class folder {cls!r} in {name}; expected one of {EUROSAT_CLASSES}")
-            images[i] = _decode_rgb(zf.read(name))
+            with decoding(f"{path}!{name}", "a JPEG image"):
+                images[i] = _decode_rgb(zf.read(name))
             labels[i] = EUROSAT_CLASSES.index(cls)
     chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     if cache is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedpeft.core.integrity import require_data_file
+from fedpeft.core.integrity import decoding, require_data_file
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def load_glue_tsv(data_root: Path, task: str, split: str, verify: bool = True) -
         raise ValueError(f"split = {split!r} is not allowed; it must be one of {sorted(SPLIT_FILES)} (test has no labels)")
     folder, columns = TSV_FILES[task]
     path = require_data_file(Path(data_root), f"{folder}/{SPLIT_FILES[split]}", verify=verify)
-    raw = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", keep_default_na=False)
+    with decoding(path, f"a tab-separated GLUE {task} table"):
+        raw = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", keep_default_na=False)
     missing = [c for c in columns.values() if c not in raw.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; it has {list(raw.columns)}")

@@ -6,7 +6,7 @@ Sources:
 * ``stdlib``: real pairs from the Python standard library (``local``): every public module-level function that has
   a docstring of at least ``min_doc_chars`` characters and a body of at most ``max_source_lines`` lines gives one
   pair; the instruction asks for a function with its signature and docstring, the response is the function's
-  source without the docstring. Test files are left out as in :mod:`fedpeft.code_corpus`;
+  source without the docstring. Test files are left out as in :mod:`fedpeft.data.code_corpus`;
 * ``dolly``: ``databricks/databricks-dolly-15k`` from the hub (``paper``; internet).
 
 Every pair is rendered with Gemma's chat template: the user turn holds the instruction, followed by the context

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fedpeft.core.integrity import decoding, require_data_file
+
 CWFID_CLASSES = ("crop", "weed")
 CWFID_CLASS_MAP = {1: 0, 2: 1}  # annotation colours: green = crop (1), red = weed (2)
 SEED_CLASS_MAP = {1: 0, 2: 1, 3: 2}  # the seed's WeedsGalore rule {1->0, 2->1, 3+->2}
@@ -168,11 +170,11 @@ def cwfid_split(root: Path) -> dict[str, list[int]]:
     field is trained and tested on."""
     import yaml
 
-    path = Path(root) / "train_test_split.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"CWFID split file not found: {path}. The data root must hold CWFID as described in "
-                                f"its README (cwfid/images, cwfid/annotations, cwfid/train_test_split.yaml)")
-    split = yaml.safe_load(path.read_text())
+    root = Path(root)
+    path = require_data_file(root.parent, f"{root.name}/train_test_split.yaml")
+    with decoding(path, "CWFID's train/test split (YAML with train and test id lists)"):
+        split = yaml.safe_load(path.read_text())
+        split = {"train": list(split["train"]), "test": list(split["test"])}
     test = [int(i) for i in split["test"]]
     train = [int(i) for i in split["train"] if int(i) not in test]
     return {"train": train, "test": test}
@@ -186,12 +188,12 @@ def load_cwfid(root: Path, size: int, grid: tuple[int, int], min_plant_fraction:
         ids = sorted(split["train"] + split["test"])
     images, masks = [], []
     for i in ids:
-        img_path, ann_path = root / "images" / f"{i:03d}_image.jpg", root / "annotations" / f"{i:03d}_annotation.png"
-        for p in (img_path, ann_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"CWFID file not found: {p} (data root {root.parent}); see the data README")
-        images.append(np.asarray(Image.open(img_path).convert("RGB")))
-        masks.append(cwfid_mask(np.asarray(Image.open(ann_path).convert("RGB"))))
+        img_path = require_data_file(root.parent, f"{root.name}/images/{i:03d}_image.jpg")
+        ann_path = require_data_file(root.parent, f"{root.name}/annotations/{i:03d}_annotation.png")
+        with decoding(img_path, "an RGB image"):
+            images.append(np.asarray(Image.open(img_path).convert("RGB")))
+        with decoding(ann_path, "an annotation mask"):
+            masks.append(cwfid_mask(np.asarray(Image.open(ann_path).convert("RGB"))))
     return samples_from_masks(images, masks, list(ids), CWFID_CLASS_MAP, CWFID_CLASSES, size, grid, min_plant_fraction)
 
 

@@ -22,11 +22,23 @@ from fedpeft.federated.loop import Client, FederatedResult, RoundConfig, run_fed
 from fedpeft.federated.partition import SCHEMES, label_skew, partition
 from fedpeft.federated.strategies import build_strategy
 from fedpeft.models.cnn import EuroSATCNN
+from fedpeft.models.counting import count_parameters
 from fedpeft.quantization.ptq import PTQ_METHODS, quantize
 from fedpeft.reporting.outputs import ClaimsTable
 from fedpeft.training.image import ClassifierTrainer
 
 EXPERIMENT = "eurosat_fedavg_ptq"
+TITLE = "EuroSAT FedAvg + post-training quantization"
+SEED_REPORT = "003_4ffed47dd2e2f732.txt"
+NOTEBOOK = "notebooks/04_eurosat_fedavg_ptq.ipynb"
+LIMITATIONS = """\
+- The per-client 80/20 split and the server's test set follow the report. The server's test set is a stratified
+  20 % of all images in `local`, and the hub's `test` split in `paper`. It is never used for training or model
+  selection.
+- FP16 and INT8 are evaluated on the CPU. FP16 timing on a CPU means little; accuracy and size are what count here.
+- `int8_static` is evaluated with the reference pt2e graph (quantize/dequantize around float kernels), which
+  reproduces int8 numerics. Its speed is not measured.
+- In the `embedded` profile the images are generated, so the report's accuracy claims are not tested there."""
 ENGINES = ("inprocess", "flower")
 
 SCHEMA: dict[str, Spec] = {
@@ -38,9 +50,9 @@ SCHEMA: dict[str, Spec] = {
     "num_clients": Spec(int, low=1, high=10_000),
     "client_test_fraction": Spec(float, low=0.0, high=0.9, doc="each client's local test split"),
     "partition": Spec(str, choices=SCHEMES, doc="the main partition scheme (the seed: iid)"),
-    "seeds": Spec(list, item=int, min_items=1, doc="seeds of the main runs"),
+    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the main runs"),
     "compare_partitions": Spec(list, item=str, choices=SCHEMES, doc="extra partition schemes"),
-    "compare_seeds": Spec(list, item=int, doc="seeds of the extra partition runs"),
+    "compare_seeds": Spec(list, item=int, unique=True, doc="seeds of the extra partition runs"),
     "dirichlet_alpha": Spec(float, low=1e-3, doc="Dirichlet concentration; smaller = more label skew"),
     "num_rounds": Spec(int, low=1, high=10_000),
     "local_epochs": Spec(int, low=1, high=1000),
@@ -152,14 +164,14 @@ def run_one(s: Settings, pool, server_test, scheme: str, seed: int, num_rounds: 
         if p["engine"] == "flower":
             from fedpeft.federated.flower_engine import run_flower
 
-            out = run_flower(model, clients, strategy, trainer, config, server_test=server_test)
-            result = _flower_result(out)
+            result = run_flower(model, clients, strategy, trainer, config, server_test=server_test)
         else:
             result = run_federated(
                 model, clients, strategy, trainer, config, server_test=server_test, checkpoint_path=ckpt,
                 progress=progress, description=f"{scheme} seed {seed}",
             )
-    ckpt.unlink(missing_ok=True)  # finished: the next run starts afresh
+    if not result.stopped_by_time_limit:
+        ckpt.unlink(missing_ok=True)  # finished: the next run starts afresh; a time-limited one resumes from it
     model.load_state_dict(result.final_state)
     parts_skew = _skew(clients)
     rounds_done = result.rounds_completed
@@ -175,12 +187,42 @@ def _skew(clients: list[Client]) -> float:
     return label_skew(parts, labels)
 
 
-def _flower_result(out: dict) -> FederatedResult:
-    from fedpeft.federated.ledger import CommunicationLedger
+def run_plan(s: Settings) -> list[tuple[str, int, int]]:
+    """``(partition, seed, rounds)`` of every run: the main partition over ``seeds``, each of
+    ``compare_partitions`` over ``compare_seeds``, and the optional longer run (``extra_rounds``)."""
+    p = s.params
+    plan = [(p["partition"], seed, p["num_rounds"]) for seed in p["seeds"]]
+    plan += [(scheme, seed, p["num_rounds"]) for scheme in p["compare_partitions"] for seed in p["compare_seeds"]]
+    if p["extra_rounds"]:
+        plan.append((p["partition"], p["seeds"][0], p["extra_rounds"]))
+    return plan
 
-    rows = [{"round": r, "server_loss": v["loss"], "server_accuracy": v["accuracy"], "train_s": np.nan, "eval_s": np.nan}
-            for r, v in sorted(out["server_metrics"].items())]
-    return FederatedResult(pd.DataFrame(rows), pd.DataFrame(), CommunicationLedger(), out["final_state"], np.nan, False, 0)
+
+def describe(s: Settings, pool, server_test) -> str:
+    """What runs, against the seed's setting, as markdown (data, model, clients, schedule, seeds)."""
+    p = s.params
+    trainer = make_trainer(s)
+    return (f"**Data** ({p['source']}): {len(pool):,} images shared by {p['num_clients']} clients "
+            f"({p['partition']} partition), {len(server_test):,} held out as the server's test set; "
+            f"{len(pool.class_names)} classes. **Model**: the report's CNN, {model_parameters(pool):,} parameters. "
+            f"**Schedule**: {p['num_rounds']} rounds x {p['local_epochs']} local epochs, {trainer.optimizer} lr "
+            f"{p['learning_rate']:g}, batch {p['batch_size']}, {trainer.precision} training. **Seeds**: {list(p['seeds'])} "
+            f"(the seed report: one run, 10 rounds x 2 epochs, Adam 1e-3, batch 32, 10 IID clients).")
+
+
+def model_parameters(pool) -> int:
+    """Parameters of the report's CNN for the pool's classes."""
+    return count_parameters(EuroSATCNN(num_classes=len(pool.class_names)))
+
+
+def speed_table(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[["partition", "seed", "rounds", "wall_s", "train_s", "eval_s", "train_images_per_s", "loop_overhead",
+                    "peak_memory_mib", "memory_kind"]]
+
+
+def histories(runs: list[Run]) -> pd.DataFrame:
+    """Every run's per-round history, labelled with its partition, seed and planned rounds."""
+    return pd.concat([r.history() for r in runs], ignore_index=True)
 
 
 def run_summary(runs: list[Run]) -> pd.DataFrame:
@@ -194,7 +236,8 @@ def run_summary(runs: list[Run]) -> pd.DataFrame:
             {
                 "partition": r.partition,
                 "seed": r.seed,
-                "rounds": int(last["round"]),
+                "rounds": r.num_rounds,  # planned
+                "rounds_completed": int(last["round"]),
                 "label_skew_tv": r.label_skew,
                 "server_accuracy": float(last["server_accuracy"]),
                 "client_accuracy": float(last.get("client_accuracy", np.nan)),
@@ -213,8 +256,9 @@ def run_summary(runs: list[Run]) -> pd.DataFrame:
 
 def accuracy_by_partition(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation of the final server accuracy (percent) per partition."""
-    g = summary.groupby(["partition", "rounds"], sort=False)["server_accuracy"]
-    out = g.agg(accuracy_mean="mean", accuracy_std="std", runs="count").reset_index()
+    g = summary.groupby(["partition", "rounds"], sort=False)
+    out = g["server_accuracy"].agg(accuracy_mean="mean", accuracy_std="std", runs="count").reset_index()
+    out["rounds_completed"] = g["rounds_completed"].min().to_numpy()  # below rounds: stopped by time_limit_s
     out[["accuracy_mean", "accuracy_std"]] *= 100
     return out.fillna({"accuracy_std": 0.0})
 
@@ -332,6 +376,32 @@ def headline(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFra
     merged = ptq.merge(comm[["precision", "total_mib", "cost_usd"]], left_on="method", right_on="precision")
     merged.insert(0, "fp32_accuracy_seeds", f"{main['accuracy_mean']:.2f} ± {main['accuracy_std']:.2f}")
     return merged[["method", "fp32_accuracy_seeds", "accuracy_pct", "size_mib", "compression", "total_mib", "cost_usd"]]
+
+
+def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame) -> str:
+    """The notebook's conclusion in a few sentences, from the measured tables."""
+    p = s.params
+    main_acc = acc[(acc["partition"] == p["partition"]) & (acc["rounds"] == p["num_rounds"])].iloc[0]
+    by = ptq.set_index("method")
+    fp32_comm = comm.set_index("precision").loc["fp32"]
+    text = (f"Over {int(main_acc['runs'])} seeds, FedAvg with the report's settings reaches "
+            f"**{main_acc['accuracy_mean']:.2f} ± {main_acc['accuracy_std']:.2f} %** test accuracy after {p['num_rounds']} "
+            f"rounds ({p['source']} data, {make_trainer(s).precision} training). ")
+    if "fp16" in by.index:
+        text += f"FP16 changes accuracy by {by.loc['fp16', 'drop_pct_points']:+.2f} points at half the size. "
+    if "int8_dynamic" in by.index:
+        text += (f"The report's INT8 (`quantize_dynamic`) stores only {100 * by.loc['int8_dynamic', 'int8_weight_share']:.0f} % "
+                 f"of the weights in int8, because its convolutions stay fp32, and compresses "
+                 f"{by.loc['int8_dynamic', 'compression']:.2f}x. ")
+    if "int8_static" in by.index:
+        text += (f"Static int8 with quantized convolutions compresses {by.loc['int8_static', 'compression']:.2f}x "
+                 f"at {by.loc['int8_static', 'drop_pct_points']:+.2f} points. ")
+    text += (f"FP32 traffic is {fp32_comm['round_mib']:.2f} MiB per round; all {int(fp32_comm['rounds'])} rounds cost "
+             f"${fp32_comm['cost_usd']:,.0f} at ${p['price_usd_per_mib']:g}/MiB.")
+    if (acc["rounds_completed"] < acc["rounds"]).any():
+        text += (f" **Some runs stopped at the time limit ({p['time_limit_s']} s) before their last round**, so these numbers "
+                 "are not final; their checkpoints are kept, and running the notebook again continues them.")
+    return text
 
 
 def metrics(summary: pd.DataFrame, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, s: Settings) -> dict[str, float]:

@@ -35,6 +35,20 @@ from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable, mean_spread
 from fedpeft.training.text import TextClassifierTrainer
 
 EXPERIMENT = "glue_lora_aggregation"
+TITLE = "GLUE: federated aggregation of LoRA adapters"
+SEED_REPORT = "004_b0977eb72b9f505e.txt"
+NOTEBOOK = "notebooks/05_glue_lora_aggregation.ipynb"
+LIMITATIONS = """\
+- `embedded` uses a 2-layer RoBERTa whose encoder the study first trains on separate generated sentences (a
+  stand-in for pretraining) and generated SST-2-like sentences with 10 % label noise: it tests the plumbing, not the
+  report's claims.
+- `local` uses all-MiniLM-L6-v2 (a 6-layer BERT, not RoBERTa) on a stratified sample of the real GLUE data, at the
+  scale stated in its parameters, so absolute scores are below RoBERTa's; the comparisons between aggregations are
+  what it tests.
+- FLoRA is run as a one-shot merge and in the error study, not in the round loop: its adapter's rank grows by K r
+  every round, so it needs clients that change shape between rounds, which the round loop does not model.
+- The category sharding of a two-label task with K > 2 gives each client a single label; such clients cannot learn
+  the task alone, which is the point of the test."""
 SHARDINGS = ("iid", "overlap", "category", "dirichlet")
 
 SCHEMA: dict[str, Spec] = {
@@ -64,7 +78,7 @@ SCHEMA: dict[str, Spec] = {
     "svd_rank": Spec(int, low=1, high=1024),
     "compress_client_rank": Spec(int, low=0, high=1024, doc="extra run: clients train at this rank, svd to svd_rank (0: none)"),
     "grid_seed": Spec(int),
-    "seeds": Spec(list, item=int, min_items=1, doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
+    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
     "error_study_clients": Spec(list, item=int, min_items=1, doc="client counts of the one-round aggregation-error study"),
     "error_study_shardings": Spec(list, item=str, choices=SHARDINGS, min_items=1),
     "merge_clients": Spec(int, low=2, high=1000, doc="adapters merged one-shot"),
@@ -265,10 +279,79 @@ def train_centralized(s: Settings, data: TaskData, seed: int, full: bool, save_t
     if save_to is not None and not full:
         model.save_pretrained(save_to)
     return {"baseline": "full fine-tuning" if full else "centralized LoRA", "seed": seed, "trainable_params": trainable,
-            "epochs": epochs, "train_s": seconds, **{k: v for k, v in stats.items() if k not in ("examples", "seconds")}}
+            "epochs": epochs, "train_s": seconds, **stats.as_dict()}
 
 
 # --- tables ----------------------------------------------------------------------------------------------------
+
+def run_plan(s: Settings) -> list[tuple[str, str, str, int, int | None]]:
+    """``(task, method, sharding, seed, client_rank)`` of every federated run: the grid (every aggregation under
+    every sharding, ``grid_seed``), the IID runs over the other ``seeds``, the train-at-``compress_client_rank``
+    run, and svd and naive on each extra task (``client_rank`` None: ``lora_rank``)."""
+    p = s.params
+    plan = [(p["main_task"], m, sh, p["grid_seed"], None) for sh in p["shardings"] for m in p["aggregations"]]
+    plan += [(p["main_task"], m, "iid", seed, None) for seed in p["seeds"] if seed != p["grid_seed"] for m in p["aggregations"]]
+    if p["compress_client_rank"]:
+        plan.append((p["main_task"], "svd", "iid", p["grid_seed"], p["compress_client_rank"]))
+    plan += [(task, m, "iid", p["grid_seed"], None) for task in p["extra_tasks"] for m in ("svd", "naive")]
+    return plan
+
+
+def run_all(s: Settings, main: TaskData, progress: bool = True) -> tuple[list[Run], float]:
+    """Every run of :func:`run_plan` (tasks prepared once each) and their total wall time in seconds."""
+    from tqdm.auto import tqdm
+
+    task_data = {s["main_task"]: main}
+    runs = []
+    start = time.perf_counter()
+    for task, method, sharding, seed, rank in tqdm(run_plan(s), desc="runs", disable=not progress):
+        if task not in task_data:
+            task_data[task] = prepare_task(s, task, seed=s["grid_seed"])
+        runs.append(run_federated_lora(s, task_data[task], method, sharding, seed, client_rank=rank, progress=progress,
+                                       save_manifests=(method == s["aggregations"][0])))
+    return runs, time.perf_counter() - start
+
+
+def describe(s: Settings, data: TaskData) -> tuple[str, float]:
+    """What runs, as markdown, and the trainable fraction of the adapted model."""
+    p = s.params
+    probe, _ = adapter_model(s, data, "svd", p["lora_rank"], p["grid_seed"])
+    trainable, total = count_parameters(probe, trainable_only=True), count_parameters(probe)
+    text = (f"**Data** ({p['source']}, task {p['main_task']}): {len(data.train):,} training examples shared by "
+            f"{p['num_clients']} clients, {len(data.dev):,} validation examples. **Model**: `{p['model']}`, {total:,} parameters; "
+            f"LoRA r={p['lora_rank']} on {p['target_modules']} plus the classification head: **{trainable:,} trainable "
+            f"({100 * trainable / total:.2f} %)**. **Schedule**: {p['num_rounds']} rounds x {p['local_epochs']:g} local epochs, "
+            f"lr {p['learning_rate']:g}, batch {p['batch_size']}; seeds {list(p['seeds'])}.")
+    return text, trainable / total
+
+
+def warm_start(s: Settings, data: TaskData, runs: list[Run], adapter_dir: Path, progress: bool = True) -> pd.DataFrame | None:
+    """Validation score per round of federated svd rounds started from the centralized adapter, beside the cold
+    start of the grid (None when ``warm_start`` is off)."""
+    p = s.params
+    if not p["warm_start"]:
+        return None
+    warm = run_federated_lora(s, data, "svd", "iid", p["grid_seed"], init_adapter=adapter_dir, progress=progress)
+    cold = next(r for r in runs if (r.task, r.method, r.sharding, r.seed, r.client_rank)
+                == (p["main_task"], "svd", "iid", p["grid_seed"], p["lora_rank"]))
+    return pd.DataFrame({"round": cold.result.history["round"], "cold start (%)": 100 * cold.result.history["server_score"],
+                         "warm start (%)": 100 * warm.result.history["server_score"]})
+
+
+def histories(runs: list[Run]) -> pd.DataFrame:
+    return pd.concat([r.history() for r in runs], ignore_index=True)
+
+
+def baselines(s: Settings, data: TaskData, adapter_dir: Path) -> pd.DataFrame:
+    """Centralized LoRA (its adapter saved to ``adapter_dir`` for the warm start) and full fine-tuning."""
+    return pd.DataFrame([train_centralized(s, data, s["grid_seed"], full=full, save_to=None if full else adapter_dir)
+                         for full in (False, True)])
+
+
+def communication(scores: pd.DataFrame) -> pd.DataFrame:
+    return scores[["task", "method", "sharding", "seed", "client_rank", "round_traffic_MiB", "full_model_round_traffic_MiB",
+                   "mean_aggregate_ms", "train_s", "wall_s"]]
+
 
 def final_scores(runs: list[Run]) -> pd.DataFrame:
     """One row per run: the last round's validation metrics, aggregation time and traffic."""

@@ -22,12 +22,27 @@ from fedpeft.core.profiling import measure
 from fedpeft.data import instruct
 from fedpeft.models.causal_lm import build_on_meta, byte_level_tokenizer, cache_smollm2, check_sequence_length
 from fedpeft.models.counting import count_parameters
+from fedpeft.models.lora_settings import lora_config
 from fedpeft.models.text import attach_lora
 from fedpeft.quantization import nf4 as qlora
 from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable
 from fedpeft.training import diffusion, sft
 
 EXPERIMENT = "lora_vs_qlora"
+TITLE = "LoRA vs QLoRA"
+SEED_REPORT = "002_831372d6abfe4dd9.txt"
+NOTEBOOK = "notebooks/03_lora_vs_qlora.ipynb"
+LIMITATIONS = """\
+- `embedded` uses a 2-layer Gemma-2 with a byte-level tokenizer, generated instruction pairs, and a tiny UNet, VAE
+  and text encoder with random weights: it tests the plumbing.
+- `local` uses SmolLM2-135M-Instruct (Llama architecture, 135M parameters), not Gemma-2-2B, and a small UNet built
+  from a config with random weights (no diffusion weights install here): speed and memory are real, samples are
+  not art. This CPU has no native bf16, so both arms compute in fp32; the seed's bf16 figures are in the analytic
+  table.
+- The few steps per arm measure speed and memory; they are not the seed's two epochs, so the losses compare the
+  arms with each other, not with the seed's values.
+- The seed's explanation of QLoRA's extra memory on the UNet (fixed CUDA kernel and buffer overhead) can only be
+  checked on a GPU (the `paper` profile)."""
 ARMS = ("lora", "qlora")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -155,9 +170,10 @@ def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path) -> dict[str,
         model = lm_adapter_model(s, data, arm)
         if device == "cuda" and arm == "lora":
             model.to(device)
-        records = sft.train_sft(model, data.train, s["lm_steps"], s["grad_accum"], s["learning_rate"],
-                                s["warmup_ratio"], s["seed"], autocast)
-    eval_loss = sft.evaluate_sft(model, data.eval, autocast)
+        trainer = sft.SFTTrainer(s["lm_steps"], s["grad_accum"], s["learning_rate"], s["warmup_ratio"], autocast)
+        trainer.train(model, data.train, torch.Generator().manual_seed(s["seed"]))
+        records = trainer.records
+    eval_loss = trainer.evaluate(model, data.eval).loss
     sizes = {dt: sft.save_adapter_copy(model, work_dir / f"{arm}_{dt}", DTYPES_SAVE[dt]) for dt in DTYPES_SAVE}
     adapter_dtype = str(next(p.dtype for n, p in model.named_parameters() if p.requires_grad)).removeprefix("torch.")
     reload_error = fp16_reload_error(s, data, arm, model, work_dir / f"{arm}_fp16")
@@ -202,7 +218,7 @@ def prepare_diffusion(s: Settings) -> DiffusionData:
     if s["diffusion_images"] == "generated":
         images, captions = diffusion.generated_images(s["generated_images"], s["resolution"], seed=s["seed"])
     else:
-        images, captions = diffusion.load_image_folder(s.data_root / s["diffusion_images"], s["resolution"])
+        images, captions = diffusion.load_image_folder(s.data_root / s["diffusion_images"], s["resolution"], data_root=s.data_root)
     return DiffusionData(comps, diffusion.encode_images(comps, images), diffusion.encode_captions(comps, captions),
                          captions, len(images))
 
@@ -215,15 +231,37 @@ def run_diffusion_arm(s: Settings, data: DiffusionData, arm: str) -> dict[str, A
         if arm == "qlora":
             qlora.quantize_linear_layers(unet, DTYPES[s["compute_dtype"]], s["double_quant"])
         diffusion.attach_unet_lora(unet, s["unet_lora_rank"], s["unet_lora_alpha"])
-        records = diffusion.train_steps(unet, data.components.scheduler, data.latents, data.text, s["diffusion_steps"],
-                                        s["diffusion_batch"], s["diffusion_lr"], s["seed"])
-    eval_loss = diffusion.evaluate_loss(unet, data.components.scheduler, data.latents, data.text)
+        trainer = diffusion.DiffusionTrainer(data.components.scheduler, s["diffusion_steps"], s["diffusion_batch"], s["diffusion_lr"])
+        images = diffusion.LatentCaptions(data.latents, data.text)
+        trainer.train(unet, images, torch.Generator().manual_seed(s["seed"]))
+        records = trainer.records
+    eval_loss = trainer.evaluate(unet, images).loss
     trainable, total = count_parameters(unet, trainable_only=True), count_parameters(unet)
     last = records[-max(1, len(records) // 4):]
     return {"arm": arm, **speed_summary(records, s["warm_steps"]), "peak_memory_mib": m.peak_memory_bytes / 2**20,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),
             "eval_loss": eval_loss, "trainable": trainable, "total": total, "records": records, "unet": unet,
             "weights": qlora.weight_bytes_by_layer_type(unet), "nf4": qlora.nf4_measured_vs_formula(unet)}
+
+
+def describe_lm(s: Settings, data) -> str:
+    """The language-model half of what runs, as markdown."""
+    p = s.params
+    return (f"**Language model** `{p['lm_model']}`: {data.pairs:,} instruction pairs from `{p['lm_data']}`, "
+            f"{len(data.train):,} for training, {len(data.eval):,} held out; LoRA r={p['lora_rank']}, "
+            f"{p['lm_steps']} optimizer steps of {p['grad_accum']} examples, lr {p['learning_rate']:g}.")
+
+
+def diffusion_sample(s: Settings, ddata: DiffusionData, unet) -> Any:
+    """One image from ``unet`` for the first caption (DDIM, ``sample_steps`` steps, seeded)."""
+    p = s.params
+    return diffusion.sample_image(ddata.components, unet, ddata.captions[0],
+                                  diffusion.latent_size(p["resolution"], ddata.components.vae), steps=p["sample_steps"], seed=p["seed"])
+
+
+def speed_table(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame) -> pd.DataFrame:
+    speed = pd.concat([lm.assign(model=s["lm_model"]), dm.assign(model=s["diffusion_model"])], ignore_index=True)
+    return speed[["model", "arm", "steps_per_s", "steps_per_s_spread", "timed_steps", "total_s", "peak_memory_mib", "memory_kind"]]
 
 
 def arm_table(results: list[dict[str, Any]], drop=("records", "weights", "unet", "nf4")) -> pd.DataFrame:
@@ -244,13 +282,12 @@ def paper_adapters(s: Settings) -> pd.DataFrame:
     """Exact LoRA parameter counts and adapter file sizes (safetensors, serialized for real) of the seed's two
     architectures, built on the meta device: Gemma-2-2B (r 16 on the seed's seven projections) and the SD 1.5
     UNet (``unet_lora_rank`` on to_q, to_k, to_v, to_out.0)."""
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from peft import get_peft_model_state_dict, inject_adapter_in_model
 
     gemma = attach_lora(build_on_meta(sft.gemma2_2b_config()), 16, 32, 0.05, sft.SEED_TARGETS, task_type="CAUSAL_LM")
     gemma_shapes = {k: v.shape for k, v in sft.adapter_state(gemma).items()}
     unet = diffusion.sd15_unet_on_meta()
-    unet = inject_adapter_in_model(LoraConfig(r=s["unet_lora_rank"], lora_alpha=s["unet_lora_alpha"],
-                                              target_modules=diffusion.LORA_TARGETS), unet)
+    unet = inject_adapter_in_model(lora_config(unet, s["unet_lora_rank"], s["unet_lora_alpha"], 0.0, diffusion.LORA_TARGETS), unet)
     unet_shapes = {k: v.shape for k, v in get_peft_model_state_dict(unet).items()}
     rows = []
     for name, shapes, rank in (("google/gemma-2-2b", gemma_shapes, 16), ("SD 1.5 UNet", unet_shapes, s["unet_lora_rank"])):

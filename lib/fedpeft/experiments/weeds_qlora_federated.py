@@ -1,8 +1,9 @@
 """Weed classification with a QLoRA head across federated farmers: centralized vs FedAvg vs DiLoCo.
 
 Seed: ``../shared/seeds/000_9acb0cb5a4275956.txt``. Notebook: ``notebooks/01_weeds_qlora_federated.ipynb``.
-The backbone is frozen, so its features are computed once per (image, augmented view) (``feature_cache``) and
-every scenario trains only the adapted head (``head_adapters``) in the study's round loop (``federated``), with
+The backbone is frozen, so its features are computed once per (image, augmented view)
+(:mod:`fedpeft.models.feature_cache`) and every scenario trains only the adapted head (:mod:`fedpeft.models.head`,
+:mod:`fedpeft.training.head`) in the study's round loop (:mod:`fedpeft.federated.loop`), with
 real serialized messages in the ledger. Step counts are optimizer steps; bytes are bytes, MiB = 2**20 bytes.
 """
 
@@ -32,6 +33,19 @@ from fedpeft.training.contract import optimizer_step
 from fedpeft.training.head import FeatureSet, FeatureViews, HeadTrainer, inverse_frequency_weights
 
 EXPERIMENT = "weeds_qlora_federated"
+TITLE = "Weeds: QLoRA head across federated farmers"
+SEED_REPORT = "000_9acb0cb5a4275956.txt"
+NOTEBOOK = "notebooks/01_weeds_qlora_federated.ipynb"
+LIMITATIONS = """\
+- `embedded` uses generated fields and YOLO11n-cls with random weights: it tests the plumbing, not weed science.
+- `local` uses CWFID (carrot crop vs weeds, 2 classes) and EfficientNet-Lite0 with ImageNet weights, not
+  WeedsGalore and YOLO11s-cls: no WeedsGalore copy or YOLO checkpoint is reachable here. Its numbers answer the
+  seed's questions on another field dataset and backbone; the report names which backbone produced them.
+- Training draws from a fixed number of cached augmented views per sample (`views`), where an uncached loader
+  draws a new view every step.
+- Class weights come from the whole training split (as the seed's single data loader did), not per farmer.
+- The seed's steps are scaled down in `local` (500 per farmer instead of 10,000), keeping its ratios.
+- The `paper` profile (WeedsGalore, yolo11s-cls.pt, the seed's schedule) has not been run here."""
 SOURCES = ("generated", "cwfid", "weedsgalore")
 SCENARIOS = ("centralized", "fedavg", "diloco", "diloco_nesterov")
 PACKAGES = STUDY_PACKAGES + ("bitsandbytes", "ultralytics", "torchvision", "scikit-learn", "efficientnet-lite-pytorch",
@@ -69,7 +83,7 @@ SCHEMA: dict[str, Spec] = {
     "diloco_local_steps": Spec(int, low=1),
     "diloco_outer_lr": Spec(float, low=1e-6, high=10.0, doc="the real DiLoCo's outer SGD learning rate"),
     "diloco_momentum": Spec(float, low=0.0, high=0.999, doc="its Nesterov momentum"),
-    "seeds": Spec(list, item=int, min_items=1),
+    "seeds": Spec(list, item=int, unique=True, min_items=1),
     "rank_sweep": Spec(list, item=int, doc="extra LoRA ranks on the FedAvg scenario"),
     "fp16_transport": Spec(bool, doc="also run FedAvg with adapters sent in fp16"),
     "heterogeneous_scenarios": Spec(list, item=str, choices=SCENARIOS, doc="scenarios rerun with uneven farmers"),
@@ -443,6 +457,51 @@ def _ms(agg: pd.DataFrame, label: str, col: str) -> tuple[float, float]:
 def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """``a`` beats ``b`` when its mean is higher by more than the larger of their spreads (one noise rule)."""
     return a[0] - b[0] > max(a[1], b[1])
+
+
+def cache_table(feats: Features) -> pd.DataFrame:
+    """Images, views and seconds of the feature cache per split."""
+    return pd.DataFrame([{"set": name, "images": c.images, "views": c.views, "seconds": c.seconds,
+                          "ms_per_view": 1000 * c.seconds_per_image}
+                         for name, c in zip(("train", "val", "test"), feats.cache, strict=True)])
+
+
+def run_all(s: Settings, feats: Features, backbone: Backbone, progress: bool = True) -> tuple[list, pd.DataFrame, pd.DataFrame]:
+    """Every run of :func:`planned_runs`: the runs, one summary row per run, and their per-round history."""
+    from tqdm.auto import tqdm
+
+    runs = [run(s, feats, backbone, spec, progress=False) for spec in tqdm(planned_runs(s), desc="runs", disable=not progress)]
+    return runs, run_summary(runs), pd.concat([r["history"] for r in runs], ignore_index=True)
+
+
+def seed_economics(s: Settings, arch: pd.DataFrame) -> pd.DataFrame:
+    """The seed's economics with the exact r-4 adapter: full model and FedAvg at 200 syncs, DiLoCo at 20."""
+    r4 = arch[(arch["rank"] == 4) & (arch["transport"] == "fp32")].iloc[0]
+    sizes = {"full model (YOLO11s-cls)": int(r4["full_model_bytes"]), "FedAvg + adapter": int(r4["adapter_bytes"]),
+             "DiLoCo + adapter": int(r4["adapter_bytes"])}
+    return economics(s, sizes, {"full model (YOLO11s-cls)": 200, "FedAvg + adapter": 200, "DiLoCo + adapter": 20})
+
+
+def rank_and_transport(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """FedAvg runs with even farmers (with ``total_MiB``), and their F1 and bytes per adapter arm, rank and transport."""
+    fed = summary[(summary["scenario"] == "fedavg") & ~summary["heterogeneous"]].assign(total_MiB=lambda d: d["total_bytes"] / 2**20)
+    sweep = aggregate(fed)[["label", "seeds", "test_macro_f1_mean", "test_macro_f1_std", "total_bytes_mean"]]
+    sweep = sweep.merge(fed.drop_duplicates("label")[["label", "adapter_params", "effective_update_rank", "payload_bytes"]], on="label")
+    return fed, sweep
+
+
+def heterogeneous_table(s: Settings, summary: pd.DataFrame) -> pd.DataFrame:
+    """Even vs uneven farmers: test F1, simulated time, traffic and the farmer-rounds lost to drop-outs."""
+    p = s.params
+    het = aggregate(summary[summary["scenario"].isin(p["heterogeneous_scenarios"]) & (summary["arm"] == p["arm"])
+                            & (summary["rank"] == p["lora_rank"]) & (summary["transport"] == "fp32")])
+    het = het[["label", "seeds", "test_macro_f1_mean", "test_macro_f1_std", "simulated_s_mean", "total_bytes_mean"]]
+    return het.merge(summary.groupby("label")["dropped"].sum().rename("dropped_farmer_rounds"), on="label")
+
+
+def main_history(s: Settings, history: pd.DataFrame) -> pd.DataFrame:
+    """Per-round history of the main scenarios (the main adapter, even farmers)."""
+    return history[history["label"].isin([main_label(s, sc) for sc in SCENARIOS])]
 
 
 def main_label(s: Settings, scenario: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import re
 import time
 from typing import Any, Sequence
 
@@ -88,8 +89,9 @@ def run_flower(
         saved = context.state.config_records.get("trainer")
         trainer.load_client_state(cid, torch.load(io.BytesIO(saved["state"]), weights_only=True) if saved else None)
         local = torch.load(io.BytesIO(model_bytes), weights_only=False)  # our own bytes, made just above
+        sent = {k: v for k, v in msg.content["config"].items() if k != "server-round"}
         new_state, stats = client_update(
-            local, to_state(msg.content["arrays"]), clients[pid], pid, round_, strategy, trainer, config.seed
+            local, to_state(msg.content["arrays"]), clients[pid], pid, round_, strategy, trainer, config.seed, client_config=sent
         )
         client_state = trainer.client_state(cid)
         if client_state is not None:
@@ -113,8 +115,10 @@ def run_flower(
             )
             errors = [m.error for m in replies if m.has_error()]
             if errors:
+                reason = str(getattr(errors[0], "reason", errors[0]))
+                said = re.findall(r"Message: (.*?)'?>?\s*$", reason, flags=re.S)
                 raise RuntimeError(f"round {server_round}: {len(errors)} Flower client(s) failed; the first said: "
-                                   f"{getattr(errors[0], 'reason', errors[0])}")
+                                   f"{said[-1].strip() if said else reason}\n\nIts traceback, as Ray reported it:\n{reason}")
             if not valid:
                 return None, None
             states = [to_state(m.content["arrays"]) for m in valid]
@@ -161,7 +165,7 @@ def run_flower(
             grid=grid,
             initial_arrays=ArrayRecord(initial),
             num_rounds=config.num_rounds,
-            train_config=ConfigRecord(),
+            train_config=ConfigRecord(strategy.client_config()),  # FedProx's mu travels as config
             evaluate_fn=evaluate_fn,
         )
         outcome["final_state"] = to_state(result.arrays)

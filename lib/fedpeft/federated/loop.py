@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,10 +31,29 @@ from fedpeft.core.files import atomic_torch_save
 from fedpeft.core.seeding import seed_global_rng, seeded_generator
 from fedpeft.federated.ledger import CommunicationLedger, deserialize_state, serialize_state
 from fedpeft.federated.network import NetworkModel
-from fedpeft.federated.strategies import FedAvg, StateDict
+from fedpeft.federated.strategies import FedAvg, StateDict, proximal_term
 from fedpeft.training.contract import EvalResult, Trainer, TrainStats
 
 EXCHANGES = ("state", "trainable")
+DIVERGENCE_FACTOR = 100.0  # a server loss this many times the initial one is reported as divergence
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite loss or weight; the run stops rather than carry it on."""
+
+
+def _settings_hint(trainer: Trainer, strategy: FedAvg) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in trainer.describe().items() if k in ("lr", "optimizer", "precision", "epochs",
+                                                                                     "local_steps", "batch_size"))
+    return f"look at the trainer's settings ({settings}) and the strategy ({strategy.describe()}); a lower lr usually fixes it"
+
+
+def check_finite(state: Mapping[str, torch.Tensor], loss: float, where: str, hint: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``where`` if ``loss`` or any floating tensor of ``state`` is NaN/inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not np.isfinite(loss) or bad:
+        what = f"loss {loss}" if not np.isfinite(loss) else f"non-finite weights in {bad[:3]}{' ...' if len(bad) > 3 else ''}"
+        raise NonFiniteError(f"{where}: training produced {what}; the run stops here. To fix it, {hint}")
 
 
 @dataclass
@@ -141,21 +161,26 @@ def client_update(
     strategy: FedAvg,
     trainer: Trainer,
     seed: int,
+    client_config: Mapping[str, Any] | None = None,
 ) -> tuple[StateDict, TrainStats]:
     """Load the received global state into ``model``, train on the client's data, return its new state (on the
     CPU) and stats.
 
+    ``client_config``: what the server sent with the model (FedProx's ``proximal-mu``); by default the strategy's
+    :meth:`~fedpeft.federated.strategies.FedAvg.client_config`, which is what the Flower server sends as train config.
     Shared by the in-process loop and the Flower ClientApp, so both engines do exactly the same local work.
     """
+    mu = float((strategy.client_config() if client_config is None else client_config).get("proximal-mu", 0.0))
     generator = seeded_generator(seed, round_, client_index)
     seed_global_rng(seed, round_, client_index)  # dropout draws from the global generator
     received = strategy.expand_for_model(received, generator)
     model.load_state_dict(received, strict=False)
     global_params = {k: v.detach().clone() for k, v in received.items()}
-    stats = trainer.train(model, client.train, generator, lambda m: strategy.proximal_term(m, global_params),
-                          client_id=client.cid)
+    stats = trainer.train(model, client.train, generator, lambda m: proximal_term(m, global_params, mu), client_id=client.cid)
     state = model.state_dict()
-    return {k: state[k].detach().to("cpu", copy=True) for k in received}, stats
+    new_state = {k: state[k].detach().to("cpu", copy=True) for k in received}
+    check_finite(new_state, stats.loss, f"round {round_}, client {client.cid}", _settings_hint(trainer, strategy))
+    return new_state, stats
 
 
 def _metrics(prefix: str, result: EvalResult) -> dict[str, float]:
@@ -171,6 +196,18 @@ def _fingerprint(cfg: RoundConfig, strategy: FedAvg, trainer: Trainer, clients: 
         "keys": list(keys),
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _warn_if_diverging(first: Mapping[str, Any], row: Mapping[str, Any], trainer: Trainer, strategy: FedAvg) -> None:
+    start, now = first.get("server_loss"), row.get("server_loss")
+    if start is None or now is None:
+        return
+    if not np.isfinite(now):
+        raise NonFiniteError(f"round {row['round']}: the server's loss is {now}; the run stops here. To fix it, "
+                             f"{_settings_hint(trainer, strategy)}")
+    if np.isfinite(start) and start > 0 and now > DIVERGENCE_FACTOR * start:
+        warnings.warn(f"round {row['round']}: the server's loss {now:.4g} is over {DIVERGENCE_FACTOR:g}x its initial "
+                      f"{start:.4g}: training is diverging; {_settings_hint(trainer, strategy)}", RuntimeWarning, stacklevel=3)
 
 
 def run_federated(
@@ -212,7 +249,11 @@ def run_federated(
     first_round = 1
     trainer.reset_state()
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        ckpt = torch.load(checkpoint_path, weights_only=True)
+        try:
+            ckpt = torch.load(checkpoint_path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a cut-off or foreign file: say which and what to do
+            raise ValueError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
+                             "not a fedpeft checkpoint. Delete it to start the run afresh.") from exc
         if ckpt["fingerprint"] != fingerprint:
             raise ValueError(
                 f"checkpoint {checkpoint_path} belongs to a run with other settings; delete it to start afresh"
@@ -285,6 +326,7 @@ def run_federated(
         t0 = time.perf_counter()
         if states:
             global_state = strategy.aggregate(global_state, states, weights, trainable_keys)
+            check_finite(global_state, 0.0, f"round {round_}, server aggregation", _settings_hint(trainer, strategy))
         aggregate_s = time.perf_counter() - t0
         row = {
             "round": round_,
@@ -295,6 +337,7 @@ def run_federated(
             "comm_s": comm_s,
         }
         evaluate_global(round_, row)
+        _warn_if_diverging(history[0], row, trainer, strategy)
         row["round_s"] = time.perf_counter() - round_start
         history.append(row)
         if "server_accuracy" in row:

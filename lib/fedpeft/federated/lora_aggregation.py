@@ -270,7 +270,7 @@ class LoraAggregation(FedAvg):
 # --- one-shot merge of adapters saved by peft -----------------------------------------------------------------
 
 def manifest_sizes(manifest_paths: Sequence[Path]) -> list[int]:
-    """Examples per client from shard manifests written by :func:`fedpeft.partition.save_shard_manifests`."""
+    """Examples per client from shard manifests written by :func:`fedpeft.federated.partition.save_shard_manifests`."""
     sizes = []
     for p in manifest_paths:
         path = Path(p)

@@ -54,14 +54,31 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     return out
 
 
+def proximal_term(model: nn.Module, global_params: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor | None:
+    """FedProx's client-side term ``mu/2 * ||w - w_global||^2`` over ``model``'s trainable parameters (None for
+    mu = 0). A pure function of what the server sends: the global parameters and ``mu`` (as train config)."""
+    if mu == 0:
+        return None
+    terms = [
+        (p - global_params[name].to(device=p.device, dtype=p.dtype)).pow(2).sum()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    ]
+    return 0.5 * mu * torch.stack(terms).sum()
+
+
 class FedAvg:
     """Federated Averaging (McMahan et al., 2017): the example-weighted mean of the clients' states."""
 
     name = "fedavg"
 
+    def client_config(self) -> dict[str, float]:
+        """What the server sends clients with each round's model, as Flower's train config (FedAvg: nothing)."""
+        return {}
+
     def proximal_term(self, model: nn.Module, global_params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        """Extra client loss; FedAvg adds none."""
-        return None
+        """Extra client loss from this strategy's client config (:func:`proximal_term`)."""
+        return proximal_term(model, global_params, self.client_config().get("proximal-mu", 0.0))
 
     def expand_for_model(self, state: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> StateDict:
         """The global state laid out as the clients' model holds it (unchanged here; LoRA strategies that keep
@@ -98,15 +115,8 @@ class FedProx(FedAvg):
             raise ValueError(f"FedProx mu = {mu!r} is not allowed; it must be a number >= 0")
         self.mu = float(mu)
 
-    def proximal_term(self, model: nn.Module, global_params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        if self.mu == 0:
-            return None
-        terms = [
-            (p - global_params[name].to(device=p.device, dtype=p.dtype)).pow(2).sum()
-            for name, p in model.named_parameters()
-            if p.requires_grad
-        ]
-        return 0.5 * self.mu * torch.stack(terms).sum()
+    def client_config(self) -> dict[str, float]:
+        return {"proximal-mu": self.mu}
 
     def describe(self) -> str:
         return f"FedProx(mu={self.mu:g})"

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from fedpeft.core.config import REPO_ROOT
 from fedpeft.core.files import atomic_write_text
 
 STUDY_PACKAGES = (
@@ -108,7 +109,21 @@ def write_csv(df: pd.DataFrame, path: Path, float_format: str = "%.6g") -> Path:
     return atomic_write_text(Path(path), df.to_csv(index=False, float_format=float_format))
 
 
+def table_structure(df: pd.DataFrame) -> str:
+    """``df`` as text with every floating value (NaN too) replaced by ``~`` (index, columns, integers and labels kept): what a
+    rerun on any CPU reproduces exactly, for the nbval check. Trained floats are checked against the committed
+    metrics within tolerances instead (tests/test_regeneration.py)."""
+    shown = df.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = "~"
+    return f"{len(df)} rows\n" + shown.to_string()
+
+
 def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
+    """Python, the given packages' installed versions, and the sha256 of ``requirements.lock`` (the whole locked
+    environment: two reports with the same lock hash ran on the same package set)."""
+    import hashlib
     import platform
 
     rows = [{"package": "python", "version": platform.python_version()}]
@@ -117,6 +132,9 @@ def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
             rows.append({"package": name, "version": metadata.version(name)})
         except metadata.PackageNotFoundError:
             rows.append({"package": name, "version": "not installed"})
+    lock = REPO_ROOT / "requirements.lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.is_file() else "missing"
+    rows.append({"package": "requirements.lock (sha256)", "version": digest})
     return pd.DataFrame(rows)
 
 

@@ -127,7 +127,7 @@ def image_grid(images, titles, columns: int = 6):
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.7 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, title in zip(axes.flat, images, titles, strict=True):
+    for ax, img, title in zip(axes.flat, images, titles, strict=False):  # the grid may have spare cells
         ax.imshow(img.permute(1, 2, 0).numpy())
         ax.set_title(title, fontsize=8)
     return fig
@@ -141,4 +141,13 @@ def score_vs_bytes(runs: pd.DataFrame, x: str = "total_MiB", y: str = "test_macr
     ax.set_xlabel("total traffic, both directions (MiB, log scale)")
     ax.set_ylabel("test macro F1")
     ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def single_image(image, title: str):
+    """One (H, W, 3) image with a short title, e.g. a diffusion sample."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(image)
+    ax.set_title(title[:40], fontsize=8)
+    ax.axis("off")
     return fig

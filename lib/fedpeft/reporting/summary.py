@@ -1,6 +1,6 @@
 """The per-profile summary: every experiment's headline table and claims table in one markdown file.
 
-Run by the pipeline's ``summary`` stage: ``python -m fedpeft.summary --profile embedded``.
+Run by the pipeline's ``summary`` stage: ``python -m fedpeft.reporting.summary --profile embedded``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Local training and batched evaluation of a causal language model on packed :class:`~fedpeft.code_corpus.TokenBlocks`.
+"""Local training and batched evaluation of a causal language model on packed :class:`~fedpeft.data.code_corpus.TokenBlocks`.
 
 Training mirrors what the code report's Hugging Face ``Trainer`` did on each client (AdamW, weight decay 0, a
 fresh optimizer each round, linear decay to zero over the local steps, no warm-up), as a plain loop so that

@@ -19,13 +19,27 @@ generated colour fields.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedpeft.core.device import synchronize
+from fedpeft.core.integrity import decoding, require_data_file
+from fedpeft.models.lora_settings import lora_config
+from fedpeft.training.contract import (
+    EvalResult,
+    ExtraLoss,
+    Trainer,
+    TrainStats,
+    check_learning_rate,
+    check_positive_int,
+    optimizer_step,
+)
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -110,9 +124,10 @@ def caption_from_filename(path: Path) -> str:
     return f"a painting of {path.stem.replace('-', ' ').replace('_', ' ')} in the style of van gogh"
 
 
-def load_image_folder(folder: Path, resolution: int) -> tuple[torch.Tensor, list[str]]:
+def load_image_folder(folder: Path, resolution: int, data_root: Path | None = None) -> tuple[torch.Tensor, list[str]]:
     """Images of ``folder`` centre-cropped to a square and resized to ``resolution``, in [-1, 1], shape
-    ``(n, 3, resolution, resolution)``, with captions from their file names (sorted by name)."""
+    ``(n, 3, resolution, resolution)``, with captions from their file names (sorted by name). With ``data_root``
+    (the folder lies inside it) every image is checked against the data root's manifest first."""
     from PIL import Image
 
     folder = Path(folder)
@@ -124,7 +139,10 @@ def load_image_folder(folder: Path, resolution: int) -> tuple[torch.Tensor, list
         raise FileNotFoundError(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
     images = []
     for p in paths:
-        img = Image.open(p).convert("RGB")
+        if data_root is not None:
+            require_data_file(Path(data_root), Path(p).relative_to(Path(data_root)).as_posix())
+        with decoding(p, "an RGB image"):
+            img = Image.open(p).convert("RGB")
         side = min(img.size)
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
@@ -172,35 +190,65 @@ def noise_prediction_loss(unet: nn.Module, scheduler, latents: torch.Tensor, tex
     return F.mse_loss(pred.float(), noise.float())
 
 
-def train_steps(unet: nn.Module, scheduler, latents: torch.Tensor, text: torch.Tensor, steps: int, batch_size: int,
-                lr: float, seed: int) -> list[dict[str, float]]:
-    """``steps`` AdamW steps on random batches; one record per step with the loss and the step's seconds."""
-    params = [p for p in unet.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the UNet has no trainable parameters; attach LoRA first")
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    unet.train()
-    records = []
-    for step in range(1, steps + 1):
+@dataclass
+class LatentCaptions:
+    """Training data of the diffusion UNet: VAE latents (N, C, H, W) and encoded captions (N, tokens, D)."""
+
+    latents: torch.Tensor
+    text: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+
+@dataclass
+class DiffusionTrainer(Trainer):
+    """``steps`` AdamW steps of the noise-prediction loss on random batches of ``batch_size`` (images, timesteps
+    and noise drawn from the generator); the UNet stays where it is. ``records`` keeps one row per step of the last
+    ``train`` call (loss, seconds). ``evaluate`` is the mean loss over every image at ``eval_repeats`` fixed random
+    timesteps (seed ``eval_seed``: the same draws for every arm)."""
+
+    scheduler: Any
+    steps: int
+    batch_size: int
+    lr: float
+    eval_seed: int = 1234
+    eval_repeats: int = 4
+    records: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "steps", "batch_size", "eval_repeats")
+        check_learning_rate(self.lr)
+
+    def train(self, model: nn.Module, data: LatentCaptions, generator: torch.Generator,
+              extra_loss: ExtraLoss | None = None, client_id: str = "all") -> TrainStats:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the UNet has no trainable parameters; attach LoRA first")
+        if len(data) == 0:
+            raise ValueError(f"client {client_id}: cannot train on an empty data set")
+        self.torch_device = next(p for p in model.parameters()).device
+        optimizer = torch.optim.AdamW(params, lr=self.lr)
+        model.train()
+        self.records = []
+        start_all = time.perf_counter()
+        for step in range(1, self.steps + 1):
+            start = time.perf_counter()
+            idx = torch.randint(0, len(data), (self.batch_size,), generator=generator)
+            loss = noise_prediction_loss(model, self.scheduler, data.latents[idx], data.text[idx], generator)
+            optimizer_step(optimizer, model, loss, extra_loss)
+            synchronize(self.torch_device)
+            self.records.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
+        mean_loss = float(np.mean([r["loss"] for r in self.records]))
+        return TrainStats(loss=mean_loss, examples=self.steps * self.batch_size, seconds=time.perf_counter() - start_all)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: LatentCaptions) -> EvalResult:
         start = time.perf_counter()
-        idx = torch.randint(0, len(latents), (batch_size,), generator=g)
-        loss = noise_prediction_loss(unet, scheduler, latents[idx], text[idx], g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        records.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
-    return records
-
-
-@torch.no_grad()
-def evaluate_loss(unet: nn.Module, scheduler, latents: torch.Tensor, text: torch.Tensor, seed: int = 1234,
-                  repeats: int = 4) -> float:
-    """Mean noise-prediction loss over every image at ``repeats`` fixed random timesteps (same draws for every arm)."""
-    unet.eval()
-    g = torch.Generator().manual_seed(seed)
-    losses = [float(noise_prediction_loss(unet, scheduler, latents, text, g)) for _ in range(repeats)]
-    return float(np.mean(losses))
+        model.eval()
+        g = torch.Generator().manual_seed(self.eval_seed)
+        losses = [float(noise_prediction_loss(model, self.scheduler, data.latents, data.text, g)) for _ in range(self.eval_repeats)]
+        return EvalResult(loss=float(np.mean(losses)), examples=len(data), seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -224,20 +272,10 @@ def sample_image(components: Components, unet: nn.Module, caption: str, latent_s
 
 
 def attach_unet_lora(unet: nn.Module, rank: int, alpha: float, targets=tuple(LORA_TARGETS)) -> nn.Module:
-    """diffusers' ``add_adapter`` with a peft ``LoraConfig``; checks the targets and the rank first."""
-    from peft import LoraConfig
-
-    names = {n for n, _ in unet.named_modules()}
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        raise ValueError(f"target_modules {missing} name no module of {type(unet).__name__}")
-    widths = [min(m.in_features, m.out_features) for n, m in unet.named_modules()
-              if hasattr(m, "in_features") and any(n.endswith("." + t) for t in targets)]
-    if not isinstance(rank, int) or not 1 <= rank <= min(widths):
-        raise ValueError(f"unet lora rank = {rank!r} is not allowed; it must be an integer in [1, {min(widths)}] "
-                         "(the smallest width of the targeted layers)")
+    """diffusers' ``add_adapter`` with a peft ``LoraConfig`` (checked by :func:`fedpeft.models.lora_settings.lora_config`)."""
+    config = lora_config(unet, rank, alpha, 0.0, list(targets), init_lora_weights="gaussian")
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets)))
+    unet.add_adapter(config)
     return unet
 
 

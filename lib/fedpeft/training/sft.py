@@ -13,11 +13,15 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from fedpeft.core.device import synchronize
+from fedpeft.training.contract import EvalResult, ExtraLoss, Trainer, TrainStats, check_learning_rate, check_positive_int
 
 #: google/gemma-2-2b's published config.json (architecture only).
 GEMMA2_2B = dict(
@@ -75,56 +79,82 @@ def save_base(model: nn.Module, tokenizer, folder: Path) -> Path:
     return folder
 
 
-def train_sft(model: nn.Module, examples: list[torch.Tensor], steps: int, grad_accum: int, lr: float,
-              warmup_ratio: float, seed: int, autocast_dtype: torch.dtype | None = None) -> list[dict[str, float]]:
-    """``steps`` optimizer updates of ``grad_accum`` examples each (batch 1, as the seed), examples drawn in a
-    seeded shuffled order; one record per update: mean loss over its examples and its wall seconds."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    from transformers import get_cosine_schedule_with_warmup
+@dataclass
+class SFTTrainer(Trainer):
+    """``steps`` optimizer updates of ``grad_accum`` examples each (batch 1, as the seed), examples drawn in an order
+    shuffled from the generator's seed; AdamW (no weight decay) with a cosine schedule after ``warmup_ratio`` of
+    warm-up. The model stays where its loader put it (a 4-bit model is placed by bitsandbytes), and its batches go
+    there too. ``records`` keeps one row per update of the last ``train`` call: mean loss and wall seconds."""
 
-    device = next(p for p in model.parameters()).device
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
-    model.train()
-    records = []
-    for step in range(1, steps + 1):
+    steps: int
+    grad_accum: int
+    lr: float
+    warmup_ratio: float = 0.03
+    autocast_dtype: torch.dtype | None = None
+    records: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "steps", "grad_accum")
+        check_learning_rate(self.lr)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio = {self.warmup_ratio!r} is not allowed; it must be in [0, 1)")
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def train(self, model: nn.Module, data: list[torch.Tensor], generator: torch.Generator,
+              extra_loss: ExtraLoss | None = None, client_id: str = "all") -> TrainStats:
+        from transformers import get_cosine_schedule_with_warmup
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        if not data:
+            raise ValueError(f"client {client_id}: cannot train on an empty data set")
+        self.torch_device = device = next(p for p in model.parameters()).device
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(self.warmup_ratio * self.steps), self.steps)
+        rng = np.random.default_rng(generator.initial_seed())
+        order: list[int] = []
+        model.train()
+        self.records = []
+        start_all = time.perf_counter()
+        for step in range(1, self.steps + 1):
+            start = time.perf_counter()
+            total = 0.0
+            for _ in range(self.grad_accum):
+                if not order:
+                    order = rng.permutation(len(data)).tolist()
+                ids = data[order.pop()].unsqueeze(0).to(device)
+                with self._autocast(device):
+                    loss = model(input_ids=ids, labels=ids).loss
+                term = extra_loss(model) if extra_loss is not None else None
+                ((loss if term is None else loss + term) / self.grad_accum).backward()
+                total += float(loss.detach())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+            self.records.append({"step": step, "loss": total / self.grad_accum, "seconds": time.perf_counter() - start})
+        mean_loss = float(np.mean([r["loss"] for r in self.records]))
+        return TrainStats(loss=mean_loss, examples=self.steps * self.grad_accum, seconds=time.perf_counter() - start_all)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: list[torch.Tensor]) -> EvalResult:
+        """Token-weighted mean loss (nats per predicted token) over ``data`` and its perplexity."""
         start = time.perf_counter()
-        total = 0.0
-        for _ in range(grad_accum):
-            if not order:
-                order = rng.permutation(len(examples)).tolist()
-            ids = examples[order.pop()].unsqueeze(0).to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = model(input_ids=ids, labels=ids).loss
-            (loss / grad_accum).backward()
-            total += float(loss.detach())
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        records.append({"step": step, "loss": total / grad_accum, "seconds": time.perf_counter() - start})
-    return records
-
-
-@torch.no_grad()
-def evaluate_sft(model: nn.Module, examples: list[torch.Tensor], autocast_dtype: torch.dtype | None = None) -> float:
-    """Token-weighted mean loss (nats per predicted token) over ``examples``."""
-    device = next(p for p in model.parameters()).device
-    model.eval()
-    loss_sum, tokens = 0.0, 0
-    for ids in examples:
-        if len(ids) < 2:
-            continue
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(input_ids=ids.unsqueeze(0).to(device), labels=ids.unsqueeze(0).to(device)).loss
-        loss_sum += float(loss.float()) * (len(ids) - 1)
-        tokens += len(ids) - 1
-    return loss_sum / tokens
+        device = next(p for p in model.parameters()).device
+        model.eval()
+        loss_sum, tokens = 0.0, 0
+        for ids in data:
+            if len(ids) < 2:
+                continue
+            with self._autocast(device):
+                loss = model(input_ids=ids.unsqueeze(0).to(device), labels=ids.unsqueeze(0).to(device)).loss
+            loss_sum += float(loss.float()) * (len(ids) - 1)
+            tokens += len(ids) - 1
+        loss = loss_sum / tokens
+        return EvalResult(loss=loss, metrics={"perplexity": math.exp(loss)}, examples=len(data), seconds=time.perf_counter() - start)
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

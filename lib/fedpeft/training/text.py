@@ -1,4 +1,4 @@
-"""Local training and evaluation of a transformers sequence classifier on :class:`~fedpeft.glue.TokenizedText`.
+"""Local training and evaluation of a transformers sequence classifier on :class:`~fedpeft.data.glue.TokenizedText`.
 
 Mirrors what the GLUE report's Hugging Face ``Trainer`` did each round (AdamW, a fresh optimizer and a linear
 decay to zero over the local steps, no warm-up), written as a plain loop so that the federated round loop can
