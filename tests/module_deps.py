@@ -81,6 +81,22 @@ def notebook_dependencies(notebook: Path) -> set[str]:
     return {p.relative_to(ROOT).as_posix() for p in closure(imported_modules(source, "fedpeft")) if not _documentation_only(p)}
 
 
+def command_dependencies(cmd: str) -> set[str]:
+    """Repository-relative paths of every fedpeft source file a stage command runs (``python -m fedpeft...``)."""
+    import re
+
+    modules = set(re.findall(r"python -m (fedpeft[\w.]*)", cmd))
+    return {p.relative_to(ROOT).as_posix() for p in closure(modules) if not _documentation_only(p)}
+
+
+def stage_dependencies(stage: dict) -> set[str]:
+    """Every fedpeft file a stage can reach: through its notebooks and through its command."""
+    deps = set(command_dependencies(stage.get("cmd", "")))
+    for nb in (d for d in stage.get("deps", []) if d.startswith("notebooks/")):
+        deps |= notebook_dependencies(ROOT / nb)
+    return deps
+
+
 def write_stage_deps(pipeline: Path) -> bool:
     """Rewrite each stage's ``deps`` in ``pipeline`` (a dvc.yaml) to its notebook plus exactly the fedpeft files
     the notebook reaches, keeping other deps; returns whether the file changed. Run as
@@ -93,10 +109,7 @@ def write_stage_deps(pipeline: Path) -> bool:
     stages = yaml.safe_load(text)["stages"]
     for name, stage in stages.items():
         deps = stage.get("deps", [])
-        notebooks = [d for d in deps if d.startswith("notebooks/")]
-        wanted = [d for d in deps if not d.startswith("lib/fedpeft/")]
-        for nb in notebooks:
-            wanted += sorted(notebook_dependencies(ROOT / nb))
+        wanted = [d for d in deps if not d.startswith("lib/fedpeft/")] + sorted(stage_dependencies(stage))
         block = re.search(rf"(\n  {re.escape(name)}:\n(?:    .*\n|\n)*?    deps:\n)((?:      - .*\n)+)", text)
         if block is None:
             raise ValueError(f"stage {name} of {pipeline} has no deps block to rewrite")

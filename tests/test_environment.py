@@ -87,15 +87,13 @@ def test_every_notebook_has_a_stage_and_a_parameters_cell():
         assert len(tagged) == 1 and "profile" in tagged[0].source
 
 
-def test_each_stage_depends_on_every_module_its_notebook_reaches():
-    from module_deps import notebook_dependencies
+def test_each_stage_depends_on_every_module_its_notebook_and_command_reach():
+    from module_deps import stage_dependencies
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        notebooks = [d for d in stage.get("deps", []) if d.startswith("notebooks/")]
-        for nb in notebooks:
-            missing = sorted(notebook_dependencies(ROOT / nb) - set(stage["deps"]))
-            assert not missing, f"stage {name} does not list {missing}, which {nb} imports"
+        missing = sorted(stage_dependencies(stage) - set(stage["deps"]))
+        assert not missing, f"stage {name} does not list {missing}, which its notebook or command reaches"
 
 
 def test_module_closure_follows_relative_imports():

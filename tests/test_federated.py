@@ -95,15 +95,55 @@ def test_resume_after_interruption_gives_same_result(tiny_images, tmp_path):
     assert len(resumed.ledger.rows) == len(whole.ledger.rows)
 
 
-def test_checkpoint_of_other_settings_is_refused(tiny_images, tmp_path):
+@pytest.mark.parametrize("change, part", [
+    ("strategy", "strategy"),
+    ("lr", "trainer settings"),
+    ("data", "data"),
+    ("code", "code"),
+])
+def test_checkpoint_of_a_changed_run_restarts_saying_why(tiny_images, tmp_path, monkeypatch, change, part):
+    from fedpeft.federated import loop
+
     ckpt = tmp_path / "run.pt"
-    trainer = ClassifierTrainer(lr=1e-3, batch_size=8, epochs=1)
     clients = make_clients(tiny_images)
+    trainer = ClassifierTrainer(lr=1e-3, batch_size=8, epochs=1)
     run_federated(EuroSATCNN(), clients, FedAvg(), trainer, RoundConfig(num_rounds=2), checkpoint_path=ckpt,
                   progress=False, stop_after_round=1)
-    with pytest.raises(ValueError, match="other settings"):
-        run_federated(EuroSATCNN(), clients, FedProx(mu=1.0), trainer, RoundConfig(num_rounds=2), checkpoint_path=ckpt,
-                      progress=False)
+    strategy = FedProx(mu=1.0) if change == "strategy" else FedAvg()
+    if change == "lr":
+        trainer = ClassifierTrainer(lr=1e-2, batch_size=8, epochs=1)  # the killed-then-retuned run
+    if change == "data":
+        clients[0].train.images[0, 0, 0, 0] += 1  # one pixel
+    if change == "code":
+        monkeypatch.setattr(loop, "code_digest", lambda: "another version")
+    with pytest.warns(RuntimeWarning, match=rf"checkpoint {ckpt} was written by a run with other {part}; starting afresh"):
+        res = run_federated(EuroSATCNN(), clients, strategy, trainer, RoundConfig(num_rounds=2), checkpoint_path=ckpt,
+                            progress=False)
+    assert res.resumed_from_round == 0 and res.history["round"].tolist() == [0, 1, 2]
+
+
+def test_unchanged_run_resumes_without_a_warning(tiny_images, tmp_path):
+    import warnings
+
+    ckpt = tmp_path / "run.pt"
+    trainer = ClassifierTrainer(lr=1e-3, batch_size=8, epochs=1)
+    run_federated(EuroSATCNN(), make_clients(tiny_images), FedAvg(), trainer, RoundConfig(num_rounds=2), checkpoint_path=ckpt,
+                  progress=False, stop_after_round=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = run_federated(EuroSATCNN(), make_clients(tiny_images), FedAvg(), trainer, RoundConfig(num_rounds=2),
+                            checkpoint_path=ckpt, progress=False)
+    assert res.resumed_from_round == 1
+
+
+def test_data_digest_sees_every_tensor_and_value():
+    from fedpeft.federated.loop import data_digest
+
+    a = {"x": torch.zeros(3), "y": [1, "z"]}
+    assert data_digest(a) == data_digest({"y": [1, "z"], "x": torch.zeros(3)})
+    assert data_digest(a) != data_digest({"x": torch.tensor([0.0, 0.0, 1e-30]), "y": [1, "z"]})
+    assert data_digest(a) != data_digest({"x": torch.zeros(3, dtype=torch.float64), "y": [1, "z"]})
+    assert data_digest(a) != data_digest({"x": torch.zeros(3), "y": [2, "z"]})
 
 
 def test_time_limit_stops_between_rounds(tiny_images):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -187,15 +188,65 @@ def _metrics(prefix: str, result: EvalResult) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in result.as_dict().items()}
 
 
-def _fingerprint(cfg: RoundConfig, strategy: FedAvg, trainer: Trainer, clients: Sequence[Client], keys: Sequence[str]) -> str:
-    desc = {
-        "config": dataclasses.asdict(cfg) | {"time_limit_s": None},
-        "strategy": strategy.describe(),
-        "trainer": {"class": type(trainer).__name__, **trainer.describe()},
-        "clients": [(c.cid, c.num_examples) for c in clients],
-        "keys": list(keys),
+def data_digest(obj: Any) -> str:
+    """sha256 of every tensor, array and value inside ``obj`` (dataclasses, lists, tuples and dicts are walked), so
+    a checkpoint can tell whether a client's data changed."""
+    digest = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, np.ndarray):
+            digest.update(f"{x.dtype}{x.shape}".encode())
+            digest.update(np.ascontiguousarray(x).tobytes())
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                feed(getattr(x, f.name))
+        elif isinstance(x, (list, tuple)):
+            for item in x:
+                feed(item)
+        elif isinstance(x, dict):
+            for key in sorted(x, key=str):
+                feed(key)
+                feed(x[key])
+        else:
+            digest.update(repr(x).encode())
+
+    feed(obj)
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 of the fedpeft library's source: a checkpoint written by other code is not resumed."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_identity(cfg: RoundConfig, strategy: FedAvg, trainer: Trainer, clients: Sequence[Client],
+                 keys: Sequence[str]) -> dict[str, str]:
+    """What a resumed run must share with the run that wrote the checkpoint, one digest per part: the round
+    settings (the time limit aside), the strategy, the trainer's settings, the clients and their data, the
+    exchanged keys and the library's code."""
+
+    def short(obj: Any) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return {
+        "round settings": short(dataclasses.asdict(cfg) | {"time_limit_s": None}),
+        "strategy": short(strategy.describe()),
+        "trainer settings": short({"class": type(trainer).__name__, **trainer.describe()}),
+        "clients": short([(c.cid, c.num_examples) for c in clients]),
+        "data": data_digest([(c.train, c.test) for c in clients]),
+        "exchanged keys": short(list(keys)),
+        "code": code_digest(),
     }
-    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _warn_if_diverging(first: Mapping[str, Any], row: Mapping[str, Any], trainer: Trainer, strategy: FedAvg) -> None:
@@ -241,7 +292,7 @@ def run_federated(
     work_model = copy.deepcopy(model)
     full_state = model.state_dict()
     global_state: StateDict = {k: full_state[k].detach().clone() for k in keys}
-    fingerprint = _fingerprint(config, strategy, trainer, clients, keys)
+    identity = run_identity(config, strategy, trainer, clients, keys) if checkpoint_path is not None else {}
 
     history: list[dict] = []
     client_rows: list[dict] = []
@@ -254,16 +305,17 @@ def run_federated(
         except Exception as exc:  # noqa: BLE001 - a cut-off or foreign file: say which and what to do
             raise ValueError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
                              "not a fedpeft checkpoint. Delete it to start the run afresh.") from exc
-        if ckpt["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"checkpoint {checkpoint_path} belongs to a run with other settings; delete it to start afresh"
-            )
-        global_state = ckpt["global_state"]
-        strategy.load_state_dict(ckpt["strategy_state"])
-        trainer.load_state_dict(ckpt["trainer_state"])
-        history, client_rows = ckpt["history"], ckpt["client_history"]
-        ledger = CommunicationLedger.from_state_dict(ckpt["ledger"])
-        first_round = ckpt["round"] + 1
+        changed = [part for part in identity if ckpt.get("identity", {}).get(part) != identity[part]]
+        if changed:
+            warnings.warn(f"checkpoint {checkpoint_path} was written by a run with other {', '.join(changed)}; "
+                          "starting afresh (it is replaced after the first round)", RuntimeWarning, stacklevel=2)
+        else:
+            global_state = ckpt["global_state"]
+            strategy.load_state_dict(ckpt["strategy_state"])
+            trainer.load_state_dict(ckpt["trainer_state"])
+            history, client_rows = ckpt["history"], ckpt["client_history"]
+            ledger = CommunicationLedger.from_state_dict(ckpt["ledger"])
+            first_round = ckpt["round"] + 1
     resumed_from = first_round - 1
 
     def evaluate_global(round_: int, row: dict) -> None:
@@ -345,7 +397,7 @@ def run_federated(
         if checkpoint_path is not None:
             atomic_torch_save(
                 {
-                    "fingerprint": fingerprint,
+                    "identity": identity,
                     "round": round_,
                     "global_state": global_state,
                     "strategy_state": strategy.state_dict(),

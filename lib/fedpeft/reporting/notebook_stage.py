@@ -1,0 +1,119 @@
+"""Run one experiment's notebook as a DVC stage without ever losing the committed outputs.
+
+``python -m fedpeft.reporting.notebook_stage --profile P --experiment E --notebook notebooks/N.ipynb``
+
+papermill executes the notebook with ``FEDPEFT_REPORTS_DIR`` pointing at a staging folder beside the profile's
+reports (``reports/<profile>/.staging-<experiment>``). Only when the notebook finishes are its outputs swapped in:
+the experiment's folder, ``metrics/<experiment>.json`` and ``plots/<experiment>_history.csv``. A notebook that
+fails, or a stage that is killed, leaves the committed outputs as they were and removes the staging folder (the
+stages declare their outputs ``persist: true``, so DVC does not delete them first either).
+
+papermill and its kernel die with this process: it asks the kernel to send it SIGTERM when its parent (DVC) dies,
+and on SIGTERM or SIGINT it ends papermill's whole process tree before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def end_process_tree(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM ``pid`` and all its descendants, then SIGKILL whatever is left after ``timeout_s``."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [*root.children(recursive=True), root]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def swap_in(staging: Path, reports_root: Path, experiment: str) -> None:
+    """Move the staged experiment folder, metrics and history over the current ones (each by rename)."""
+    final = reports_root / experiment
+    old = reports_root / f".old-{experiment}"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging / experiment, final)
+    shutil.rmtree(old, ignore_errors=True)
+    for rel in (f"metrics/{experiment}.json", f"plots/{experiment}_history.csv"):
+        if (staging / rel).is_file():
+            (reports_root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, reports_root / rel)
+
+
+def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path, extra_args: list[str] | None = None) -> int:
+    """Execute ``notebook`` into staging and swap its outputs in on success; return papermill's exit code."""
+    staging = reports_root / f".staging-{experiment}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / experiment).mkdir(parents=True)
+    command = [sys.executable, "-m", "papermill", str(notebook), str(staging / experiment / Path(notebook).name),
+               "-k", "python3", "-p", "profile", profile, "-p", "progress", "False", "--log-level", "WARNING",
+               *(extra_args or [])]
+    child = subprocess.Popen(command, env=os.environ | {"FEDPEFT_REPORTS_DIR": str(staging)}, preexec_fn=_die_with_parent)
+
+    def stop(signum, _frame):
+        end_process_tree(child.pid)
+        shutil.rmtree(staging, ignore_errors=True)
+        sys.stderr.write(f"{experiment}: stopped by signal {signum}; the committed outputs in {reports_root} are unchanged\n")
+        sys.exit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        sys.stderr.write(f"{experiment}: the notebook failed (exit {code}); the committed outputs in {reports_root} are "
+                         "unchanged\n")
+        return code
+    swap_in(staging, reports_root, experiment)
+    shutil.rmtree(staging, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=PROFILES, required=True)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--notebook", type=Path, required=True)
+    parser.add_argument("--reports-root", type=Path, help="default: the profile's reports_dir")
+    args, extra = parser.parse_known_args(argv)
+    _die_with_parent()
+    root = args.reports_root
+    if root is None:
+        common = validate_section("common", load_raw(args.profile).get("common", {}), COMMON_SCHEMA)
+        root = REPO_ROOT / common["reports_dir"]
+    sys.exit(run_stage(args.notebook, args.profile, args.experiment, root, extra))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""A notebook stage never loses the committed outputs: it writes aside and swaps in on success only, and a kill
+ends papermill and its kernel."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from fedpeft.reporting.notebook_stage import run_stage, swap_in
+
+EXPERIMENT = "toy"
+
+
+def _notebook(tmp_path: Path, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "embedded"\nprogress = True')
+    params.metadata["tags"] = ["parameters"]
+    code = ("import os, pathlib, time\n"
+            "root = pathlib.Path(os.environ['FEDPEFT_REPORTS_DIR'])\n"
+            f"(root / '{EXPERIMENT}').mkdir(parents=True, exist_ok=True)\n"
+            f"(root / '{EXPERIMENT}' / 'report.md').write_text('new')\n"
+            "(root / 'metrics').mkdir(exist_ok=True)\n"
+            f"(root / 'metrics' / '{EXPERIMENT}.json').write_text('{{\"x\": 2}}')\n" + body)
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "toy.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _committed(tmp_path: Path) -> Path:
+    root = tmp_path / "reports"
+    (root / EXPERIMENT).mkdir(parents=True)
+    (root / EXPERIMENT / "report.md").write_text("committed")
+    (root / "metrics").mkdir()
+    (root / "metrics" / f"{EXPERIMENT}.json").write_text('{"x": 1}')
+    return root
+
+
+def test_success_swaps_the_new_outputs_in(tmp_path):
+    root = _committed(tmp_path)
+    assert run_stage(_notebook(tmp_path, ""), "embedded", EXPERIMENT, root) == 0
+    assert (root / EXPERIMENT / "report.md").read_text() == "new"
+    assert (root / EXPERIMENT / "toy.ipynb").is_file()  # the executed notebook beside its report
+    assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 2}'
+    assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]  # no staging or old folder left
+
+
+def test_a_failing_notebook_leaves_the_committed_outputs(tmp_path):
+    root = _committed(tmp_path)
+    assert run_stage(_notebook(tmp_path, "raise RuntimeError('boom')"), "embedded", EXPERIMENT, root) != 0
+    assert (root / EXPERIMENT / "report.md").read_text() == "committed"
+    assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 1}'
+    assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]
+
+
+def test_swap_replaces_a_whole_folder(tmp_path):
+    root, staging = tmp_path / "reports", tmp_path / "staging"
+    (root / EXPERIMENT).mkdir(parents=True)
+    (root / EXPERIMENT / "stale.png").write_text("old figure")
+    (staging / EXPERIMENT).mkdir(parents=True)
+    (staging / EXPERIMENT / "report.md").write_text("new")
+    swap_in(staging, root, EXPERIMENT)
+    assert [p.name for p in (root / EXPERIMENT).iterdir()] == ["report.md"]  # nothing of the old run survives
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["stage terminated", "parent killed"])
+def test_killing_the_stage_ends_papermill_and_its_kernel_and_keeps_the_outputs(tmp_path, how):
+    """``stage terminated``: DVC (or Ctrl-C) signals the stage; ``parent killed``: DVC itself dies with SIGKILL."""
+    root = _committed(tmp_path)
+    marker = tmp_path / "kernel_started"
+    notebook = _notebook(tmp_path, f"pathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\ntime.sleep(600)")
+    stage_cmd = [sys.executable, "-m", "fedpeft.reporting.notebook_stage", "--profile", "embedded", "--experiment",
+                 EXPERIMENT, "--notebook", str(notebook), "--reports-root", str(root)]
+    if how == "parent killed":  # a stand-in for DVC: a process whose only job is to run the stage
+        parent = subprocess.Popen([sys.executable, "-c", f"import subprocess; subprocess.run({stage_cmd!r})"])
+    else:
+        parent = subprocess.Popen(stage_cmd, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    assert marker.is_file(), "the notebook's kernel never started"
+    kernel = psutil.Process(int(marker.read_text()))
+    tree = psutil.Process(parent.pid).children(recursive=True)
+    assert kernel.pid in {p.pid for p in tree}
+    if how == "parent killed":
+        parent.kill()
+        parent.wait(timeout=10)
+    else:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        assert b"the committed outputs" in parent.stderr.read()
+    _, alive = psutil.wait_procs(tree, timeout=60)
+    assert not alive, f"left running after the stage was killed: {[(p.pid, p.name()) for p in alive]}"
+    assert (root / EXPERIMENT / "report.md").read_text() == "committed"
+    assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 1}'
+    assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]
