@@ -2,8 +2,8 @@
 
 The ClientApp calls the same :func:`fedpeft.federated.loop.client_update` as the in-process loop, with any
 trainer of the contract in :mod:`fedpeft.training.contract`; a trainer's per-client state (the weeds head's
-optimizer) travels in the node's ``context.state``, so it survives between rounds whichever Ray actor runs the
-client. The server strategy subclasses Flower's ``FedAvg`` only to hand the replies to the same fedpeft strategy
+optimizer) is kept in a temporary folder between rounds, written before the client replies, so it survives
+whichever Ray actor runs the client next. The server strategy subclasses Flower's ``FedAvg`` only to hand the replies to the same fedpeft strategy
 object, so both engines do identical arithmetic (replies are ordered by partition id before aggregation, as
 in-process). The ledger records the bytes of the same safetensors messages the in-process loop serializes. Each
 Ray actor gets one CPU, so torch runs one thread there; results are bitwise comparable with an in-process run
@@ -18,7 +18,10 @@ import copy
 import io
 import os
 import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from fedpeft.core.files import atomic_torch_save
 from fedpeft.federated.ledger import CommunicationLedger, serialize_state
 from fedpeft.federated.loop import Client, FederatedResult, RoundConfig, client_update, exchanged_keys
 from fedpeft.federated.strategies import FedAvg, StateDict
@@ -74,6 +78,9 @@ def run_flower(
     def to_state(record: ArrayRecord) -> StateDict:
         return {k: v.to(dtypes[k]) for k, v in record.to_torch_state_dict().items()}
 
+    # A trainer's per-client state (the weeds head's AdamW) is kept on disk between rounds, written before the client
+    # replies: Flower's simulation may hand a node its next message before it has stored the node's context.state.
+    state_dir = Path(tempfile.mkdtemp(prefix="fedpeft-flower-clients-"))
     # Each client call unpickles its own copy: deep-copying a model that Ray has unpickled loses bitsandbytes'
     # NF4 quantization state (a QLoRA head then fails with "quant_state is required").
     packed = io.BytesIO()
@@ -86,8 +93,8 @@ def run_flower(
         pid = int(context.node_config["partition-id"])
         round_ = int(msg.content["config"]["server-round"])
         cid = clients[pid].cid
-        saved = context.state.config_records.get("trainer")
-        trainer.load_client_state(cid, torch.load(io.BytesIO(saved["state"]), weights_only=True) if saved else None)
+        state_file = state_dir / f"{pid}.pt"
+        trainer.load_client_state(cid, torch.load(state_file, weights_only=True) if state_file.is_file() else None)
         local = torch.load(io.BytesIO(model_bytes), weights_only=False)  # our own bytes, made just above
         sent = {k: v for k, v in msg.content["config"].items() if k != "server-round"}
         new_state, stats = client_update(
@@ -95,9 +102,7 @@ def run_flower(
         )
         client_state = trainer.client_state(cid)
         if client_state is not None:
-            buffer = io.BytesIO()
-            torch.save(client_state, buffer)
-            context.state["trainer"] = ConfigRecord({"state": buffer.getvalue()})
+            atomic_torch_save(client_state, state_file)
         metrics = MetricRecord({"train_loss": float(stats.loss), "num-examples": clients[pid].num_examples,
                                 "partition-id": pid, "train_s": float(stats.seconds)})
         return Message(content=RecordDict({"arrays": ArrayRecord(new_state), "metrics": metrics}), reply_to=msg)
@@ -170,16 +175,19 @@ def run_flower(
         )
         outcome["final_state"] = to_state(result.arrays)
 
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(clients),
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False},
-        },
-    )
-    _shutdown_ray()
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(clients),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False},
+            },
+        )
+    finally:
+        _shutdown_ray()
+        shutil.rmtree(state_dir, ignore_errors=True)
     if "final_state" not in outcome:
         raise RuntimeError("the Flower simulation ended without a final model; see its log above")
     history = pd.DataFrame([{"round": r, "num_clients": 0, "train_loss": np.nan} | rows[r] for r in sorted(rows)])

@@ -9,6 +9,7 @@ contract's per-client state, so checkpoints carry it and a resumed run equals an
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -72,7 +73,7 @@ class HeadTrainer(Trainer):
     class_weights: torch.Tensor | None = None
     weight_decay: float = 0.01
     device: str = "cpu"
-    # client id -> (id of the model the optimizer holds, optimizer, scheduler); or a saved state to restore
+    # client id -> (weak reference to the model the optimizer holds, optimizer, scheduler); or a saved state to restore
     _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ class HeadTrainer(Trainer):
         """The client's optimizer and schedule over ``model``'s trainable parameters; when the model object is new
         (a Flower client rebuilds it each round) they are rebuilt on it and the saved moments loaded."""
         held = self._clients.get(client_id)
-        if isinstance(held, tuple) and held[0] == id(model):
+        if isinstance(held, tuple) and held[0]() is model:  # a weak reference: a new model at a freed address is not it
             return held[1], held[2]
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -93,7 +94,7 @@ class HeadTrainer(Trainer):
         if saved is not None:
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
-        self._clients[client_id] = (id(model), opt, sched)
+        self._clients[client_id] = (weakref.ref(model), opt, sched)
         return opt, sched
 
     def client_state(self, client_id: str) -> dict[str, Any] | None:
@@ -112,6 +113,10 @@ class HeadTrainer(Trainer):
 
     def state_dict(self) -> dict[str, Any]:
         return {cid: self.client_state(cid) for cid in self._clients}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for a Flower actor) with each client's state as plain tensors, not live optimizers."""
+        return self.__dict__ | {"_clients": self.state_dict()}
 
     def reset_state(self) -> None:
         self._clients.clear()
