@@ -3,7 +3,6 @@ experiment uses centrally) runs on both engines: Flower's simulation gives the s
 loop."""
 
 import copy
-import time
 
 import psutil
 import pytest
@@ -127,15 +126,18 @@ def test_flower_matches_in_process_for_every_trainer(case, tiny_images):
     assert flower.ledger.frame().sort_values(["round", "client", "direction"])["bytes"].tolist() == \
         in_process.ledger.frame().sort_values(["round", "client", "direction"])["bytes"].tolist()
 
-    deadline = time.time() + 30  # Ray's processes exit shortly after shutdown
-    left = []
-    while time.time() < deadline:
-        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before and p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
-        if not left:
-            break
-        time.sleep(1)
-    assert not left, f"processes left running after the Flower simulation: {[p.name() for p in left]}"
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before]
+    _, alive = psutil.wait_procs(started, timeout=30)  # Ray's processes exit shortly after shutdown
+    left = [p for p in alive if _still_running(p)]
+    assert not left, f"processes left running after the Flower simulation: {[p.pid for p in left]}"
+
+
+def _still_running(process: psutil.Process) -> bool:
+    """Alive and not a zombie waiting to be reaped (a process may exit while it is being looked at)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_flower_engine_refuses_unsupported_transport(tiny_images):
