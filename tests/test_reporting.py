@@ -76,3 +76,14 @@ def test_summary_collects_headlines_and_claims(tmp_path):
     assert "2 holds, 1 does not hold" in text
     with pytest.raises(FileNotFoundError, match="no experiment reports"):
         collect(tmp_path / "exp_a")
+
+
+def test_lock_digest_follows_the_pins_not_the_comments(tmp_path):
+    from fedpeft.reporting.outputs import lock_digest
+
+    a, b, c = tmp_path / "a.lock", tmp_path / "b.lock", tmp_path / "c.lock"
+    a.write_text("# made by uv\nnumpy==2.4.6 \\\n    --hash=sha256:aa\n    # via pandas\n")
+    b.write_text("# made by another tool\n\nnumpy==2.4.6 \\\n    --hash=sha256:aa\n    # via torch\n")
+    c.write_text("# made by uv\nnumpy==2.4.7 \\\n    --hash=sha256:aa\n    # via pandas\n")
+    assert lock_digest(a) == lock_digest(b) != lock_digest(c)
+    assert len(lock_digest(a)) == 16

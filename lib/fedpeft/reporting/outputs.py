@@ -120,10 +120,19 @@ def table_structure(df: pd.DataFrame) -> str:
     return f"{len(df)} rows\n" + shown.to_string()
 
 
-def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
-    """Python, the given packages' installed versions, and the sha256 of ``requirements.lock`` (the whole locked
-    environment: two reports with the same lock hash ran on the same package set)."""
+def lock_digest(lock: Path) -> str:
+    """First 16 hex digits of the sha256 of a lock file's requirement lines (pins and hashes), comments and blank
+    lines left out: two reports with the same digest ran on the same package set, whatever the annotations say."""
     import hashlib
+
+    lines = [line.strip() for line in Path(lock).read_text().splitlines()]
+    content = "\n".join(line for line in lines if line and not line.startswith("#"))
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
+    """Python, the given packages' installed versions, and :func:`lock_digest` of ``requirements.lock`` (the whole
+    locked environment)."""
     import platform
 
     rows = [{"package": "python", "version": platform.python_version()}]
@@ -133,7 +142,7 @@ def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
         except metadata.PackageNotFoundError:
             rows.append({"package": name, "version": "not installed"})
     lock = REPO_ROOT / "requirements.lock"
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.is_file() else "missing"
+    digest = lock_digest(lock) if lock.is_file() else "missing"
     rows.append({"package": "requirements.lock (sha256)", "version": digest})
     return pd.DataFrame(rows)
 
