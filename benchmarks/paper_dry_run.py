@@ -97,8 +97,9 @@ def main() -> None:
     report = MarkdownReport("Paper profile: dry run at full size")
     report.text(__doc__.split("\n\n")[1])
     report.table(table, f"One federated round (2 clients, FedAvg on the adapters, {SEQ}-token examples), random weights")
-    report.text("Not run here: Gemma-2-2B (QLoRA) and the SD 1.5 UNet, which need a GPU to train in reasonable time; "
-                "their full-size parameter counts and NF4 bytes are computed on the meta device in notebook 03.")
+    report.text("Not in this round: Gemma-2-2B (QLoRA) and the SD 1.5 UNet, which are not federated in the seeds; their "
+                "full-size memory and speed on a GPU are measured by benchmarks/paper_lora_vs_qlora_gpu.py, and their "
+                "parameter counts and NF4 bytes are computed on the meta device in notebook 03.")
     report.table(pd.DataFrame([machine_description()]), "Machine")
     report.table(package_versions(("torch", "transformers", "peft")), "Versions")
     report.write(REPO_ROOT / "reports" / "paper" / "dry_run.md")

@@ -87,3 +87,17 @@ def test_lock_digest_follows_the_pins_not_the_comments(tmp_path):
     c.write_text("# made by uv\nnumpy==2.4.7 \\\n    --hash=sha256:aa\n    # via pandas\n")
     assert lock_digest(a) == lock_digest(b) != lock_digest(c)
     assert len(lock_digest(a)) == 16
+
+
+def test_versions_table_says_whether_the_installed_packages_are_the_locked_ones(tmp_path, monkeypatch):
+    from fedpeft.reporting import outputs
+
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("Numpy==1.0.0 \\\n    --hash=sha256:aa\npandas==" + outputs.metadata.version("pandas") + "\n")
+    assert outputs.locked_versions(lock) == {"numpy": "1.0.0", "pandas": outputs.metadata.version("pandas")}
+    monkeypatch.setattr(outputs, "REPO_ROOT", tmp_path)
+    same = outputs.package_versions(("pandas",)).set_index("package")["locked"]
+    assert same["requirements.lock (sha256)"] == "installed = locked"
+    differs = outputs.package_versions(("pandas", "numpy")).set_index("package")
+    assert differs.loc["numpy", "locked"] == "1.0.0" != differs.loc["numpy", "version"]
+    assert differs.loc["requirements.lock (sha256)", "locked"] == "installed differs from the lock"

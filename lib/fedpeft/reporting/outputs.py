@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -135,16 +136,30 @@ def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
     locked environment)."""
     import platform
 
-    rows = [{"package": "python", "version": platform.python_version()}]
+    lock = REPO_ROOT / "requirements.lock"
+    pins = locked_versions(lock) if lock.is_file() else {}
+    rows = [{"package": "python", "version": platform.python_version(), "locked": ""}]
     for name in packages:
         try:
-            rows.append({"package": name, "version": metadata.version(name)})
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
-            rows.append({"package": name, "version": "not installed"})
-    lock = REPO_ROOT / "requirements.lock"
+            version = "not installed"
+        rows.append({"package": name, "version": version, "locked": pins.get(_canonical(name), "not locked")})
     digest = lock_digest(lock) if lock.is_file() else "missing"
-    rows.append({"package": "requirements.lock (sha256)", "version": digest})
+    matches = all(r["version"] == r["locked"] for r in rows[1:])
+    rows.append({"package": "requirements.lock (sha256)", "version": digest,
+                 "locked": "installed = locked" if matches else "installed differs from the lock"})
     return pd.DataFrame(rows)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions(lock: Path) -> dict[str, str]:
+    """``{canonical name: version}`` of every ``name==version`` pin in a lock file."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", Path(lock).read_text(), flags=re.M)
+    return {_canonical(n): v for n, v in pins}
 
 
 @dataclass
