@@ -45,7 +45,7 @@ export INSTALL_WITHOUT_DEPENDENCIES
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 
-.PHONY: env lock repro test lint unit nbval bench dry-run clean-env
+.PHONY: env lock pipelines repro test lint unit nbval bench dry-run clean-env
 env: $(VENV)/.installed
 
 # Re-installs when the lock changes: the locked set with hash checking, then the project itself without
@@ -70,6 +70,11 @@ lock:
 repro: env
 	$(BIN)/dvc repro $(PIPELINE)
 
+# Render dvc.yaml and pipelines/*/dvc.yaml from the run plans in params/ and the modules each stage imports. Needed
+# after adding or removing runs (seeds, partitions) or modules; tests/test_environment.py fails until it is done.
+pipelines: env
+	$(BIN)/python tests/module_deps.py
+
 test: lint unit nbval
 
 # ruff (pinned in pyproject.toml, configured under [tool.ruff]) over the library, the tests and the benchmarks.
@@ -85,7 +90,7 @@ unit: env
 # tolerances of tests/metric_tolerances.yaml (trained floats differ between CPUs).
 nbval: env
 	scratch=$$(mktemp -d) && \
-	FEDPEFT_REPORTS_DIR=$$scratch $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb && \
+	FEDPEFT_REPORTS_DIR=$$scratch FEDPEFT_RESULTS_DIR=$$scratch/results $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb && \
 	FEDPEFT_FRESH_REPORTS=$$scratch $(BIN)/python -m pytest -p no:cacheprovider tests/test_regeneration.py
 
 # Benchmarks measure; they never pass or fail. Results: reports/benchmarks/.

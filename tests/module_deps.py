@@ -97,28 +97,83 @@ def stage_dependencies(stage: dict) -> set[str]:
     return deps
 
 
-def write_stage_deps(pipeline: Path) -> bool:
-    """Rewrite each stage's ``deps`` in ``pipeline`` (a dvc.yaml) to its notebook plus exactly the fedpeft files
-    the notebook reaches, keeping other deps; returns whether the file changed. Run as
-    ``python tests/module_deps.py`` after moving or adding a module."""
-    import re
+#: Each experiment's notebook and the y axis of its per-round plot, in pipeline order.
+EXPERIMENTS = {
+    "eurosat_fedavg_ptq": ("notebooks/04_eurosat_fedavg_ptq.ipynb", "round", "server_accuracy"),
+    "glue_lora_aggregation": ("notebooks/05_glue_lora_aggregation.ipynb", "round", "server_score"),
+    "code_lm_fedprox": ("notebooks/02_code_lm_fedprox_lora.ipynb", "round", "eval_loss"),
+    "lora_vs_qlora": ("notebooks/03_lora_vs_qlora.ipynb", "round", "loss"),
+    "weeds_qlora_federated": ("notebooks/01_weeds_qlora_federated.ipynb", "farmer_steps", "server_macro_f1"),
+}
+PIPELINES = {"embedded": "dvc.yaml", "local": "pipelines/local/dvc.yaml", "paper": "pipelines/paper/dvc.yaml"}
+RUN_STAGE_CMD = "python -m fedpeft.experiments.runs"
 
-    import yaml
 
-    text = pipeline.read_text()
-    stages = yaml.safe_load(text)["stages"]
-    for name, stage in stages.items():
-        deps = stage.get("deps", [])
-        wanted = [d for d in deps if not d.startswith("lib/fedpeft/")] + sorted(stage_dependencies(stage))
-        block = re.search(rf"(\n  {re.escape(name)}:\n(?:    .*\n|\n)*?    deps:\n)((?:      - .*\n)+)", text)
-        if block is None:
-            raise ValueError(f"stage {name} of {pipeline} has no deps block to rewrite")
-        text = text[: block.start(2)] + "".join(f"      - {d}\n" for d in wanted) + text[block.end(2):]
-    changed = text != pipeline.read_text()
-    pipeline.write_text(text)
-    return changed
+def _module_paths(modules: set[str]) -> list[str]:
+    return sorted(p.relative_to(ROOT).as_posix() for p in closure(modules) if not _documentation_only(p))
+
+
+def _persisting(path: str, extra: str = "") -> str:
+    return f"      - {path}:\n          cache: false\n          persist: true\n{extra}"
+
+
+def run_stage_dependencies(experiment: str) -> list[str]:
+    """The fedpeft files an experiment's run stages reach: the run-stage command and the experiment's runs module."""
+    return _module_paths({"fedpeft.experiments.runs", f"fedpeft.experiments.{experiment}.runs"})
+
+
+def render_pipeline(profile: str) -> str:
+    """The whole dvc.yaml of ``profile``: per split experiment a ``<name>_run`` stage over its planned run ids
+    (``foreach``) and a report stage that reads their records; the other experiments as one notebook stage; then
+    the summary. Rendered from the run plans in params/<profile>.yaml, so it must be rendered again
+    (``make pipelines``) after a change that adds or removes runs (seeds, partitions)."""
+    import sys
+
+    sys.path.insert(0, str(LIB))
+    from fedpeft.experiments import runs as run_stages
+
+    root = "." if profile == "embedded" else "../.."
+    where = "The default: `dvc repro` (or `make repro`) runs it." if profile == "embedded" else (
+        f"Run it with `make repro PROFILE={profile}` (= `dvc repro {PIPELINES[profile]}`).")
+    out = [f"# The {profile} profile's pipeline. {where}",
+           "# Rendered by `make pipelines` (tests/module_deps.py) from the run plans in params/ and the modules each stage",
+           "# reaches; tests/test_environment.py fails when this file and a fresh rendering differ. Do not edit by hand.",
+           "vars:", f"  - profile: {profile}", f"    root: {root}", "", "stages:"]
+    for experiment, (notebook, x, y) in EXPERIMENTS.items():
+        report_deps = [notebook]
+        if experiment in run_stages.SPLIT_EXPERIMENTS:
+            settings = run_stages.settings_module(experiment).load(profile)
+            ids = [spec.run_id for spec in run_stages.runs_module(experiment).run_specs(settings)]
+            keys = run_stages.run_keys(experiment, settings.params)
+            out += [f"  {experiment}_run:", "    foreach:", *[f"      - {i}" for i in ids], "    do:", "      wdir: ${root}",
+                    "      cmd: >-", f"        exec {RUN_STAGE_CMD} --profile ${{profile}} --experiment {experiment}",
+                    "        --run ${item} --no-progress", "      deps:",
+                    *[f"        - {d}" for d in run_stage_dependencies(experiment)],
+                    "      params:", "        - params/${profile}.yaml:", "            - common.data_root",
+                    *[f"            - {experiment}.{k}" for k in keys],
+                    "      outs:", f"        - results/${{profile}}/{experiment}/${{item}}:", "            cache: false",
+                    "            persist: true", ""]
+            report_deps += [f"results/${{profile}}/{experiment}/{i}" for i in ids]
+        stage = {"cmd": "exec python -m fedpeft.reporting.notebook_stage", "deps": report_deps}
+        report_deps += sorted(stage_dependencies(stage) | set())
+        out += [f"  {experiment}:", "    wdir: ${root}", "    cmd: >-",
+                "      exec python -m fedpeft.reporting.notebook_stage --profile ${profile}",
+                f"      --experiment {experiment} --notebook {notebook}", "    deps:", *[f"      - {d}" for d in report_deps],
+                "    params:", "      - params/${profile}.yaml:", "          - common", f"          - {experiment}",
+                "    outs:", _persisting(f"reports/${{profile}}/{experiment}").rstrip("\n"),
+                "    metrics:", _persisting(f"reports/${{profile}}/metrics/{experiment}.json").rstrip("\n"),
+                "    plots:", _persisting(f"reports/${{profile}}/plots/{experiment}_history.csv",
+                                          f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
+    summary_deps = [f"reports/${{profile}}/{e}" for e in EXPERIMENTS] + _module_paths({"fedpeft.reporting.summary"})
+    out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
+            *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n")]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
-    for path in [ROOT / "dvc.yaml", *sorted((ROOT / "pipelines").glob("*/dvc.yaml"))]:
-        print(path.relative_to(ROOT), "updated" if write_stage_deps(path) else "unchanged")
+    for profile, rel in PIPELINES.items():
+        path = ROOT / rel
+        text = render_pipeline(profile)
+        changed = not path.is_file() or path.read_text() != text
+        path.write_text(text)
+        print(rel, "updated" if changed else "unchanged")

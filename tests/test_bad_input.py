@@ -19,7 +19,7 @@ from torch import nn
 from fedpeft.core import config
 from fedpeft.core.config import ParameterError
 from fedpeft.core.integrity import CorruptDataError, DataFileError, require_data_file
-from fedpeft.experiments import eurosat_fedavg_ptq as eurosat
+from fedpeft.experiments.eurosat_fedavg_ptq import settings as eurosat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,20 +259,23 @@ def test_damaged_checkpoint_names_its_path(tiny_images, tmp_path):
 
 
 def test_time_limited_eurosat_run_reports_its_rounds_and_stays_resumable(tmp_path, monkeypatch):
+    from fedpeft.experiments import runs
+    from fedpeft.experiments.eurosat_fedavg_ptq import report
+
     monkeypatch.setenv("FEDPEFT_REPORTS_DIR", str(tmp_path / "reports"))
     settings = eurosat.load("embedded", {"time_limit_s": 1.0, "num_rounds": 2, "generated_images_per_class": 8})
     settings.cache_dir = tmp_path / "cache"
     settings.params["time_limit_s"] = 1e-6  # below the smallest allowed setting, so that the limit hits after round 1
-    pool, test = eurosat.load_data(settings, progress=False)
-    first = eurosat.run_one(settings, pool, test, "iid", seed=0, progress=False)
-    summary = eurosat.run_summary([first])
-    assert first.result.stopped_by_time_limit and summary["rounds_completed"].tolist() == [1]
-    acc = eurosat.accuracy_by_partition(summary)
+    spec = runs.find_spec(settings, "iid-s0-r2")
+    first = runs.execute(settings, spec, progress=False)
+    summary = report.run_summary({spec.run_id: first})
+    assert first["stopped_by_time_limit"] and summary["rounds_completed"].tolist() == [1]
+    acc = report.accuracy_by_partition(summary)
     assert acc[["rounds", "rounds_completed"]].values.tolist() == [[2, 1]]
-    assert "stopped at the time limit" in eurosat.finding(settings, acc, _ptq_stub(), _comm_stub())
+    assert "stopped at the time limit" in report.finding(settings, acc, _ptq_stub(), _comm_stub(), first)
     settings.params["time_limit_s"] = None
-    resumed = eurosat.run_one(settings, pool, test, "iid", seed=0, progress=False)
-    assert resumed.result.resumed_from_round == 1 and resumed.result.rounds_completed == 2
+    resumed = runs.execute(settings, spec, progress=False)
+    assert resumed["resumed_from_round"] == 1 and resumed["rounds_completed"] == 2
 
 
 def _ptq_stub():

@@ -10,7 +10,9 @@ from safetensors.torch import load as st_load
 
 from fedpeft.data import code_corpus
 from fedpeft.data.code_corpus import Document, TokenBlocks
-from fedpeft.experiments import code_lm_fedprox as exp
+from fedpeft.experiments.code_lm_fedprox import report as exp
+from fedpeft.experiments.code_lm_fedprox import runs as code_runs
+from fedpeft.experiments.code_lm_fedprox import settings as code_settings
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, run_federated
 from fedpeft.federated.strategies import FedAvg, FedProx
@@ -172,7 +174,7 @@ def test_fedprox_with_mu_zero_equals_fedavg_on_lora_adapters(tokenizer):
         assert torch.equal(avg.final_state[k], prox.final_state[k]), k
     _, strong = _federate(tokenizer, FedProx(10.0))
     assert any(not torch.equal(avg.final_state[k], strong.final_state[k]) for k in avg.final_state)
-    assert isinstance(exp.strategy_for(0.0), FedAvg) and not isinstance(exp.strategy_for(0.0), FedProx)
+    assert isinstance(code_settings.strategy_for(0.0), FedAvg) and not isinstance(code_settings.strategy_for(0.0), FedProx)
 
 
 def test_only_adapters_travel_and_the_ledger_counts_their_serialized_bytes(tokenizer):
@@ -211,12 +213,13 @@ def test_first_rising_round():
 
 def test_plan_runs_lists_each_run_once():
     s = exp.load("embedded")
-    plan = exp.plan_runs(s)
-    keys = [tuple(sorted(p.items())) for p in plan]
-    assert len(keys) == len(set(keys))
+    plan = code_runs.run_specs(s)
+    assert len({spec.run_id for spec in plan}) == len(plan)
+    assert len({tuple(sorted(spec.args.items())) for spec in plan}) == len(plan)
     # main: 2 seeds x (FedAvg, mu 0.1); the sweep adds mu 1 on iid and 3 mus on package; half data; full model
-    assert [p["mu"] for p in plan[:4]] == [0.0, 0.1, 0.0, 0.1]
+    assert [spec.args["mu"] for spec in plan[:4]] == [0.0, 0.1, 0.0, 0.1]
     assert len(plan) == 4 + 1 + 3 + 1 + 1
+    assert {spec.args["base_seed"] for spec in plan} == {s["seeds"][0]}
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -1,7 +1,7 @@
 import pytest
 
 from fedpeft.core.config import ParameterError, Spec, load_settings, validate_section
-from fedpeft.experiments import eurosat_fedavg_ptq as exp
+from fedpeft.experiments.eurosat_fedavg_ptq import settings as exp
 
 SCHEMA = {
     "rounds": Spec(int, low=1),

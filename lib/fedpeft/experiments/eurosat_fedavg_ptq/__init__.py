@@ -1,0 +1,1 @@
+"""EuroSAT FedAvg + post-training quantization: settings, runs (one DVC stage each) and report."""

@@ -1,0 +1,159 @@
+"""EuroSAT FedAvg + PTQ: the planned runs, each one DVC stage writing one result record.
+
+A run trains the report's CNN with FedAvg from a seeded initial model (resuming from its checkpoint if it was
+killed) and records its per-round history, its communication ledger and its timing. The first main run (first seed
+of the main partition) also quantizes its final model with every ``ptq_methods`` entry and records accuracy and
+saved bytes, so the report never needs a trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedpeft.core.config import Settings
+from fedpeft.core.device import resolve_precision
+from fedpeft.core.profiling import measure
+from fedpeft.core.records import RunRecord, RunSpec
+from fedpeft.data import eurosat as fdata
+from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT
+from fedpeft.federated.ledger import MIB
+from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.partition import label_skew, partition
+from fedpeft.federated.strategies import build_strategy
+from fedpeft.models.cnn import EuroSATCNN
+from fedpeft.models.counting import count_parameters
+from fedpeft.quantization.ptq import quantize
+from fedpeft.training.image import ClassifierTrainer
+
+
+def run_specs(s: Settings) -> list[RunSpec]:
+    """Every run: the main partition over ``seeds`` (the first also measures PTQ), each of ``compare_partitions``
+    over ``compare_seeds``, and the optional longer run (``extra_rounds``). Ids: ``<partition>-s<seed>-r<rounds>``."""
+    p = s.params
+    plan = [(p["partition"], seed, p["num_rounds"], i == 0) for i, seed in enumerate(p["seeds"])]
+    plan += [(scheme, seed, p["num_rounds"], False) for scheme in p["compare_partitions"] for seed in p["compare_seeds"]]
+    if p["extra_rounds"]:
+        plan.append((p["partition"], p["seeds"][0], p["extra_rounds"], False))
+    return [RunSpec(f"{scheme}-s{seed}-r{rounds}", {"partition": scheme, "seed": seed, "rounds": rounds, "ptq": ptq})
+            for scheme, seed, rounds, ptq in plan]
+
+
+def load_data(s: Settings, progress: bool = True) -> tuple[fdata.ImageArrays, fdata.ImageArrays]:
+    """(pool shared out among clients, server test set) for the profile's source."""
+    p = s.params
+    if p["source"] == "hub":
+        return fdata.load_eurosat_hub(p["hub_dataset"])
+    if p["source"] == "generated":
+        images = fdata.generate_landcover_images(p["generated_images_per_class"], seed=0)
+    else:
+        images = fdata.load_eurosat_zip(s.data_root, s.cache_dir, verify=p["verify_checksum"], progress=progress)
+    pool_idx, test_idx = fdata.stratified_split(images.labels.numpy(), p["global_test_fraction"], seed=0)
+    return images.subset(pool_idx), images.subset(test_idx)
+
+
+def make_clients(pool: fdata.ImageArrays, scheme: str, s: Settings, seed: int) -> list[Client]:
+    """Partition ``pool`` among ``num_clients`` and split each part into local train/test (seeded)."""
+    p = s.params
+    options = {"alpha": p["dirichlet_alpha"]} if scheme == "dirichlet" else {}
+    if scheme == "by_label":
+        options = {"classes_per_client": 2}
+    if scheme == "overlap":
+        options = {"overlap_fraction": 0.1}
+    parts = partition(pool.labels.numpy(), scheme, p["num_clients"], seed, **options)
+    clients = []
+    for i, idx in enumerate(parts):
+        tr, te = fdata.random_split(len(idx), p["client_test_fraction"], seed=seed * 1000 + i)
+        clients.append(Client(f"client_{i}", pool.subset(idx[tr]), pool.subset(idx[te])))
+    return clients
+
+
+def make_trainer(s: Settings) -> ClassifierTrainer:
+    p = s.params
+    return ClassifierTrainer(
+        lr=p["learning_rate"],
+        batch_size=p["batch_size"],
+        epochs=p["local_epochs"],
+        optimizer="adam",
+        precision=resolve_precision(p["train_precision"]),
+        channels_last=p["channels_last"],
+        eval_batch_size=p["eval_batch_size"],
+    )
+
+
+
+def _skew(clients: list[Client]) -> float:
+    """Label skew of the clients' training splits (mean total-variation distance to the pooled distribution)."""
+    labels = np.concatenate([c.train.labels.numpy() for c in clients])
+    offsets = np.cumsum([0] + [len(c.train) for c in clients])
+    parts = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(clients))]
+    return label_skew(parts, labels)
+
+
+def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
+    """One federated training run (and, for the first main run, the PTQ comparison) as a record."""
+    p = s.params
+    scheme, seed, rounds = spec.args["partition"], spec.args["seed"], spec.args["rounds"]
+    if p["torch_threads"]:
+        torch.set_num_threads(p["torch_threads"])
+    pool, server_test = load_data(s, progress=progress)
+    clients = make_clients(pool, scheme, s, seed)
+    trainer = make_trainer(s)
+    torch.manual_seed(seed)
+    model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
+    config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
+    strategy = build_strategy("fedavg")
+    ckpt = s.cache_dir / "checkpoints" / s.profile / EXPERIMENT / f"{spec.run_id}.pt"
+    with measure() as m:
+        if p["engine"] == "flower":
+            from fedpeft.federated.flower_engine import run_flower
+
+            result = run_flower(model, clients, strategy, trainer, config, server_test=server_test)
+        else:
+            result = run_federated(model, clients, strategy, trainer, config, server_test=server_test, checkpoint_path=ckpt,
+                                   progress=progress, description=spec.run_id)
+    if not result.stopped_by_time_limit:
+        ckpt.unlink(missing_ok=True)  # finished: the next run starts afresh; a time-limited one resumes from it
+    model.load_state_dict(result.final_state)
+    h = result.history
+    train_s = float(h["train_s"].sum())
+    train_images = sum(len(c.train) for c in clients) * p["local_epochs"] * result.rounds_completed
+    scalars: dict[str, Any] = {
+        "partition": scheme, "seed": seed, "rounds": rounds, "rounds_completed": result.rounds_completed,
+        "label_skew_tv": _skew(clients), "server_accuracy": float(h.iloc[-1]["server_accuracy"]),
+        "client_accuracy": float(h.iloc[-1].get("client_accuracy", np.nan)), "wall_s": result.wall_s, "train_s": train_s,
+        "eval_s": float(h["eval_s"].sum()), "train_images_per_s": train_images / train_s if train_s else float("nan"),
+        "loop_overhead": result.loop_overhead(), "stopped_by_time_limit": result.stopped_by_time_limit,
+        "resumed_from_round": result.resumed_from_round, "peak_memory_mib": m.peak_memory_mib, "memory_kind": m.memory_kind,
+        "pool_images": len(pool), "test_images": len(server_test), "classes": len(pool.class_names),
+        "model_parameters": count_parameters(model), "precision": trainer.precision, "optimizer": trainer.optimizer,
+        "clients_per_round": int(h.loc[h["round"] > 0, "num_clients"].mean()),
+    }
+    tables = {"history": h, "ledger": result.ledger.frame()}
+    if spec.args["ptq"]:
+        tables["ptq"] = ptq_comparison(model, server_test, pool, s)
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
+
+
+def ptq_comparison(model: torch.nn.Module, server_test, calibration_source, s: Settings) -> pd.DataFrame:
+    """Accuracy, drop vs FP32, saved size and compression of each PTQ method on the server's test set."""
+    p = s.params
+    trainer = make_trainer(s)
+    trainer.precision, trainer.channels_last = "fp32", False  # quantized kernels: plain fp32/contiguous inputs
+    n_cal = min(p["calibration_images"], len(calibration_source))
+    cal = [fdata.normalize_batch(calibration_source.images[i : i + 64]) for i in range(0, n_cal, 64)]
+    rows = []
+    for method in p["ptq_methods"]:
+        q = quantize(model, method, calibration=cal if method == "int8_static" else None)
+        stats = trainer.evaluate(q.module, server_test, input_dtype=q.input_dtype)
+        rows.append({"method": method, "accuracy_pct": 100 * stats["accuracy"], "size_bytes": q.size_bytes(),
+                     "int8_weight_share": q.int8_fraction(), "notes": "; ".join(q.notes)})
+    df = pd.DataFrame(rows)
+    base = df.loc[df["method"] == "fp32"].iloc[0] if (df["method"] == "fp32").any() else df.iloc[0]
+    df["drop_pct_points"] = df["accuracy_pct"] - base["accuracy_pct"]
+    df["size_mib"] = df["size_bytes"] / MIB
+    df["compression"] = base["size_bytes"] / df["size_bytes"]
+    return df[["method", "accuracy_pct", "drop_pct_points", "size_bytes", "size_mib", "compression", "int8_weight_share", "notes"]]

@@ -1,0 +1,158 @@
+"""An experiment's runs: one DVC stage each, one result record each, collected by the notebook.
+
+An experiment that is split into compute and report has a package ``fedpeft.experiments.<name>`` with
+
+- ``settings.py``: ``EXPERIMENT``, ``SCHEMA``, ``load``, and two sets of parameter keys that runs must never read:
+  ``PLAN_KEYS`` (which runs exist: seeds, partitions) and ``REPORT_KEYS`` (prices, claim thresholds);
+- ``runs.py``: ``run_specs(settings) -> list[RunSpec]`` and ``execute(settings, spec, progress) -> RunRecord``;
+  it imports nothing from the reporting layer, so a change to a figure or a claims rule reruns no run;
+- ``report.py``: tables, figures, claims and the conclusion, from records only.
+
+Every other parameter key of the experiment's section is a *run key*: the DVC run stages list exactly those
+(``params:`` with keys) and a record's identity digest covers their values and the run's spec. While a run executes,
+the keys it reads are tracked, and reading a plan or report key is an error that names the key (so the declared
+dependencies cannot silently fall short).
+
+``python -m fedpeft.experiments.runs --profile P --experiment E --run ID`` is the run stage: it executes one run and
+writes its record atomically. A killed run resumes from its last completed round through the round loop's
+checkpoint, which starts afresh (and says why) when the run's settings, data or code changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from types import ModuleType
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fedpeft.core.config import Settings
+from fedpeft.core.profiling import machine_description
+from fedpeft.core.records import RecordError, RunRecord, RunSpec, record_dir
+
+RECORDS_ONLY_ENV = "FEDPEFT_RECORDS_ONLY"  # set by the report stage: a missing or stale record is an error there
+
+#: Experiments split into run stages and a report stage (the others still run as one notebook stage).
+SPLIT_EXPERIMENTS = ("eurosat_fedavg_ptq", "code_lm_fedprox")
+
+
+class TrackedParams(dict):
+    """A parameter dict that remembers which keys were read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def runs_module(experiment: str) -> ModuleType:
+    """``fedpeft.experiments.<experiment>.runs``; a clear error for an experiment that has none."""
+    if experiment not in SPLIT_EXPERIMENTS:
+        raise ValueError(f"experiment = {experiment!r} has no run stages; experiments with run stages: {list(SPLIT_EXPERIMENTS)}")
+    return importlib.import_module(f"fedpeft.experiments.{experiment}.runs")
+
+
+def settings_module(experiment: str) -> ModuleType:
+    runs_module(experiment)
+    return importlib.import_module(f"fedpeft.experiments.{experiment}.settings")
+
+
+def run_keys(experiment: str, schema_keys) -> list[str]:
+    """The experiment's parameter keys a run may read: all but its plan and report keys."""
+    s = settings_module(experiment)
+    return sorted(k for k in schema_keys if k not in s.PLAN_KEYS | s.REPORT_KEYS)
+
+
+def identity(settings: Settings, spec: RunSpec) -> str:
+    """Digest of what makes a run's result: the experiment, the profile, the spec and every run key's value."""
+    keys = run_keys(settings.experiment, settings.params)
+    payload = {"experiment": settings.experiment, "profile": settings.profile, "run": spec.run_id, "args": spec.args,
+               "params": {k: settings.params[k] for k in keys}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_spec(settings: Settings, run_id: str) -> RunSpec:
+    specs = runs_module(settings.experiment).run_specs(settings)
+    for spec in specs:
+        if spec.run_id == run_id:
+            return spec
+    raise ValueError(f"--run {run_id!r} is not in the {settings.profile} plan of {settings.experiment}; "
+                     f"planned runs: {[s.run_id for s in specs]}")
+
+
+def execute(settings: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
+    """Run one spec with tracked parameters and return its record, identity and provenance filled in."""
+    module = runs_module(settings.experiment)
+    tracked = TrackedParams(settings.params)
+    start = time.perf_counter()
+    record = module.execute(dataclasses.replace(settings, params=tracked), spec, progress)
+    allowed = set(run_keys(settings.experiment, settings.params))
+    if tracked.read - allowed:
+        raise RuntimeError(f"{settings.experiment} run {spec.run_id} read {sorted(tracked.read - allowed)}, declared as plan or "
+                           f"report keys in fedpeft/experiments/{settings.experiment}/settings.py; a run may read only {sorted(allowed)}")
+    record.meta.update(
+        identity=identity(settings, spec), params_read=sorted(tracked.read), machine=machine_description(),
+        stage_wall_s=round(time.perf_counter() - start, 3), written_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return record
+
+
+def run_and_write(settings: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
+    record = execute(settings, spec, progress)
+    record.write(record_dir(settings.profile, settings.experiment, spec.run_id))
+    return record
+
+
+def collect(settings: Settings, progress: bool = True) -> dict[str, RunRecord]:
+    """Every planned run's record, by run id. A record that is missing, damaged or made with other settings is
+    recomputed and written, with a line saying why, unless ``FEDPEFT_RECORDS_ONLY=1`` (the report stage, whose run
+    stages DVC has already brought up to date), where it is an error naming the run."""
+    records_only = os.environ.get(RECORDS_ONLY_ENV) == "1"
+    out: dict[str, RunRecord] = {}
+    specs = runs_module(settings.experiment).run_specs(settings)
+    for spec in tqdm(specs, desc="runs", disable=not progress):
+        folder = record_dir(settings.profile, settings.experiment, spec.run_id)
+        want = identity(settings, spec)
+        try:
+            record = RunRecord.read(folder)
+            why = None if record.meta.get("identity") == want else "its record was made with other settings"
+        except RecordError as err:
+            why = str(err)
+        if why is not None:
+            if records_only:
+                raise RecordError(f"{settings.experiment} run {spec.run_id}: {why} ({folder}); its run stage must run first "
+                                  f"(dvc repro {settings.experiment}_run@{spec.run_id})")
+            print(f"{spec.run_id}: running ({why})")
+            record = run_and_write(settings, spec, progress)
+        out[spec.run_id] = record
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one planned run of an experiment and write its result record.")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--experiment", required=True, choices=SPLIT_EXPERIMENTS)
+    parser.add_argument("--run", required=True, help="the run id (a key of the experiment's run stage)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    settings = settings_module(args.experiment).load(args.profile)
+    record = run_and_write(settings, find_spec(settings, args.run), progress=not args.no_progress)
+    print(f"{args.experiment} {args.run}: record written in {record.meta['stage_wall_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
