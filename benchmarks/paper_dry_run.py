@@ -22,8 +22,8 @@ from fedpeft.core.device import resolve_device
 from fedpeft.core.profiling import machine_description, measure
 from fedpeft.data.code_corpus import TokenBlocks
 from fedpeft.data.glue import TokenizedText
-from fedpeft.experiments import glue_lora_aggregation as glue_exp
 from fedpeft.experiments.code_lm_fedprox import settings as code_exp
+from fedpeft.experiments.glue_lora_aggregation import settings as glue_exp
 from fedpeft.federated.ledger import MIB, serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, run_federated
 from fedpeft.federated.strategies import FedAvg

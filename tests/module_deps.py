@@ -141,19 +141,21 @@ def render_pipeline(profile: str) -> str:
            "vars:", f"  - profile: {profile}", f"    root: {root}", "", "stages:"]
     for experiment, (notebook, x, y) in EXPERIMENTS.items():
         report_deps = [notebook]
-        if experiment in run_stages.SPLIT_EXPERIMENTS:
+        if experiment in run_stages.split_experiments():
             settings = run_stages.settings_module(experiment).load(profile)
-            ids = [spec.run_id for spec in run_stages.runs_module(experiment).run_specs(settings)]
-            keys = run_stages.run_keys(experiment, settings.params)
-            out += [f"  {experiment}_run:", "    foreach:", *[f"      - {i}" for i in ids], "    do:", "      wdir: ${root}",
-                    "      cmd: >-", f"        exec {RUN_STAGE_CMD} --profile ${{profile}} --experiment {experiment}",
-                    "        --run ${item} --no-progress", "      deps:",
-                    *[f"        - {d}" for d in run_stage_dependencies(experiment)],
-                    "      params:", "        - params/${profile}.yaml:", "            - common.data_root",
-                    *[f"            - {experiment}.{k}" for k in keys],
-                    "      outs:", f"        - results/${{profile}}/{experiment}/${{item}}:", "            cache: false",
-                    "            persist: true", ""]
-            report_deps += [f"results/${{profile}}/{experiment}/{i}" for i in ids]
+            specs = run_stages.runs_module(experiment).run_specs(settings)
+            for kind in dict.fromkeys(spec.kind for spec in specs):
+                ids = [spec.run_id for spec in specs if spec.kind == kind]
+                keys = run_stages.run_keys(experiment, settings.params, kind)
+                out += [f"  {experiment}_{kind}:", "    foreach:", *[f"      - {i}" for i in ids], "    do:", "      wdir: ${root}",
+                        "      cmd: >-", f"        exec {RUN_STAGE_CMD} --profile ${{profile}} --experiment {experiment}",
+                        "        --run ${item} --no-progress", "      deps:",
+                        *[f"        - {d}" for d in run_stage_dependencies(experiment)],
+                        "      params:", "        - params/${profile}.yaml:", "            - common.data_root",
+                        *[f"            - {experiment}.{k}" for k in keys],
+                        "      outs:", f"        - results/${{profile}}/{experiment}/${{item}}:", "            cache: false",
+                        "            persist: true", ""]
+            report_deps += [f"results/${{profile}}/{experiment}/{spec.run_id}" for spec in specs]
         stage = {"cmd": "exec python -m fedpeft.reporting.notebook_stage", "deps": report_deps}
         report_deps += sorted(stage_dependencies(stage) | set())
         out += [f"  {experiment}:", "    wdir: ${root}", "    cmd: >-",

@@ -3,7 +3,8 @@
 import pytest
 
 from fedpeft.core.config import ParameterError
-from fedpeft.experiments import glue_lora_aggregation as exp
+from fedpeft.experiments.glue_lora_aggregation import runs as exp
+from fedpeft.experiments.glue_lora_aggregation.settings import load
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.lora_aggregation import lora_layer_names
 
@@ -13,17 +14,17 @@ TOY = {"train_examples": 60, "eval_examples": 30, "pretrain_examples": 40, "num_
 
 @pytest.fixture(scope="module")
 def toy():
-    s = exp.load("embedded", TOY)
+    s = load("embedded", TOY)
     return s, exp.prepare_task(s, "sst2", seed=0)
 
 
 def test_bad_settings_name_the_setting():
     with pytest.raises(ParameterError, match="aggregations"):
-        exp.load("embedded", {"aggregations": ["flora"]})
+        load("embedded", {"aggregations": ["flora"]})
     with pytest.raises(ValueError, match="svd_rank = 16 is above lora_rank = 8"):
-        exp.load("embedded", {"svd_rank": 16})
+        load("embedded", {"svd_rank": 16})
     with pytest.raises(ParameterError, match="num_rounds"):
-        exp.load("embedded", {"num_rounds": -1})
+        load("embedded", {"num_rounds": -1})
 
 
 def test_only_adapters_and_head_cross_the_wire(toy):
@@ -35,24 +36,24 @@ def test_only_adapters_and_head_cross_the_wire(toy):
     message = len(serialize_state({n: p.detach() for n, p in trainable.items()}))
     per_round = run.result.ledger.per_round()
     assert (per_round["total"] == 2 * s["num_clients"] * message).all()
-    assert run.trainable == sum(p.numel() for p in trainable.values())
-    assert run.errors["relative_error"].gt(0).all()  # naive is inexact once clients differ
+    assert sum(p.numel() for p in run.model.parameters() if p.requires_grad) == sum(p.numel() for p in trainable.values())
+    assert run.strategy.error_frame()["relative_error"].gt(0).all()  # naive is inexact once clients differ
 
 
 def test_ffa_keeps_a_frozen_and_aggregates_exactly(toy):
     s, data = toy
     run = exp.run_federated_lora(s, data, "ffa", "category", seed=0, progress=False)
     assert not any(".lora_A." in k for k in run.result.final_state)
-    assert run.errors["relative_error"].max() < 1e-6
-    assert len(run.errors) == s["num_rounds"] * len(lora_layer_names(run.result.final_state))
+    assert run.strategy.error_frame()["relative_error"].max() < 1e-6
+    assert len(run.strategy.error_frame()) == s["num_rounds"] * len(lora_layer_names(run.result.final_state))
 
 
 def test_one_client_svd_at_full_rank_equals_the_clients_adapter(toy):
     s, data = toy
-    one = exp.load("embedded", TOY | {"num_clients": 1})
+    one = load("embedded", TOY | {"num_clients": 1})
     svd = exp.run_federated_lora(one, data, "svd", "iid", seed=0, progress=False)
     naive = exp.run_federated_lora(one, data, "naive", "iid", seed=0, progress=False)
-    assert svd.errors["relative_error"].max() < 1e-5 and naive.errors["relative_error"].max() == 0
+    assert svd.strategy.error_frame()["relative_error"].max() < 1e-5 and naive.strategy.error_frame()["relative_error"].max() == 0
     # the first round starts from the same adapter and trains the same way, so round 1 scores agree
     assert svd.result.history.loc[1, "server_score"] == pytest.approx(naive.result.history.loc[1, "server_score"])
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedpeft.data import instruct
-from fedpeft.experiments import lora_vs_qlora as exp
+from fedpeft.experiments.lora_vs_qlora import report as exp
 from fedpeft.models.causal_lm import build_on_meta, byte_level_tokenizer
 from fedpeft.models.counting import count_parameters
 from fedpeft.models.text import attach_lora

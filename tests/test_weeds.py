@@ -273,7 +273,7 @@ def test_ledger_carries_only_the_adapter():
 
 
 def test_more_farmers_than_fields_is_refused():
-    from fedpeft.experiments.weeds_qlora_federated import Features, make_farmers
+    from fedpeft.experiments.weeds_qlora_federated.runs import Features, make_farmers
 
     feats = Features(torch.zeros(4, 2, 8), torch.tensor([0, 1, 0, 1]), np.array([0, 0, 1, 1]),
                      FeatureSet(torch.zeros(1, 8), torch.tensor([0])), FeatureSet(torch.zeros(1, 8), torch.tensor([0])), 2, [])

@@ -46,10 +46,12 @@ def record_dir(profile: str, experiment: str, run_id: str) -> Path:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One planned run: a stable id (its record's folder and DVC stage key) and the arguments that make it."""
+    """One planned run: a stable id (its record's folder and DVC stage key), the arguments that make it, and its
+    kind (runs of one kind share one DVC stage definition and one set of parameter keys)."""
 
     run_id: str
     args: dict[str, Any] = field(default_factory=dict)
+    kind: str = "run"
 
 
 class RecordError(RuntimeError):

@@ -3,7 +3,8 @@
 An experiment that is split into compute and report has a package ``fedpeft.experiments.<name>`` with
 
 - ``settings.py``: ``EXPERIMENT``, ``SCHEMA``, ``load``, and two sets of parameter keys that runs must never read:
-  ``PLAN_KEYS`` (which runs exist: seeds, partitions) and ``REPORT_KEYS`` (prices, claim thresholds);
+  ``PLAN_KEYS`` (which runs exist: seeds, partitions) and ``REPORT_KEYS`` (prices, claim thresholds); optionally
+  ``KIND_KEYS``, the keys only one kind of run reads (a run spec's ``kind``; each kind is its own DVC stage);
 - ``runs.py``: ``run_specs(settings) -> list[RunSpec]`` and ``execute(settings, spec, progress) -> RunRecord``;
   it imports nothing from the reporting layer, so a change to a figure or a claims rule reruns no run;
 - ``report.py``: tables, figures, claims and the conclusion, from records only.
@@ -28,6 +29,7 @@ import json
 import os
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,8 +41,13 @@ from fedpeft.core.records import RecordError, RunRecord, RunSpec, record_dir
 
 RECORDS_ONLY_ENV = "FEDPEFT_RECORDS_ONLY"  # set by the report stage: a missing or stale record is an error there
 
-#: Experiments split into run stages and a report stage (the others still run as one notebook stage).
-SPLIT_EXPERIMENTS = ("eurosat_fedavg_ptq", "code_lm_fedprox")
+EXPERIMENTS_DIR = Path(__file__).resolve().parent
+
+
+def split_experiments() -> list[str]:
+    """Experiments split into run stages and a report stage: those with a ``runs.py`` (the others still run as one
+    notebook stage)."""
+    return sorted(p.parent.name for p in EXPERIMENTS_DIR.glob("*/runs.py"))
 
 
 class TrackedParams(dict):
@@ -61,8 +68,8 @@ class TrackedParams(dict):
 
 def runs_module(experiment: str) -> ModuleType:
     """``fedpeft.experiments.<experiment>.runs``; a clear error for an experiment that has none."""
-    if experiment not in SPLIT_EXPERIMENTS:
-        raise ValueError(f"experiment = {experiment!r} has no run stages; experiments with run stages: {list(SPLIT_EXPERIMENTS)}")
+    if experiment not in split_experiments():
+        raise ValueError(f"experiment = {experiment!r} has no run stages; experiments with run stages: {split_experiments()}")
     return importlib.import_module(f"fedpeft.experiments.{experiment}.runs")
 
 
@@ -71,17 +78,21 @@ def settings_module(experiment: str) -> ModuleType:
     return importlib.import_module(f"fedpeft.experiments.{experiment}.settings")
 
 
-def run_keys(experiment: str, schema_keys) -> list[str]:
-    """The experiment's parameter keys a run may read: all but its plan and report keys."""
+def run_keys(experiment: str, schema_keys, kind: str = "run") -> list[str]:
+    """The experiment's parameter keys a run of ``kind`` may read: all but its plan and report keys and the keys
+    that only other kinds read (``KIND_KEYS``)."""
     s = settings_module(experiment)
-    return sorted(k for k in schema_keys if k not in s.PLAN_KEYS | s.REPORT_KEYS)
+    others = set().union(*(keys for k, keys in getattr(s, "KIND_KEYS", {}).items() if k != kind))
+    return sorted(k for k in schema_keys if k not in s.PLAN_KEYS | s.REPORT_KEYS | others)
 
 
 def identity(settings: Settings, spec: RunSpec) -> str:
     """Digest of what makes a run's result: the experiment, the profile, the spec and every run key's value."""
-    keys = run_keys(settings.experiment, settings.params)
+    keys = run_keys(settings.experiment, settings.params, spec.kind)
     payload = {"experiment": settings.experiment, "profile": settings.profile, "run": spec.run_id, "args": spec.args,
                "params": {k: settings.params[k] for k in keys}}
+    if spec.kind != "run":
+        payload["kind"] = spec.kind
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -100,7 +111,7 @@ def execute(settings: Settings, spec: RunSpec, progress: bool = True) -> RunReco
     tracked = TrackedParams(settings.params)
     start = time.perf_counter()
     record = module.execute(dataclasses.replace(settings, params=tracked), spec, progress)
-    allowed = set(run_keys(settings.experiment, settings.params))
+    allowed = set(run_keys(settings.experiment, settings.params, spec.kind))
     if tracked.read - allowed:
         raise RuntimeError(f"{settings.experiment} run {spec.run_id} read {sorted(tracked.read - allowed)}, declared as plan or "
                            f"report keys in fedpeft/experiments/{settings.experiment}/settings.py; a run may read only {sorted(allowed)}")
@@ -135,7 +146,7 @@ def collect(settings: Settings, progress: bool = True) -> dict[str, RunRecord]:
         if why is not None:
             if records_only:
                 raise RecordError(f"{settings.experiment} run {spec.run_id}: {why} ({folder}); its run stage must run first "
-                                  f"(dvc repro {settings.experiment}_run@{spec.run_id})")
+                                  f"(dvc repro {settings.experiment}_{spec.kind}@{spec.run_id})")
             print(f"{spec.run_id}: running ({why})")
             record = run_and_write(settings, spec, progress)
         out[spec.run_id] = record
@@ -145,7 +156,7 @@ def collect(settings: Settings, progress: bool = True) -> dict[str, RunRecord]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one planned run of an experiment and write its result record.")
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--experiment", required=True, choices=SPLIT_EXPERIMENTS)
+    parser.add_argument("--experiment", required=True, choices=split_experiments())
     parser.add_argument("--run", required=True, help="the run id (a key of the experiment's run stage)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

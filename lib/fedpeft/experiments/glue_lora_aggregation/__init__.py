@@ -1,0 +1,1 @@
+"""GLUE, federated aggregation of LoRA adapters: settings, runs (one DVC stage each) and report."""

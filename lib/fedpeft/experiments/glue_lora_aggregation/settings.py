@@ -1,0 +1,83 @@
+"""GLUE, federated LoRA aggregation: the experiment's name, settings, and its plan, report and per-kind keys.
+
+Seed: ``../shared/seeds/004_b0977eb72b9f505e.txt``. Notebook: ``notebooks/05_glue_lora_aggregation.ipynb``. Runs are
+in :mod:`.runs` (one DVC stage each), tables, claims and the conclusion in :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.data import glue
+from fedpeft.federated.lora_aggregation import ROUND_METHODS
+
+EXPERIMENT = "glue_lora_aggregation"
+SEED_REPORT_FILE = "004_b0977eb72b9f505e.txt"
+SHARDINGS = ("iid", "overlap", "category", "dirichlet")
+
+SCHEMA: dict[str, Spec] = {
+    "source": Spec(str, choices=("generated", "tsv", "hub"), doc="generated sentences, the data root's TSVs, or the hub"),
+    "model": Spec(str, doc="tiny-roberta, minilm, or a hub id such as FacebookAI/roberta-base"),
+    "main_task": Spec(str, choices=tuple(glue.TASKS), doc="task of the aggregation x sharding grid"),
+    "extra_tasks": Spec(list, item=str, choices=tuple(glue.TASKS), doc="tasks run with svd and naive on IID shards"),
+    "train_examples": Spec(int, low=0, doc="training examples drawn (stratified) from the task's train split; 0 = all"),
+    "extra_train_examples": Spec(int, low=0, doc="training examples of each extra task; 0 = all"),
+    "eval_examples": Spec(int, low=0, doc="validation examples used; 0 = all"),
+    "pretrain_examples": Spec(int, low=0, doc="tiny-roberta only: generated sentences its encoder is first trained on"),
+    "max_length": Spec(int, low=8, high=512, doc="tokens per example after truncation"),
+    "num_clients": Spec(int, low=1, high=1000),
+    "shardings": Spec(list, item=str, choices=SHARDINGS, min_items=1),
+    "overlap_ratio": Spec(float, low=0.0, high=0.95, doc="overlap sharding: share of examples every client holds"),
+    "dirichlet_alpha": Spec(float, low=1e-3),
+    "aggregations": Spec(list, item=str, choices=ROUND_METHODS, min_items=1),
+    "num_rounds": Spec(int, low=1, high=1000),
+    "local_epochs": Spec(float, low=0.01, high=100.0, doc="local epochs per round (fractions allowed)"),
+    "batch_size": Spec(int, low=1, high=4096),
+    "eval_batch_size": Spec(int, low=1, high=4096),
+    "learning_rate": Spec(float, low=1e-7, high=1.0),
+    "lora_rank": Spec(int, low=1, high=1024),
+    "lora_alpha": Spec(float, low=1e-3),
+    "lora_dropout": Spec(float, low=0.0, high=0.9),
+    "target_modules": Spec(list, item=str, min_items=1),
+    "svd_rank": Spec(int, low=1, high=1024),
+    "compress_client_rank": Spec(int, low=0, high=1024, doc="extra run: clients train at this rank, svd to svd_rank (0: none)"),
+    "grid_seed": Spec(int),
+    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
+    "error_study_clients": Spec(list, item=int, min_items=1, doc="client counts of the one-round aggregation-error study"),
+    "error_study_shardings": Spec(list, item=str, choices=SHARDINGS, min_items=1),
+    "merge_clients": Spec(int, low=2, high=1000, doc="adapters merged one-shot"),
+    "full_finetune_lr": Spec(float, low=1e-8, high=1.0),
+    "warm_start": Spec(bool, doc="extra run: svd on IID shards starting from the centralized LoRA adapter"),
+    "evaluate_clients": Spec(bool, doc="evaluate the fused model on each client's shard every round"),
+    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+}
+
+#: Keys that decide which runs exist (a run's task, method, sharding, seed and rank are in its spec).
+PLAN_KEYS = frozenset({"shardings", "aggregations", "seeds", "extra_tasks", "compress_client_rank", "warm_start"})
+#: Keys only the report reads.
+REPORT_KEYS: frozenset[str] = frozenset()
+#: Keys only one kind of run reads: changing them reruns that kind's stage alone.
+KIND_KEYS = {
+    "error_study": frozenset({"error_study_clients", "error_study_shardings"}),
+    "merge": frozenset({"merge_clients"}),
+    "centralized": frozenset({"full_finetune_lr"}),
+}
+
+
+def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
+    s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
+    if s["svd_rank"] > s["lora_rank"]:
+        raise ValueError(f"svd_rank = {s['svd_rank']} is above lora_rank = {s['lora_rank']}; the global adapter "
+                         "cannot be larger than the ones clients train")
+    if s["compress_client_rank"] and s["compress_client_rank"] < s["svd_rank"]:
+        raise ValueError(f"compress_client_rank = {s['compress_client_rank']} is below svd_rank = {s['svd_rank']}")
+    if s["source"] == "generated" and (s["main_task"] != "sst2" or s["extra_tasks"]):
+        raise ValueError("source = 'generated' makes SST-2-like sentences only: set main_task: sst2, extra_tasks: []")
+    if s["torch_threads"]:
+        torch.set_num_threads(s["torch_threads"])
+    return s
+
+

@@ -1,0 +1,121 @@
+"""Weeds with a QLoRA head across federated farmers: the experiment's name, settings and plan/report keys.
+
+Seed: ``../shared/seeds/000_9acb0cb5a4275956.txt``. Notebook: ``notebooks/01_weeds_qlora_federated.ipynb``. Runs are in
+:mod:`.runs` (one DVC stage each), tables, claims and the conclusion in :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.models.backbones import BACKBONES
+from fedpeft.models.head import ARMS, COMPUTE_DTYPES
+
+EXPERIMENT = "weeds_qlora_federated"
+SEED_REPORT_FILE = "000_9acb0cb5a4275956.txt"
+SOURCES = ("generated", "cwfid", "weedsgalore")
+SCENARIOS = ("centralized", "fedavg", "diloco", "diloco_nesterov")
+SCHEMA: dict[str, Spec] = {
+    "source": Spec(str, choices=SOURCES, doc="generated fields, CWFID tiles (local) or WeedsGalore (paper)"),
+    "generated_fields": Spec(int, low=6, doc="fields generated for source=generated"),
+    "weedsgalore_dir": Spec(str, doc="WeedsGalore release folder, relative to the data root"),
+    "image_size": Spec(int, low=32, high=1024, doc="pixels; samples are resized to image_size x image_size"),
+    "tile_grid": Spec(list, item=int, min_items=2, doc="[rows, cols] tiles per CWFID image"),
+    "min_plant_fraction": Spec(float, low=0.0, high=1.0, doc="tiles with less plant area have no dominant plant"),
+    "val_fraction": Spec(float, low=0.05, high=0.5, doc="share of training fields held out for validation"),
+    "test_fraction": Spec(float, low=0.05, high=0.5, doc="share of fields for the test set (source=generated)"),
+    "backbone": Spec(str, choices=BACKBONES),
+    "backbone_checkpoint": Spec(str, nullable=True, doc="a YOLO .pt file under the data root (paper: yolo11s-cls.pt); null: yaml weights"),
+    "views": Spec(int, low=1, high=256, doc="augmented views cached per training image"),
+    "num_farmers": Spec(int, low=2, high=10_000),
+    "arm": Spec(str, choices=ARMS, doc="the main adapter: qlora (NF4 head + LoRA) or lora"),
+    "compare_arms": Spec(list, item=str, choices=ARMS, doc="other adapters run on the FedAvg scenario"),
+    "lora_rank": Spec(int, low=1, high=4096),
+    "lora_alpha": Spec(float, low=1e-6),
+    "lora_dropout": Spec(float, low=0.0, high=0.99),
+    "target_module": Spec(str, doc="the head's linear layer"),
+    "compute_dtype": Spec(str, choices=tuple(COMPUTE_DTYPES), doc="NF4 compute dtype (the seed: fp16 on its GPU)"),
+    "double_quant": Spec(bool),
+    "batch_size": Spec(int, low=1, high=65_536),
+    "learning_rate": Spec(float, low=1e-8, high=10.0),
+    "weight_decay": Spec(float, low=0.0, high=1.0),
+    "centralized_rounds": Spec(int, low=1, doc="evaluations of the centralized run (its steps = rounds x local steps)"),
+    "centralized_local_steps": Spec(int, low=1),
+    "fedavg_rounds": Spec(int, low=1),
+    "fedavg_local_steps": Spec(int, low=1),
+    "diloco_rounds": Spec(int, low=1),
+    "diloco_local_steps": Spec(int, low=1),
+    "diloco_outer_lr": Spec(float, low=1e-6, high=10.0, doc="the real DiLoCo's outer SGD learning rate"),
+    "diloco_momentum": Spec(float, low=0.0, high=0.999, doc="its Nesterov momentum"),
+    "seeds": Spec(list, item=int, unique=True, min_items=1),
+    "rank_sweep": Spec(list, item=int, doc="extra LoRA ranks on the FedAvg scenario"),
+    "fp16_transport": Spec(bool, doc="also run FedAvg with adapters sent in fp16"),
+    "heterogeneous_scenarios": Spec(list, item=str, choices=SCENARIOS, doc="scenarios rerun with uneven farmers"),
+    "step_fractions": Spec(list, item=float, min_items=1, doc="each farmer's share of the step budget, cycled"),
+    "bandwidth_mbps": Spec(list, item=float, min_items=1, doc="farmers' links in Mbit/s, cycled"),
+    "latency_s": Spec(float, low=0.0),
+    "dropout_prob": Spec(float, low=0.0, high=0.99, doc="chance a farmer drops out of a round (heterogeneous runs)"),
+    "price_idr_per_mb": Spec(float, low=0.0, doc="mobile data price per MB (the seed's MB = MiB)"),
+    "usd_per_idr": Spec(float, low=0.0),
+    "economics_farmers": Spec(int, low=1),
+    "cycles_per_year": Spec(int, low=1),
+    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+}
+
+#: The seed's reported figures, quoted, not measured.
+SEED = {
+    "adapter_params": 8_460, "total_params": 9_400_000, "saving_per_sync_pct": 99.91, "per_sync_kb": 33.0,
+    "fedavg_total_mb": 128.9, "diloco_total_mb": 12.9, "full_model_mb": 35.9, "peak_vram_mb": 479.3,
+    "val_acc": {"centralized": 0.750, "fedavg": 0.854, "diloco": 0.875},
+    "val_f1": {"centralized": 0.447, "fedavg": 0.682, "diloco": 0.779},
+    "fedavg_syncs": 200, "diloco_syncs": 20, "farmers": 10, "rank": 4, "classes": 3,
+}
+
+
+#: Keys that decide which runs exist (a run's scenario, seed, adapter arm, rank and transport are in its spec).
+PLAN_KEYS = frozenset({"seeds", "arm", "lora_rank", "compare_arms", "rank_sweep", "fp16_transport", "heterogeneous_scenarios"})
+#: Keys only the report reads (the seed's economics).
+REPORT_KEYS = frozenset({"price_idr_per_mb", "usd_per_idr", "economics_farmers", "cycles_per_year"})
+
+
+def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
+    s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
+    if len(s["tile_grid"]) != 2:
+        raise ValueError(f"{EXPERIMENT}.tile_grid = {s['tile_grid']!r} is not allowed; it must be [rows, cols]")
+    return s
+
+
+@dataclass
+class ScenarioRun:
+    scenario: str
+    seed: int
+    arm: str
+    rank: int
+    transport: str = "fp32"
+    heterogeneous: bool = False
+
+    @property
+    def label(self) -> str:
+        extra = [] if not self.heterogeneous else ["uneven"]
+        return " ".join([self.scenario, self.arm, f"r{self.rank}", self.transport, *extra])
+
+
+def main_label(s: Settings, scenario: str) -> str:
+    return ScenarioRun(scenario, 0, s["arm"], s["lora_rank"]).label
+
+
+def planned_runs(s: Settings) -> list[ScenarioRun]:
+    """Every run of the notebook: the main scenarios, the adapter, rank and transport comparisons on FedAvg, and
+    the heterogeneous farmers; each for every seed."""
+    arm, rank = s["arm"], s["lora_rank"]
+    specs = [ScenarioRun(sc, seed, arm, rank) for sc in SCENARIOS for seed in s["seeds"]]
+    specs += [ScenarioRun("fedavg", seed, a, rank) for a in s["compare_arms"] if a != arm for seed in s["seeds"]]
+    specs += [ScenarioRun("fedavg", seed, arm, r) for r in s["rank_sweep"] if r != rank for seed in s["seeds"]]
+    if s["fp16_transport"]:
+        specs += [ScenarioRun("fedavg", seed, arm, rank, "fp16") for seed in s["seeds"]]
+    specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True) for sc in s["heterogeneous_scenarios"] for seed in s["seeds"]]
+    return specs
+
+
