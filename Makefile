@@ -45,7 +45,7 @@ export INSTALL_WITHOUT_DEPENDENCIES
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 
-.PHONY: env lock pipelines repro test lint unit nbval bench dry-run clean-env
+.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run clean-env
 env: $(VENV)/.installed
 
 # Re-installs when the lock changes: the locked set with hash checking, then the project itself without
@@ -74,6 +74,13 @@ repro: env
 # after adding or removing runs (seeds, partitions) or modules; tests/test_environment.py fails until it is done.
 pipelines: env
 	$(BIN)/python tests/module_deps.py
+
+# Every run and report of a profile afresh, one process per experiment (`dvc repro -f` starts one per run), then
+# the result recorded in the profile's dvc.lock. For the embedded profile, whose runs take seconds.
+regenerate: env
+	$(BIN)/python -m fedpeft.reporting.notebook_stage --profile $(PROFILE) --all
+	$(BIN)/python -m fedpeft.reporting.summary --profile $(PROFILE)
+	$(BIN)/dvc commit -f $(PIPELINE)
 
 test: lint unit nbval
 

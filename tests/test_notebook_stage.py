@@ -103,3 +103,14 @@ def test_killing_the_stage_ends_papermill_and_its_kernel_and_keeps_the_outputs(t
     assert (root / EXPERIMENT / "report.md").read_text() == "committed"
     assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 1}'
     assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]
+
+
+def test_report_stages_lists_every_experiment_notebook_of_a_pipeline():
+    from fedpeft.reporting.notebook_stage import report_stages
+
+    root = Path(__file__).resolve().parents[1]
+    stages = report_stages(root / "dvc.yaml")
+    notebooks = sorted(p.name for p in (root / "notebooks").glob("*.ipynb"))
+    assert sorted(nb.name for _, nb in stages) == notebooks
+    assert {e for e, _ in stages} == {"eurosat_fedavg_ptq", "glue_lora_aggregation", "code_lm_fedprox", "lora_vs_qlora",
+                                      "weeds_qlora_federated"}

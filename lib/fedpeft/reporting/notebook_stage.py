@@ -33,6 +33,7 @@ PR_SET_PDEATHSIG = 1
 #: Set for the notebook: the run stages have already written every record it reads (same name as
 #: ``fedpeft.experiments.runs.RECORDS_ONLY_ENV``, which this layer may not import).
 RECORDS_ONLY_ENV = "FEDPEFT_RECORDS_ONLY"
+RESULTS_ENV = "FEDPEFT_RESULTS_DIR"  # fedpeft.core.records.RESULTS_ENV
 
 
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -72,15 +73,21 @@ def swap_in(staging: Path, reports_root: Path, experiment: str) -> None:
             os.replace(staging / rel, reports_root / rel)
 
 
-def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path, extra_args: list[str] | None = None) -> int:
-    """Execute ``notebook`` into staging and swap its outputs in on success; return papermill's exit code."""
+def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path, extra_args: list[str] | None = None,
+              results_dir: Path | None = None) -> int:
+    """Execute ``notebook`` into staging and swap its outputs in on success; return papermill's exit code.
+    ``results_dir``: run every planned run afresh into this results root (the notebook computes the records it
+    does not find there) instead of reading the run stages' records."""
     staging = reports_root / f".staging-{experiment}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / experiment).mkdir(parents=True)
     command = [sys.executable, "-m", "papermill", str(notebook), str(staging / experiment / Path(notebook).name),
                "-k", "python3", "-p", "profile", profile, "-p", "progress", "False", "--log-level", "WARNING",
                *(extra_args or [])]
-    child = subprocess.Popen(command, env=os.environ | {"FEDPEFT_REPORTS_DIR": str(staging), RECORDS_ONLY_ENV: "1"}, preexec_fn=_die_with_parent)
+    env = os.environ | {"FEDPEFT_REPORTS_DIR": str(staging), RECORDS_ONLY_ENV: "1"}
+    if results_dir is not None:
+        env = {k: v for k, v in env.items() if k != RECORDS_ONLY_ENV} | {RESULTS_ENV: str(results_dir)}
+    child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
     def stop(signum, _frame):
         end_process_tree(child.pid)
@@ -104,11 +111,47 @@ def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path,
     return 0
 
 
+def report_stages(pipeline: Path) -> list[tuple[str, Path]]:
+    """``(experiment, notebook)`` of every report stage of a dvc.yaml, in its order."""
+    import re
+
+    import yaml
+
+    stages = yaml.safe_load(Path(pipeline).read_text())["stages"]
+    found = [re.search(r"--experiment (\S+) --notebook (\S+)", " ".join(str(st.get("cmd", "")).split())) for st in stages.values()]
+    return [(m.group(1), Path(m.group(2))) for m in found if m]
+
+
+def regenerate(profile: str, reports_root: Path, results_root: Path) -> int:
+    """Every experiment of the profile afresh, one process per experiment: each notebook runs all its planned runs
+    into a scratch results root, then its records and reports are swapped in. The same outputs as ``dvc repro -f``
+    without a process start per run (the embedded profile's runs take seconds each); ``make regenerate`` then
+    records them in dvc.lock with ``dvc commit``."""
+    import tempfile
+
+    pipeline = REPO_ROOT / ("dvc.yaml" if profile == "embedded" else f"pipelines/{profile}/dvc.yaml")
+    with tempfile.TemporaryDirectory(dir=results_root.parent, prefix=".regenerate-") as scratch:
+        for experiment, notebook in report_stages(pipeline):
+            code = run_stage(REPO_ROOT / notebook, profile, experiment, reports_root, results_dir=Path(scratch))
+            if code:
+                return code
+            fresh, final = Path(scratch) / profile / experiment, results_root / experiment
+            old = results_root / f".old-{experiment}"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fresh, final)
+            shutil.rmtree(old, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, required=True)
-    parser.add_argument("--experiment", required=True)
-    parser.add_argument("--notebook", type=Path, required=True)
+    parser.add_argument("--experiment", help="the experiment of this report stage")
+    parser.add_argument("--notebook", type=Path)
+    parser.add_argument("--all", action="store_true", help="regenerate every experiment's runs and report (see regenerate)")
     parser.add_argument("--reports-root", type=Path, help="default: the profile's reports_dir")
     args, extra = parser.parse_known_args(argv)
     _die_with_parent()
@@ -116,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     if root is None:
         common = validate_section("common", load_raw(args.profile).get("common", {}), COMMON_SCHEMA)
         root = REPO_ROOT / common["reports_dir"]
+    if args.all:
+        sys.exit(regenerate(args.profile, root, REPO_ROOT / "results" / args.profile))
+    if args.experiment is None or args.notebook is None:
+        parser.error("--experiment and --notebook are required (or --all)")
     sys.exit(run_stage(args.notebook, args.profile, args.experiment, root, extra))
 
 
