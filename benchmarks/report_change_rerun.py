@@ -2,7 +2,7 @@
 
 In a throw-away git worktree of the committed HEAD (so the checkout you work in is never touched), it changes one
 thing that only an experiment's report reads, lists the stages DVC then calls stale, and times `make repro` for the
-profile. Two kinds of change:
+profile (`dvc repro` with the Makefile's offline settings). Two kinds of change:
 
 - ``--change param``: a report-only parameter (the experiment's ``REPORT_KEYS``, e.g. a price) is multiplied by 2;
 - ``--change code``: a comment is appended to the experiment's ``report.py`` (what editing a table or a claims rule
@@ -56,7 +56,8 @@ def change_param(worktree: Path, profile: str, experiment: str) -> str:
     text = path.read_text()
     section = re.search(rf"^{experiment}:\n((?:[ ]+.*\n|\n)*)", text, flags=re.M)
     line = re.search(rf"^(  {keys[0]}: )(\S+)$", section.group(1), flags=re.M)
-    new = float(line.group(2)) * 2
+    old = line.group(2)
+    new = int(old) * 2 if old.lstrip("-").isdigit() else float(old) * 2
     start = section.start(1) + line.start()
     path.write_text(text[:start] + f"  {keys[0]}: {new}" + text[section.start(1) + line.end():])
     return f"{experiment}.{keys[0]}: {line.group(2)} -> {new}"
@@ -76,24 +77,29 @@ def main() -> None:
     parser.add_argument("--forced", action="store_true", help="also time a forced regeneration of the whole profile")
     args = parser.parse_args()
     venv = Path(sys.executable).parent.parent
-    env = os.environ | {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    env = os.environ | {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
+                        "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "DVC_NO_ANALYTICS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                        "FLWR_TELEMETRY_ENABLED": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     worktree = Path(tempfile.mkdtemp(prefix="fedpeft-bench-")) / "wt"
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), "HEAD"], cwd=REPO_ROOT, check=True, capture_output=True)
     try:
+        env["PYTHONPATH"] = str(worktree / "lib")  # the worktree's library and parameters, not this checkout's
         before = stale_stages(worktree, args.profile, env)
         if before:
             raise SystemExit(f"the committed {args.profile} pipeline is not clean ({before[:5]}...): commit and regenerate first")
         what = change_param(worktree, args.profile, args.experiment) if args.change == "param" else change_code(worktree, args.experiment)
         stale = stale_stages(worktree, args.profile, env)
-        make = ["make", "repro", f"PROFILE={args.profile}", f"VENV={venv}"]
+        # `dvc repro` with the Makefile's offline settings; not `make repro`, whose env step would reinstall the
+        # project from the worktree into this environment
         start = time.perf_counter()
-        subprocess.run(make, cwd=worktree, env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "dvc", "repro", pipeline(args.profile)], cwd=worktree, env=env, check=True,
+                       capture_output=True)
         seconds = time.perf_counter() - start
         row = {"profile": args.profile, "change": what, "stages_rerun": ", ".join(stale), "repro_s": round(seconds, 1)}
         if args.forced:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", pipeline(args.profile)], cwd=worktree, env=env | {
-                "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1"}, check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", pipeline(args.profile)], cwd=worktree, env=env, check=True,
+                           capture_output=True)
             row["forced_regeneration_s"] = round(time.perf_counter() - start, 1)
         print(row)
     finally:

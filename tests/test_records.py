@@ -37,7 +37,8 @@ def _tiny(tmp_path, **overrides):
 
 
 def test_record_round_trips_floats_tables_and_arrays_exactly(tmp_path):
-    table = pd.DataFrame({"round": [0, 1], "loss": [1 / 3, math.pi], "name": ["a", "b"]})
+    table = pd.DataFrame({"round": [0, 1], "loss": [1 / 3, math.pi], "name": ["a", "b"], "epochs": [3.0, 4.0],
+                          "done": [True, False]})
     rec = RunRecord("exp", "r1", {"seed": 0}, {"acc": 0.1 + 0.2, "ok": True, "nan": float("nan")}, {"history": table},
                     {"image": np.arange(6, dtype=np.uint8).reshape(2, 3)}, {"identity": "x"})
     back = RunRecord.read(rec.write(tmp_path / "r1"))

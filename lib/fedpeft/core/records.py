@@ -9,7 +9,8 @@ On disk a record is a folder:
 - ``record.json``: the run's id and spec (its arguments), ``scalars`` (final metrics, timing in seconds, memory in
   MiB), ``meta`` (the identity digest that says which settings produced it, the parameter keys it read, the machine,
   the wall seconds of the whole stage, when it was written) and the names of its tables and arrays;
-- ``<name>.csv`` per table (per-round history, the communication ledger, ...), floats written to round-trip exactly;
+- ``<name>.csv`` per table (per-round history, the communication ledger, ...), floats written to round-trip exactly
+  and every numeric column read back with the dtype it was written with;
 - ``<name>.npy`` per array (a sample image, ...).
 
 Writing goes to a hidden sibling folder first and is swapped in by rename, so a run killed while writing leaves the
@@ -70,6 +71,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _numeric_dtypes(table: pd.DataFrame) -> dict[str, str]:
+    """The float, integer and boolean columns' dtypes, so that reading a table back gives the same dtypes (a float
+    column of whole numbers would otherwise come back as integers)."""
+    return {str(c): str(t) for c, t in table.dtypes.items() if t.kind in "fiub"}
+
+
 @dataclass
 class RunRecord:
     """One run's results. ``scalars`` hold numbers and short strings; ``tables`` DataFrames; ``arrays`` numpy arrays."""
@@ -99,7 +106,8 @@ class RunRecord:
             for name, array in self.arrays.items():
                 np.save(tmp / f"{name}.npy", np.asarray(array), allow_pickle=False)
             body = {"experiment": self.experiment, "run_id": self.run_id, "spec": self.spec, "scalars": self.scalars,
-                    "meta": self.meta, "tables": sorted(self.tables), "arrays": sorted(self.arrays)}
+                    "meta": self.meta, "tables": sorted(self.tables), "arrays": sorted(self.arrays),
+                    "dtypes": {name: _numeric_dtypes(table) for name, table in self.tables.items()}}
             (tmp / RECORD_FILE).write_text(json.dumps(_jsonable(body), indent=1, sort_keys=True) + "\n")
             shutil.rmtree(old, ignore_errors=True)
             if folder.exists():
@@ -119,7 +127,8 @@ class RunRecord:
             raise RecordError(f"no result record at {path}: run its stage (make repro) or run the notebook")
         try:
             body = json.loads(path.read_text())
-            tables = {name: pd.read_csv(folder / f"{name}.csv") for name in body["tables"]}
+            dtypes = body.get("dtypes", {})
+            tables = {name: pd.read_csv(folder / f"{name}.csv", dtype=dtypes.get(name)) for name in body["tables"]}
             arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in body["arrays"]}
         except (OSError, ValueError, KeyError) as err:
             raise RecordError(f"the result record in {folder} is damaged ({err}); delete the folder and rerun its stage") from err
