@@ -157,7 +157,7 @@ def render_pipeline(profile: str) -> str:
                         "            persist: true", ""]
             report_deps += [f"results/${{profile}}/{experiment}/{spec.run_id}" for spec in specs]
         stage = {"cmd": "exec python -m fedpeft.reporting.notebook_stage", "deps": report_deps}
-        report_deps += sorted(stage_dependencies(stage) | set())
+        report_deps += sorted(stage_dependencies(stage))
         out += [f"  {experiment}:", "    wdir: ${root}", "    cmd: >-",
                 "      exec python -m fedpeft.reporting.notebook_stage --profile ${profile}",
                 f"      --experiment {experiment} --notebook {notebook}", "    deps:", *[f"      - {d}" for d in report_deps],
