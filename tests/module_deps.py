@@ -4,6 +4,7 @@ not by importing). Used to check that each DVC stage lists exactly what can chan
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def render_pipeline(profile: str) -> str:
             report_deps += [f"results/${{profile}}/{experiment}/{spec.run_id}" for spec in specs]
         stage = {"cmd": "exec python -m fedpeft.reporting.notebook_stage", "deps": report_deps}
         report_deps += sorted(stage_dependencies(stage))
+        report_deps += list(getattr(importlib.import_module(f"fedpeft.experiments.{experiment}.report"), "INPUTS", ()))
         out += [f"  {experiment}:", "    wdir: ${root}", "    cmd: >-",
                 "      exec python -m fedpeft.reporting.notebook_stage --profile ${profile}",
                 f"      --experiment {experiment} --notebook {notebook}", "    deps:", *[f"      - {d}" for d in report_deps],

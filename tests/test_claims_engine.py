@@ -116,3 +116,33 @@ def test_ledger_rows_carry_verdict_rule_and_evidence():
     assert frame["verdict"].tolist() == ["holds", "not testable here"]
     assert set(frame["verdict"]) <= set(c.VERDICTS) and frame["evidence"].str.len().gt(0).all()
     assert list(frame.columns[:7]) == ["claim", "seed", "study", "verdict", "rule", "evidence", "note"]
+
+
+def test_at_most_and_positive_flip_each_way():
+    assert c.at_most(0.47, 1.0, "share").verdict == "holds"
+    assert c.at_most(9.15, 1.0, "share").verdict == "does not hold"
+    assert c.positive([0.3, 0.4, 0.5]).verdict == "holds"
+    assert c.positive([-0.5, -0.4, -0.3]).verdict == "does not hold"
+    assert c.positive([-0.5, 0.4, 0.1]).verdict == "inconclusive"
+    assert c.positive([0.5]).verdict == "inconclusive"  # one seed: no interval
+
+
+def test_exact_formats_and_tolerates():
+    v = c.exact(1.6676, 1.66, "size (MiB)", 0.02 * 1.66, "{:.3f} MiB")
+    assert v.verdict == "holds" and v.measured == "1.668 MiB" and "± 0.0332" in v.rule
+    assert c.exact(0.740, 0.52, "size", 0.02 * 0.52).verdict == "does not hold"
+
+
+def test_chance_baselines_of_constant_predictors():
+    from sklearn.metrics import f1_score
+
+    from fedpeft.core.baselines import majority_baseline, majority_score
+    from fedpeft.data.glue import chance_metrics
+
+    labels = [1, 1, 1, 0]  # MRPC-like: always "paraphrase" has F1 2 * 0.75 / 1.75
+    assert majority_baseline(labels) == 0.75
+    assert majority_score(labels, lambda y, p: f1_score(y, p, average="macro")) == pytest.approx((2 * 0.75 / 1.75) / 2)
+    assert chance_metrics("mrpc", labels) == pytest.approx({"f1": 2 * 0.75 / 1.75, "accuracy": 0.75})
+    assert chance_metrics("stsb", [0.5, 4.0, 2.0]) == {"pearson": 0.0, "spearman": 0.0}
+    with pytest.raises(ValueError, match="no labels"):
+        majority_baseline([])

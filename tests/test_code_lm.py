@@ -216,9 +216,12 @@ def test_plan_runs_lists_each_run_once():
     plan = code_runs.run_specs(s)
     assert len({spec.run_id for spec in plan}) == len(plan)
     assert len({tuple(sorted(spec.args.items())) for spec in plan}) == len(plan)
-    # main: 2 seeds x (FedAvg, mu 0.1); the sweep adds mu 1 on iid and 3 mus on package; half data; full model
-    assert [spec.args["mu"] for spec in plan[:4]] == [0.0, 0.1, 0.0, 0.1]
-    assert len(plan) == 4 + 1 + 3 + 1 + 1
+    # main: 3 seeds x (FedAvg, mu 0.1); the sweep adds mu 1 on iid and 3 mus on package; half data x 3 seeds; full model
+    assert s["seeds"] == [0, 1, 2]
+    assert [spec.args["mu"] for spec in plan[:6]] == [0.0, 0.1, 0.0, 0.1, 0.0, 0.1]
+    assert len(plan) == 6 + 1 + 3 + 3 + 1
+    half = [spec for spec in plan if spec.args["samples_per_client"] < s["samples_per_client"]]
+    assert sorted(spec.args["seed"] for spec in half) == s["seeds"]
     assert {spec.args["base_seed"] for spec in plan} == {s["seeds"][0]}
 
 

@@ -3,6 +3,8 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -10,7 +12,7 @@ import pytest
 
 from fedpeft.core.device import resolve_precision
 from fedpeft.core.profiling import measure
-from fedpeft.reporting.outputs import ClaimsTable, mean_spread, save_figure, write_metrics, write_table
+from fedpeft.reporting.outputs import mean_spread, save_figure, write_metrics, write_table
 from fedpeft.reporting.summary import collect
 
 
@@ -37,14 +39,6 @@ def test_figures_saved_as_png_and_pdf_without_temporary_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png"]
 
 
-def test_claims_table_verdicts():
-    t = ClaimsTable("local")
-    t.add("a", "1", "1", True)
-    t.add("b", "1", "2", False)
-    t.add("c", "1", "-", None)
-    assert t.frame()["verdict"].tolist() == ["holds", "does not hold", "not testable here"]
-
-
 def test_mean_spread():
     assert mean_spread([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_spread([4.0]) == (4.0, 0.0)
@@ -65,17 +59,57 @@ def test_resolve_precision():
     assert resolve_precision("auto") in ("fp32", "bf16")
 
 
-def test_summary_collects_headlines_and_claims(tmp_path):
-    exp = tmp_path / "exp_a"
-    exp.mkdir()
-    (exp / "headline.md").write_text("**headline**\n")
-    (exp / "claims.md").write_text("**claims**\n")
-    pd.DataFrame({"verdict": ["holds", "does not hold", "holds"]}).to_csv(exp / "claims.csv", index=False)
+def _claims_csv(folder: Path, verdicts: list[str]) -> None:
+    pd.DataFrame({"claim": [f"c{i}" for i in range(len(verdicts))], "seed": "1", "study": "2", "verdict": verdicts,
+                  "evidence": "acc", "evidence_file": "acc.md"}).to_csv(folder / "claims.csv", index=False)
+
+
+def test_summary_tallies_each_experiment_and_links_claims_to_evidence(tmp_path):
+    for name, verdicts in (("exp_a", ["holds", "does not hold", "holds"]), ("exp_b", ["inconclusive"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "headline.md").write_text(f"**headline {name}**\n")
+        _claims_csv(tmp_path / name, verdicts)
+    (tmp_path / "not_a_report").mkdir()
     text = collect(tmp_path)
-    assert "## exp_a" in text and "**headline**" in text and "**claims**" in text
-    assert "2 holds, 1 does not hold" in text
+    assert "## exp_a" in text and "**headline exp_b**" in text and "not_a_report" not in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| exp_") or line.startswith("| all ")}
+    # columns: holds, does not hold, inconclusive, not testable here, fact, claims
+    assert rows["exp_a"] == ["2", "1", "0", "0", "0", "3"]
+    assert rows["exp_b"] == ["0", "0", "1", "0", "0", "1"]
+    assert rows["all"] == ["2", "1", "1", "0", "0", "4"]
+    assert "[acc](exp_a/acc.md)" in text
     with pytest.raises(FileNotFoundError, match="no experiment reports"):
         collect(tmp_path / "exp_a")
+
+
+def test_study_report_needs_setup_limitations_and_evidence_it_wrote(tmp_path):
+    from fedpeft.core.config import load_settings
+    from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT, SCHEMA
+    from fedpeft.reporting.claims import ClaimsLedger, fact
+    from fedpeft.reporting.study_report import StudyReport
+
+    settings = load_settings("embedded", EXPERIMENT, SCHEMA, None)
+    settings.report_dir = tmp_path / "report"
+    report = StudyReport(settings, "T", "seed.txt", "nb.ipynb")
+    report.table(pd.DataFrame({"a": [1, 2, 3]}), "acc", "Accuracy")
+    ledger = ClaimsLedger("embedded", EXPERIMENT)
+    ledger.add("true by construction", "x", fact("3 rows", "made so"), "acc")
+    args = ("finding", pd.DataFrame({"h": [1]}), ledger, {"m": 1.0}, pd.DataFrame({"round": [0]}))
+    with pytest.raises(ValueError, match="set-up"):
+        report.finish(*args, setup="", limitations="- none")
+    ledger.add("cites a table never written", "x", fact("-", "-"), "nowhere")
+    with pytest.raises(ValueError, match="nowhere"):
+        report.finish(*args, setup="ran", limitations="- none")
+    ledger.rows.pop()
+    report.finish(*args, setup="**What** ran", limitations="- the limits")
+    out = settings.report_dir
+    assert (out / "setup.md").read_text().endswith("**What** ran\n")
+    assert pd.read_csv(out / "claims.csv")["evidence_file"].tolist() == ["acc.md"]
+    assert "[acc](acc.md)" in (out / "claims.md").read_text() and "[acc]" not in (out / "claims.tex").read_text()
+    text = (out / "report.md").read_text()
+    assert text.index("## What ran against the seed") < text.index("## Claims") < text.index("## Limitations")
+    assert text.rstrip().endswith("- the limits")
 
 
 def test_lock_digest_follows_the_pins_not_the_comments(tmp_path):

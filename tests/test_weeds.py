@@ -319,3 +319,37 @@ def test_resumed_run_equals_an_uninterrupted_one_with_per_farmer_optimizers(tmp_
     torch.save(saved, ckpt)
     amnesic = run(checkpoint_path=ckpt)
     assert any(not torch.equal(amnesic.final_state[k], v) for k, v in whole.final_state.items())
+
+
+def test_k_fold_tests_every_field_once_and_never_trains_on_it():
+    from fedpeft.experiments.weeds_qlora_federated import runs as wr
+    from fedpeft.experiments.weeds_qlora_federated.settings import load
+
+    groups = np.repeat(np.arange(10), 3)  # 10 fields of 3 samples
+    folds = wr.field_folds(groups, 3)
+    assert sorted(f for fold in folds for f in fold) == list(range(10))
+    assert [len(f) for f in folds] == [4, 3, 3]
+    with pytest.raises(ValueError, match="folds = 11 is more than the 10 fields"):
+        wr.field_folds(groups, 11)
+    s = load("embedded", {"folds": 3})
+    samples = wr.load_samples(s)
+    tested = []
+    for fold in range(3):
+        split = wr.split_samples(s, samples, fold)
+        test, train, val = (set(part.groups.tolist()) for part in (split.test, split.train, split.val))
+        assert not (test & train) and not (test & val) and not (train & val)
+        assert len(split.test) + len(split.train) + len(split.val) == len(samples)
+        tested += split.test.groups.tolist()
+    assert sorted(tested) == sorted(samples.groups.tolist())  # every sample is tested exactly once over the folds
+    assert [wr.fold_of(s, seed) for seed in (0, 1, 2, 3)] == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"folds": 1}, "folds = 1 is not allowed"),
+    ({"folds": 3, "source": "weedsgalore"}, "WeedsGalore has its own split"),
+])
+def test_folds_are_validated(overrides, message):
+    from fedpeft.experiments.weeds_qlora_federated.settings import load
+
+    with pytest.raises(ValueError, match=message):
+        load("embedded", overrides)

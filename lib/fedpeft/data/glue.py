@@ -153,6 +153,19 @@ def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> d
     return out
 
 
+def chance_metrics(task: str, labels: np.ndarray) -> dict[str, float]:
+    """The metrics a model must beat: those of always predicting the most frequent label of ``labels`` (MRPC's F1
+    of always "paraphrase" is about 0.81), or, for a regression task, correlations of 0 (a constant score has none)."""
+    spec = get_task(task)
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError(f"task {task}: no labels to compute a chance baseline from")
+    if spec.is_regression:
+        return {name: 0.0 for name in spec.metrics}
+    values, counts = np.unique(labels, return_counts=True)
+    return compute_metrics(task, np.full_like(labels, values[np.argmax(counts)]), labels)
+
+
 def train_word_tokenizer(texts: Sequence[str], vocab_size: int = 512):
     """A word-level tokenizer whose vocabulary is the ``vocab_size`` most frequent words of ``texts`` (ties by
     spelling, so it is the same in every process), wrapped as a transformers fast tokenizer with RoBERTa's

@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from fedpeft.core.baselines import majority_baseline, majority_score  # noqa: F401 - part of the engine's API
+
 VERDICTS = ("holds", "does not hold", "inconclusive", "not testable here", "fact")
 LEVEL = 0.95
 
@@ -165,12 +167,18 @@ def within(values: Sequence[float], target: float, tolerance: float, what: str =
     return Verdict(verdict, m.text(fmt), rule, m)
 
 
-def exact(measured: float | int, claimed: float | int, what: str = "value", tolerance: float = 0.0) -> Verdict:
+def exact(measured: float | int, claimed: float | int, what: str = "value", tolerance: float = 0.0, fmt: str | None = None) -> Verdict:
     """A claimed figure checked against a number computed exactly (a count, a size): holds when they agree within
     ``tolerance`` (absolute), else does not hold."""
     ok = abs(measured - claimed) <= tolerance
-    return Verdict("holds" if ok else "does not hold", f"{measured:,}" if isinstance(measured, int) else f"{measured:.6g}",
+    shown = fmt.format(measured) if fmt else (f"{measured:,}" if isinstance(measured, int) else f"{measured:.6g}")
+    return Verdict("holds" if ok else "does not hold", shown,
                    f"{what} = {claimed} (exact{'' if tolerance == 0 else f', ± {tolerance:g}'})")
+
+
+def at_most(measured: float, limit: float, what: str = "value", fmt: str = "{:.4g}") -> Verdict:
+    """A bound on a number computed exactly (a count, a share of parameters): holds when ``measured <= limit``."""
+    return Verdict("holds" if measured <= limit else "does not hold", fmt.format(measured), f"{what} <= {fmt.format(limit)} (exact)")
 
 
 def fact(measured: str, why: str) -> Verdict:
@@ -195,17 +203,16 @@ def above_chance(scores: Sequence[float], chance: float, what: str = "score", fm
     return Verdict(verdict, m.text(fmt) + ("; no signal" if verdict != "holds" else ""), rule, m)
 
 
+def positive(values: Sequence[float], what: str = "value", fmt: str = "{:.4g}") -> Verdict:
+    """Holds when the interval of the mean of ``values`` (one per seed) is wholly above 0, does not hold when wholly
+    below, inconclusive otherwise (one value included)."""
+    m = mean_interval(values)
+    return Verdict(_from_side(m.side_of(0.0), +1), m.text(fmt), f"{what} > 0 over every seed ({100 * m.level:.0f} % t interval)", m)
+
+
 def signal_label(scores: Sequence[float], chance: float) -> str:
     """``no signal`` when the scores' interval reaches the chance baseline (or there is one seed), else ``above chance``."""
     return "above chance" if above_chance(scores, chance).verdict == "holds" else "no signal"
-
-
-def majority_baseline(labels: Iterable[int]) -> float:
-    """Accuracy of always predicting the most frequent label of ``labels`` (the evaluation set's)."""
-    counts = pd.Series(list(labels)).value_counts()
-    if counts.empty:
-        raise ValueError("no labels")
-    return float(counts.iloc[0] / counts.sum())
 
 
 @dataclass

@@ -11,7 +11,6 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -71,8 +70,9 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str, float_format: str = "{:.4g}") -> dict[str, Path]:
-    """Write ``df`` as ``<name>.tex`` (booktabs) and ``<name>.md`` from the same values."""
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str, float_format: str = "{:.4g}",
+                formats: tuple[str, ...] = ("tex", "md")) -> dict[str, Path]:
+    """Write ``df`` as ``<name>.tex`` (booktabs) and ``<name>.md`` from the same values (only ``formats``)."""
     out_dir = Path(out_dir)
     shown = df.copy()
     for col in shown.columns:
@@ -86,10 +86,8 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, caption: str, float_
     tex = escaped.style.hide(axis="index").to_latex(
         hrules=True, caption=_latex_escape(caption), label=f"tab:{name}", position="htbp", position_float="centering"
     )
-    return {
-        "tex": atomic_write_text(out_dir / f"{name}.tex", tex),
-        "md": atomic_write_text(out_dir / f"{name}.md", md),
-    }
+    texts = {"tex": tex, "md": md}
+    return {fmt: atomic_write_text(out_dir / f"{name}.{fmt}", texts[fmt]) for fmt in formats}
 
 
 def _plain(value: Any) -> Any:
@@ -160,42 +158,6 @@ def locked_versions(lock: Path) -> dict[str, str]:
     """``{canonical name: version}`` of every ``name==version`` pin in a lock file."""
     pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", Path(lock).read_text(), flags=re.M)
     return {_canonical(n): v for n, v in pins}
-
-
-@dataclass
-class Claim:
-    claim: str
-    seed_figure: str
-    study_figure: str
-    holds: bool | None  # None: not testable in this profile
-    note: str = ""
-
-
-@dataclass
-class ClaimsTable:
-    """The seed's claims beside what the study measured, and whether each holds."""
-
-    profile: str
-    claims: list[Claim] = field(default_factory=list)
-
-    def add(self, claim: str, seed_figure: str, study_figure: str, holds: bool | None, note: str = "") -> None:
-        self.claims.append(Claim(claim, seed_figure, study_figure, holds, note))
-
-    def frame(self) -> pd.DataFrame:
-        verdict = {True: "holds", False: "does not hold", None: "not testable here"}
-        return pd.DataFrame(
-            [
-                {
-                    "claim": c.claim,
-                    "seed": c.seed_figure,
-                    "study": c.study_figure,
-                    "profile": self.profile,
-                    "verdict": verdict[c.holds],
-                    "note": c.note,
-                }
-                for c in self.claims
-            ]
-        )
 
 
 def mean_spread(values: Iterable[float]) -> tuple[float, float]:

@@ -15,10 +15,11 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from fedpeft.core.config import Settings
+from fedpeft.core.files import atomic_write_text
 from fedpeft.core.profiling import machine_description
+from fedpeft.reporting.claims import ClaimsLedger
 from fedpeft.reporting.outputs import (
     STUDY_PACKAGES,
-    ClaimsTable,
     MarkdownReport,
     package_versions,
     save_figure,
@@ -39,6 +40,7 @@ class StudyReport:
     notebook: str  # the notebook's path in the repository
     packages: Iterable[str] = STUDY_PACKAGES
     _sections: list[tuple[str, Any, str, str]] = field(default_factory=list, repr=False)
+    _files: dict[str, str] = field(default_factory=dict, repr=False)  # evidence name -> file in the report folder
 
     def __post_init__(self) -> None:
         self.out = Path(self.settings.report_dir)
@@ -50,28 +52,44 @@ class StudyReport:
         shown = df.reset_index() if df.index.name is not None or df.index.nlevels > 1 else df
         write_table(shown, self.out, name, caption, float_format)
         self._sections.append(("table", shown, caption, float_format))
+        self._files[name] = f"{name}.md"
         return df
 
     def figure(self, fig, name: str, caption: str) -> None:
         """Save ``<name>.png`` and ``<name>.pdf`` and add the figure to the report."""
         save_figure(fig, self.out, name)
         self._sections.append(("figure", f"{name}.png", caption, ""))
+        self._files[name] = f"{name}.png"
 
     def csv(self, df: pd.DataFrame, name: str) -> pd.DataFrame:
         """Write ``<name>.csv`` beside the report (raw records a reader may want to re-plot)."""
         write_csv(df, self.out / f"{name}.csv")
+        self._files[name] = f"{name}.csv"
         return df
 
-    def finish(self, finding: str, headline: pd.DataFrame, claims: ClaimsTable, metrics: Mapping[str, Any],
-               history: pd.DataFrame, setup: str = "", limitations: str = "") -> str:
+    def finish(self, finding: str, headline: pd.DataFrame, claims: ClaimsLedger, metrics: Mapping[str, Any],
+               history: pd.DataFrame, setup: str, limitations: str) -> str:
         """Write claims, headline, machine, versions, metrics, history and ``report.md``; return the finding.
 
-        ``setup``: what ran against the seed (model, data, steps, rounds, clients, seeds), as markdown;
-        ``limitations``: the notebook's limitations, as markdown.
+        ``setup``: what ran against the seed (model, data, examples, steps or epochs, lr, rounds, clients, seeds), as
+        markdown; it opens the report and is also written to ``setup.md``, the evidence of the set-up claims.
+        ``limitations``: the notebook's limitations, as markdown; they end the report.
         """
+        if not setup.strip() or not limitations.strip():
+            raise ValueError("a report needs its set-up (what ran against the seed) and its limitations")
         profile = self.settings.profile
         claims_df = claims.frame()
-        write_table(claims_df, self.out, "claims", f"Claims of {self.title} checked ({profile} profile)")
+        files = {**self._files, "setup": "setup.md"}
+        missing = sorted(set(claims_df["evidence"]) - set(files))
+        if missing:
+            raise ValueError(f"claims cite evidence {missing} that this report does not write; it writes {sorted(files)}")
+        atomic_write_text(self.out / "setup.md", f"# What ran: {self.title} ({profile})\n\n{setup.strip()}\n")
+        claims_df["evidence_file"] = claims_df["evidence"].map(files)
+        plain = claims_df[["claim", "seed", "study", "verdict", "evidence", "note"]]
+        shown = plain.assign(evidence=[f"[{e}]({f})" for e, f in zip(claims_df["evidence"], claims_df["evidence_file"], strict=True)])
+        caption = f"Claims of {self.title} checked ({profile} profile)"
+        write_table(plain, self.out, "claims", caption, formats=("tex",))
+        write_table(shown, self.out, "claims", caption, formats=("md",))
         write_csv(claims_df, self.out / "claims.csv")
         write_table(headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
         machine = pd.DataFrame([machine_description()])
@@ -83,25 +101,26 @@ class StudyReport:
 
         report = MarkdownReport(f"{self.title} ({profile} profile)")
         report.text(f"Seed report: `{self.seed_report}`. Notebook: `{self.notebook}` (executed copy beside this file).")
-        if setup:
-            report.heading("What ran")
-            report.text(setup)
+        report.heading("What ran against the seed")
+        report.text(setup)
         report.heading("What this means")
         report.text(finding)
         report.table(headline, "Headline")
+        report.heading("Claims")
+        tally = ", ".join(f"{n} {v}" for v, n in claims_df["verdict"].value_counts().items())
+        report.text(f"Every claim of the seed, judged by the claims engine (`fedpeft.reporting.claims`): {tally}. "
+                    "The rule of each verdict is in `claims.csv`.")
+        report.table(shown, "Claims checked")
         report.heading("Results")
         for kind, item, caption, float_format in self._sections:
             if kind == "table":
                 report.table(item, caption, float_format)
             else:
                 report.figure(item, caption)
-        report.heading("Claims")
-        report.table(claims_df, "Claims checked")
-        if limitations:
-            report.heading("Limitations")
-            report.text(limitations)
         report.heading("Machine and versions")
         report.table(machine, "Machine")
         report.table(versions, "Versions")
+        report.heading("Limitations")
+        report.text(limitations)
         report.write(self.out / "report.md")
         return finding

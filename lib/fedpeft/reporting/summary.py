@@ -1,4 +1,4 @@
-"""The per-profile summary: every experiment's headline table and claims table in one markdown file.
+"""The per-profile summary: a verdict tally, and every experiment's headline table and claims (linked to their evidence).
 
 Run by the pipeline's ``summary`` stage: ``python -m fedpeft.reporting.summary --profile embedded``.
 """
@@ -7,35 +7,57 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
 from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
 from fedpeft.core.files import atomic_write_text
+from fedpeft.reporting.claims import VERDICTS
+
+
+def _claims_section(exp_dir: Path, claims: pd.DataFrame) -> str:
+    """The experiment's claims with each verdict linked to its evidence (relative to the summary's folder)."""
+    shown = claims[["claim", "seed", "study", "verdict"]].copy()
+    if "evidence_file" in claims:
+        shown["evidence"] = [f"[{e}]({exp_dir.name}/{f})" for e, f in zip(claims["evidence"], claims["evidence_file"], strict=True)]
+    shown = shown.fillna("")
+    return "**Claims**\n\n" + shown.to_markdown(index=False) + "\n"
+
+
+def tally(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Verdict counts per experiment (rows) and in total, every verdict word of the engine a column."""
+    rows = [{"experiment": name, **{v: int((c["verdict"] == v).sum()) for v in VERDICTS}, "claims": len(c)}
+            for name, c in claims.items()]
+    table = pd.DataFrame(rows, columns=["experiment", *VERDICTS, "claims"])
+    total = {"experiment": "all", **{c: int(table[c].sum()) for c in [*VERDICTS, "claims"]}}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 
 def collect(reports_dir: Path) -> str:
-    """Markdown gathering ``headline.md`` and ``claims.md`` of every experiment folder under ``reports_dir``."""
+    """Markdown gathering every experiment folder's headline and claims (``headline.md``, ``claims.csv``) under
+    ``reports_dir``, with a verdict tally per experiment and each claim linked to its evidence."""
     sections = []
-    verdicts: list[pd.Series] = []
+    claims: dict[str, pd.DataFrame] = {}
     for exp_dir in sorted(p for p in Path(reports_dir).iterdir() if p.is_dir()):
-        headline, claims = exp_dir / "headline.md", exp_dir / "claims.md"
+        headline = exp_dir / "headline.md"
         if not headline.is_file():
             continue
         part = [f"## {exp_dir.name}\n", f"Full report: [{exp_dir.name}/report.md]({exp_dir.name}/report.md)\n"]
         part.append(headline.read_text())
-        if claims.is_file():
-            part.append(claims.read_text())
         csv = exp_dir / "claims.csv"
         if csv.is_file():
-            verdicts.append(pd.read_csv(csv)["verdict"])
+            claims[exp_dir.name] = pd.read_csv(csv, keep_default_na=False)
+            part.append(_claims_section(exp_dir, claims[exp_dir.name]))
         sections.append("\n".join(part))
     if not sections:
         raise FileNotFoundError(f"no experiment reports (headline.md) under {reports_dir}; run the pipeline first")
-    counts = pd.concat(verdicts).value_counts() if verdicts else pd.Series(dtype=int)
-    tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     profile = Path(reports_dir).name
-    head = f"# Study summary: profile `{profile}`\n\nClaims checked: {tally}.\n"
+    head = (f"# Study summary: profile `{profile}`\n\n{len(sections)} experiments. Every claim of every seed report is judged "
+            "by the claims engine (`fedpeft.reporting.claims`): *holds* or *does not hold* only when the interval over seeds "
+            "(or repeated timings) lies wholly on one side of the claim's threshold, *inconclusive* when it covers it, *not "
+            "testable here* when this profile cannot measure it (the row says why), *fact* for what is true by construction.\n\n"
+            + tally(claims).to_markdown(index=False) + "\n")
     return head + "\n" + "\n\n".join(sections)
 
 

@@ -31,13 +31,15 @@ from fedpeft.training.causal_lm import CausalLMTrainer
 
 def run_specs(s: Settings) -> list[RunSpec]:
     """The main comparison (FedAvg and FedProx(main_mu), IID, over ``seeds``), the mu sweep over ``splits`` (first
-    seed), the half-data run and the full-model run, each once. The base model's seed is the first of ``seeds``."""
+    seed), the half-data runs (over ``seeds``, so that the data-volume claim has an interval) and the full-model run,
+    once. The base model's seed is the first of ``seeds``."""
     first = s["seeds"][0]
     base = dict(adapter="lora", samples_per_client=s["samples_per_client"], rounds=s["num_rounds"], base_seed=first)
     plan = [base | dict(mu=mu, split="iid", seed=seed) for seed in s["seeds"] for mu in (0.0, s["main_mu"])]
     plan += [base | dict(mu=mu, split=split, seed=first) for split in s["splits"] for mu in s["prox_mus"]]
     if s["half_data_run"]:
-        plan.append(base | dict(mu=s["main_mu"], split="iid", seed=first, samples_per_client=s["samples_per_client"] // 2))
+        plan += [base | dict(mu=s["main_mu"], split="iid", seed=seed, samples_per_client=s["samples_per_client"] // 2)
+                 for seed in s["seeds"]]
     if s["full_model_rounds"]:
         plan.append(base | dict(mu=s["main_mu"], split="iid", seed=first, adapter="full", rounds=s["full_model_rounds"]))
     specs: dict[str, RunSpec] = {}

@@ -1,9 +1,11 @@
 """EuroSAT FedAvg + PTQ: the planned runs, each one DVC stage writing one result record.
 
 A run trains the report's CNN with FedAvg from a seeded initial model (resuming from its checkpoint if it was
-killed) and records its per-round history, its communication ledger and its timing. The first main run (first seed
-of the main partition) also quantizes its final model with every ``ptq_methods`` entry and records accuracy and
-saved bytes, so the report never needs a trained model.
+killed) and records its per-round history, its communication ledger, its timing, the chance (majority-class)
+accuracy of the server's test set and the bytes of a training checkpoint (model + Adam state). Every main run (each
+seed of the main partition at the main number of rounds) also quantizes its final model with every ``ptq_methods``
+entry and records accuracy and saved bytes, so that each quantization claim is judged over every seed and the report
+never needs a trained model.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedpeft.core.baselines import majority_baseline
 from fedpeft.core.config import Settings
 from fedpeft.core.device import resolve_precision
 from fedpeft.core.profiling import measure
@@ -25,16 +28,16 @@ from fedpeft.federated.loop import Client, RoundConfig, run_federated
 from fedpeft.federated.partition import label_skew, partition
 from fedpeft.federated.strategies import build_strategy
 from fedpeft.models.cnn import EuroSATCNN
-from fedpeft.models.counting import count_parameters
+from fedpeft.models.counting import count_parameters, training_checkpoint_bytes
 from fedpeft.quantization.ptq import quantize
 from fedpeft.training.image import ClassifierTrainer
 
 
 def run_specs(s: Settings) -> list[RunSpec]:
-    """Every run: the main partition over ``seeds`` (the first also measures PTQ), each of ``compare_partitions``
+    """Every run: the main partition over ``seeds`` (each also measures PTQ), each of ``compare_partitions``
     over ``compare_seeds``, and the optional longer run (``extra_rounds``). Ids: ``<partition>-s<seed>-r<rounds>``."""
     p = s.params
-    plan = [(p["partition"], seed, p["num_rounds"], i == 0) for i, seed in enumerate(p["seeds"])]
+    plan = [(p["partition"], seed, p["num_rounds"], True) for seed in p["seeds"]]
     plan += [(scheme, seed, p["num_rounds"], False) for scheme in p["compare_partitions"] for seed in p["compare_seeds"]]
     if p["extra_rounds"]:
         plan.append((p["partition"], p["seeds"][0], p["extra_rounds"], False))
@@ -131,6 +134,10 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
         "pool_images": len(pool), "test_images": len(server_test), "classes": len(pool.class_names),
         "model_parameters": count_parameters(model), "precision": trainer.precision, "optimizer": trainer.optimizer,
         "clients_per_round": int(h.loc[h["round"] > 0, "num_clients"].mean()),
+        "client_train_images_mean": float(np.mean([len(c.train) for c in clients])),
+        "client_test_images_mean": float(np.mean([len(c.test) for c in clients])),
+        "chance_accuracy": majority_baseline(server_test.labels.numpy()),
+        "checkpoint_bytes": training_checkpoint_bytes(model, "adam"),
     }
     tables = {"history": h, "ledger": result.ledger.frame()}
     if spec.args["ptq"]:

@@ -42,16 +42,18 @@ from fedpeft.training.text import TextClassifierTrainer
 
 
 def run_specs(s: Settings) -> list[RunSpec]:
-    """The grid (every aggregation under every sharding, ``grid_seed``), the IID runs over the other ``seeds``, the
-    train-at-``compress_client_rank`` run, svd and naive on each extra task; then the error study, the one-shot
-    merge and the centralized baselines (with the warm start when ``warm_start``). The base model's seed is
-    ``grid_seed`` for every run."""
+    """The grid (every aggregation under every sharding, ``grid_seed``); every aggregation on IID shards and on each of
+    ``repeat_shardings`` over the other ``seeds``; the train-at-``compress_client_rank`` runs and svd and naive on
+    each extra task, over every seed; then the error study, the one-shot merge and the centralized baselines (with
+    the warm start when ``warm_start``). The base model's seed is ``grid_seed`` for every run."""
     p = s.params
+    seeds = [p["grid_seed"]] + [seed for seed in p["seeds"] if seed != p["grid_seed"]]
     plan = [(p["main_task"], m, sh, p["grid_seed"], p["lora_rank"]) for sh in p["shardings"] for m in p["aggregations"]]
-    plan += [(p["main_task"], m, "iid", seed, p["lora_rank"]) for seed in p["seeds"] if seed != p["grid_seed"] for m in p["aggregations"]]
+    repeated = ["iid"] + [sh for sh in p["shardings"] if sh in p["repeat_shardings"] and sh != "iid"]
+    plan += [(p["main_task"], m, sh, seed, p["lora_rank"]) for sh in repeated for seed in seeds[1:] for m in p["aggregations"]]
     if p["compress_client_rank"]:
-        plan.append((p["main_task"], "svd", "iid", p["grid_seed"], p["compress_client_rank"]))
-    plan += [(task, m, "iid", p["grid_seed"], p["lora_rank"]) for task in p["extra_tasks"] for m in ("svd", "naive")]
+        plan += [(p["main_task"], "svd", "iid", seed, p["compress_client_rank"]) for seed in seeds]
+    plan += [(task, m, "iid", seed, p["lora_rank"]) for task in p["extra_tasks"] for seed in seeds for m in ("svd", "naive")]
     specs = [RunSpec(f"{task}-{method}-{sharding}-r{rank}-s{seed}",
                      {"task": task, "method": method, "sharding": sharding, "seed": seed, "client_rank": rank}, "run")
              for task, method, sharding, seed, rank in plan]
@@ -131,6 +133,12 @@ def prepare_task(s: Settings, task: str, seed: int = 0) -> TaskData:
         model.classifier.apply(model._init_weights)
     return TaskData(task, train_table, glue.tokenize(tokenizer, train_table, s["max_length"]),
                     glue.tokenize(tokenizer, dev_table, s["max_length"]), tokenizer, model)
+
+
+def chance_score(data: TaskData) -> float:
+    """The headline metric of the constant majority predictor on the validation set (0 for STS-B's correlation)."""
+    spec = glue.get_task(data.task)
+    return glue.chance_metrics(data.task, data.dev.labels.numpy())[spec.metrics[0]]
 
 
 def shard(s: Settings, data: TaskData, mode: str, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -221,7 +229,8 @@ def _run_record(spec: RunSpec, data: TaskData, run: FederatedRun, **extra: Any) 
     scalars = {**spec.args, **extra, "label_skew": label_skew(run.parts, data.strata), "wall_s": run.result.wall_s,
                "rounds_completed": run.result.rounds_completed, "trainable": count_parameters(run.model, trainable_only=True),
                "total": count_parameters(run.model), "full_model_bytes": len(serialize_state(run.model.state_dict())),
-               "train_examples": len(data.train), "eval_examples": len(data.dev)}
+               "train_examples": len(data.train), "eval_examples": len(data.dev),
+               "chance_score": chance_score(data)}
     tables = {"history": h, "errors": run.strategy.error_frame(), "ledger_per_round": run.result.ledger.per_round().reset_index(),
               "measure_s": pd.DataFrame({"round": np.arange(1, len(run.strategy.measure_s) + 1), "seconds": run.strategy.measure_s}),
               "shards": shard_table(data, run.parts)}
@@ -261,7 +270,7 @@ def _centralized_record(s: Settings, spec: RunSpec, data: TaskData, progress: bo
         if spec.args["warm_start"]:
             warm = run_federated_lora(s, data, "svd", "iid", seed, init_adapter=adapter_dir, progress=progress)
             tables["warm_history"] = warm.result.history
-    return RunRecord(EXPERIMENT, spec.run_id, spec.args, {"seed": seed}, tables)
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, {"seed": seed, "chance_score": chance_score(data)}, tables)
 
 
 def train_clients_once(s: Settings, data: TaskData, parts: list[np.ndarray], seed: int, rank: int) -> tuple[list[dict], float, Any]:
@@ -347,5 +356,6 @@ def one_shot_merge(s: Settings, data: TaskData, seed: int, work_dir: Path) -> tu
 def _merge_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool) -> RunRecord:  # noqa: ARG001
     with tempfile.TemporaryDirectory() as tmp:
         table, _ = one_shot_merge(s, data, spec.args["seed"], Path(tmp))
-    scalars = {"client_scores": table.attrs["client_scores"], "client_sizes": table.attrs["client_sizes"]}
+    scalars = {"client_scores": table.attrs["client_scores"], "client_sizes": table.attrs["client_sizes"],
+               "chance_score": chance_score(data)}
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, {"one_shot_merge": pd.DataFrame(table)})

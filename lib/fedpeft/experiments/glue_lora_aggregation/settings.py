@@ -22,7 +22,7 @@ SCHEMA: dict[str, Spec] = {
     "source": Spec(str, choices=("generated", "tsv", "hub"), doc="generated sentences, the data root's TSVs, or the hub"),
     "model": Spec(str, doc="tiny-roberta, minilm, or a hub id such as FacebookAI/roberta-base"),
     "main_task": Spec(str, choices=tuple(glue.TASKS), doc="task of the aggregation x sharding grid"),
-    "extra_tasks": Spec(list, item=str, choices=tuple(glue.TASKS), doc="tasks run with svd and naive on IID shards"),
+    "extra_tasks": Spec(list, item=str, choices=tuple(glue.TASKS), doc="tasks run with svd and naive on IID shards, every seed"),
     "train_examples": Spec(int, low=0, doc="training examples drawn (stratified) from the task's train split; 0 = all"),
     "extra_train_examples": Spec(int, low=0, doc="training examples of each extra task; 0 = all"),
     "eval_examples": Spec(int, low=0, doc="validation examples used; 0 = all"),
@@ -30,6 +30,8 @@ SCHEMA: dict[str, Spec] = {
     "max_length": Spec(int, low=8, high=512, doc="tokens per example after truncation"),
     "num_clients": Spec(int, low=1, high=1000),
     "shardings": Spec(list, item=str, choices=SHARDINGS, min_items=1),
+    "repeat_shardings": Spec(list, item=str, choices=SHARDINGS,
+                             doc="shardings (besides iid) whose runs repeat over every seed, so aggregations compare with an interval"),
     "overlap_ratio": Spec(float, low=0.0, high=0.95, doc="overlap sharding: share of examples every client holds"),
     "dirichlet_alpha": Spec(float, low=1e-3),
     "aggregations": Spec(list, item=str, choices=ROUND_METHODS, min_items=1),
@@ -43,7 +45,7 @@ SCHEMA: dict[str, Spec] = {
     "lora_dropout": Spec(float, low=0.0, high=0.9),
     "target_modules": Spec(list, item=str, min_items=1),
     "svd_rank": Spec(int, low=1, high=1024),
-    "compress_client_rank": Spec(int, low=0, high=1024, doc="extra run: clients train at this rank, svd to svd_rank (0: none)"),
+    "compress_client_rank": Spec(int, low=0, high=1024, doc="extra runs (every seed): clients train at this rank, svd to svd_rank (0: none)"),
     "grid_seed": Spec(int),
     "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
     "error_study_clients": Spec(list, item=int, min_items=1, doc="client counts of the one-round aggregation-error study"),
@@ -56,7 +58,7 @@ SCHEMA: dict[str, Spec] = {
 }
 
 #: Keys that decide which runs exist (a run's task, method, sharding, seed and rank are in its spec).
-PLAN_KEYS = frozenset({"shardings", "aggregations", "seeds", "extra_tasks", "compress_client_rank", "warm_start"})
+PLAN_KEYS = frozenset({"shardings", "repeat_shardings", "aggregations", "seeds", "extra_tasks", "compress_client_rank", "warm_start"})
 #: Keys only the report reads.
 REPORT_KEYS: frozenset[str] = frozenset()
 #: Keys only one kind of run reads: changing them reruns that kind's stage alone.
@@ -74,6 +76,10 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
                          "cannot be larger than the ones clients train")
     if s["compress_client_rank"] and s["compress_client_rank"] < s["svd_rank"]:
         raise ValueError(f"compress_client_rank = {s['compress_client_rank']} is below svd_rank = {s['svd_rank']}")
+    unknown = sorted(set(s["repeat_shardings"]) - set(s["shardings"]))
+    if unknown:
+        raise ValueError(f"repeat_shardings = {s['repeat_shardings']} names {unknown}, which shardings = {s['shardings']} "
+                         "does not run")
     if s["source"] == "generated" and (s["main_task"] != "sst2" or s["extra_tasks"]):
         raise ValueError("source = 'generated' makes SST-2-like sentences only: set main_task: sst2, extra_tasks: []")
     if s["torch_threads"]:

@@ -27,7 +27,8 @@ from fedpeft.models.causal_lm import build_on_meta
 from fedpeft.models.lora_settings import lora_config
 from fedpeft.models.text import attach_lora
 from fedpeft.quantization import nf4 as qlora
-from fedpeft.reporting.outputs import STUDY_PACKAGES, ClaimsTable
+from fedpeft.reporting.claims import ClaimsLedger, exact, fact, faster, greater, less, not_testable, positive
+from fedpeft.reporting.outputs import STUDY_PACKAGES
 from fedpeft.training import diffusion, sft
 
 TITLE = "LoRA vs QLoRA"
@@ -60,27 +61,49 @@ def collect(s: Settings, progress: bool = True) -> dict[str, RunRecord]:
     return run_stages.collect(s, progress)
 
 
-def arm_results(records: Mapping[str, RunRecord], kind: str) -> list[dict[str, Any]]:
-    """The two arms of ``kind`` (``lm`` or ``unet``) as dicts: scalars, ``records`` (per step), ``weights``, ``nf4``."""
+def run_ids(s: Settings, kind: str) -> list[str]:
+    """The record ids of ``kind`` (``lm`` or ``unet``) in plan order: every arm for every seed."""
+    return [f"{kind}-{arm}-s{seed}" for seed in s["seeds"] for arm in ARMS]
+
+
+def first_run(s: Settings, records: Mapping[str, RunRecord], kind: str, arm: str = "lora") -> RunRecord:
+    """The record of ``kind`` and ``arm`` at the first seed (the one that also samples an image)."""
+    return records[f"{kind}-{arm}-s{s['seeds'][0]}"]
+
+
+def arm_results(s: Settings, records: Mapping[str, RunRecord], kind: str) -> list[dict[str, Any]]:
+    """Every run of ``kind`` as a dict: scalars (with ``arm`` and ``seed``), ``records`` (per step), ``weights``, ``nf4``."""
     out = []
-    for arm in ARMS:
-        r = records[f"{kind}-{arm}"]
+    for rid in run_ids(s, kind):
+        r = records[rid]
         out.append(r.scalars | {"records": r.tables["steps"].to_dict("records"), "weights": r.tables["weights"],
                                 "nf4": r.tables["nf4"].iloc[0].to_dict()})
     return out
 
 
+def arm_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of every numeric column, one row per arm (index ``arm``)."""
+    return table.groupby("arm", sort=False).mean(numeric_only=True)
+
+
 def describe_lm(s: Settings, records: Mapping[str, RunRecord]) -> str:
     """The language-model half of what ran, as markdown."""
-    p, r = s.params, records["lm-lora"]
+    p, r, u = s.params, first_run(s, records, "lm"), first_run(s, records, "unet")
     return (f"**Language model** `{p['lm_model']}`: {r['pairs']:,} instruction pairs from `{p['lm_data']}`, "
-            f"{r['train_pairs']:,} for training, {r['eval_pairs']:,} held out; LoRA r={p['lora_rank']}, "
-            f"{p['lm_steps']} optimizer steps of {p['grad_accum']} examples, lr {p['learning_rate']:g}.")
+            f"{r['train_pairs']:,} for training, {r['eval_pairs']:,} held out; LoRA r={p['lora_rank']} on "
+            f"{len(p['target_modules'])} projections, {p['lm_steps']} optimizer steps of {p['grad_accum']} examples "
+            f"(the first {p['warm_steps']} untimed), lr {p['learning_rate']:g}, base {p['base_dtype']}, compute "
+            f"{p['compute_dtype']}. **UNet** `{p['diffusion_model']}`: {u['images']} images at {p['resolution']} px, LoRA "
+            f"r={p['unet_lora_rank']}, {p['diffusion_steps']} steps of batch {p['diffusion_batch']}. **Seeds** {list(p['seeds'])} "
+            "per arm (adapter init and batch order; the data and base model are the same in every run). The seed: "
+            "Gemma-2-2B on Dolly 15k, 2 epochs (about 3,700 steps of 8), lr 2e-4, 512 (or 768) tokens, one run per arm; "
+            "SD 1.5 at 512 px on Van Gogh paintings.")
 
 
 def speed_table(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame) -> pd.DataFrame:
+    """Per run: median steps/s of the warm steps, its spread, and peak memory (MiB)."""
     speed = pd.concat([lm.assign(model=s["lm_model"]), dm.assign(model=s["diffusion_model"])], ignore_index=True)
-    return speed[["model", "arm", "steps_per_s", "steps_per_s_spread", "timed_steps", "total_s", "peak_memory_mib", "memory_kind"]]
+    return speed[["model", "arm", "seed", "steps_per_s", "steps_per_s_spread", "timed_steps", "total_s", "peak_memory_mib", "memory_kind"]]
 
 
 def arm_table(results: list[dict[str, Any]], drop=("records", "weights", "unet", "nf4")) -> pd.DataFrame:
@@ -88,11 +111,13 @@ def arm_table(results: list[dict[str, Any]], drop=("records", "weights", "unet",
 
 
 def step_records(results: list[dict[str, Any]], model: str) -> pd.DataFrame:
-    return pd.concat([pd.DataFrame(r["records"]).assign(arm=r["arm"], model=model) for r in results], ignore_index=True)
+    return pd.concat([pd.DataFrame(r["records"]).assign(arm=r["arm"], seed=r["seed"], model=model) for r in results], ignore_index=True)
 
 
 def weights_table(results: list[dict[str, Any]], model: str) -> pd.DataFrame:
-    return pd.concat([r["weights"].assign(arm=r["arm"], model=model) for r in results], ignore_index=True)
+    """Weight bytes by layer type per arm (the same for every seed: it depends on shapes and dtypes alone)."""
+    first = [r for r in results if r["seed"] == results[0]["seed"]]
+    return pd.concat([r["weights"].assign(arm=r["arm"], model=model) for r in first], ignore_index=True)
 
 
 # --- the paper architectures, analytically ----------------------------------------------------------------------
@@ -133,66 +158,154 @@ def nf4_bytes_check(results: list[dict[str, Any]], model: str) -> pd.DataFrame:
     the analytic memory tables use, so the paper-scale numbers rest on a measured check."""
     return pd.DataFrame([{"model": model, "arm": r["arm"], **r["nf4"],
                           "formula_matches": r["nf4"]["measured_bytes"] == r["nf4"]["formula_bytes"]}
-                         for r in results if r["nf4"]["layers"]])
+                         for r in results if r["nf4"]["layers"] and r["seed"] == results[0]["seed"]])
+
+
+# --- GPU measurements (benchmarks/paper_lora_vs_qlora_gpu.py, committed) -------------------------------------------
+
+#: The paper-scale GPU measurements the claims also judge; the report stage lists them as inputs.
+GPU_RUNS = "reports/paper/lora_vs_qlora_gpu.csv"
+GPU_STEPS = "reports/paper/lora_vs_qlora_gpu_steps.csv"
+INPUTS = (GPU_RUNS, GPU_STEPS)
+
+
+def gpu_measurements() -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(one row per arm and repeat, every timed step) of the committed GPU benchmark, or None where it was never run."""
+    from fedpeft.core.config import REPO_ROOT
+
+    runs, steps = REPO_ROOT / GPU_RUNS, REPO_ROOT / GPU_STEPS
+    if not (runs.is_file() and steps.is_file()):
+        return None
+    return pd.read_csv(runs), pd.read_csv(steps)
+
+
+def gpu_summary(gpu: tuple[pd.DataFrame, pd.DataFrame] | None) -> pd.DataFrame | None:
+    """Peak reserved GPU memory (GiB = 2^30 bytes; mean and range over repeats) and median steps/s per arm."""
+    if gpu is None:
+        return None
+    runs, _ = gpu
+    return runs.groupby(["model", "arm", "setting"], sort=False).agg(
+        repeats=("repeat", "count"), peak_reserved_GiB=("peak_reserved_GiB", "mean"), peak_reserved_GiB_min=("peak_reserved_GiB", "min"),
+        peak_reserved_GiB_max=("peak_reserved_GiB", "max"), steps_per_s=("steps_per_s", "median")).reset_index()
+
+
+def _gpu(gpu, model: str, arm: str, setting: str = "") -> tuple[list[float], list[float]]:
+    """(peak reserved GiB per repeat, steps/s of every timed step) of one GPU arm."""
+    runs, steps = gpu
+    sel = runs["model"].str.startswith(model) & (runs["arm"] == arm) & runs["setting"].str.contains(setting, regex=False)
+    ssel = steps["model"].str.startswith(model) & (steps["arm"] == arm) & steps["setting"].str.contains(setting, regex=False)
+    return runs.loc[sel, "peak_reserved_GiB"].tolist(), (1 / steps.loc[ssel, "seconds"]).tolist()
 
 
 # --- claims ----------------------------------------------------------------------------------------------------
 
-def claims(s: Settings, profile: str, lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFrame,
-           memory: pd.DataFrame) -> ClaimsTable:
-    c = ClaimsTable(profile)
+def _rates(step_table: pd.DataFrame, arm: str, warm_steps: int) -> list[float]:
+    """Steps/s of every timed step (after ``warm_steps``) of every seed of ``arm``."""
+    sel = step_table[(step_table["arm"] == arm) & (step_table["step"] > warm_steps)]
+    return (1 / sel["seconds"]).tolist()
+
+
+def claims(s: Settings, profile: str, lm: pd.DataFrame, dm: pd.DataFrame, lm_steps: pd.DataFrame, dm_steps: pd.DataFrame,
+           adapters: pd.DataFrame, memory: pd.DataFrame, gpu: tuple[pd.DataFrame, pd.DataFrame] | None) -> ClaimsLedger:
+    """Every claim of the seed (``002_831372d6abfe4dd9.txt``), judged by the claims engine: speed on every timed step of
+    every seed, losses over seeds, paper-scale memory and speed on the committed GPU measurements (every repeat)."""
+    ledger = ClaimsLedger(profile, EXPERIMENT)
+    warm = s["warm_steps"]
     g = adapters.iloc[0]
-    c.add("Gemma-2-2B LoRA adapter is 83.1 MB in fp32 and 41.6 MB in fp16", f"{SEED['adapter_fp32_mb']} MB / {SEED['adapter_fp16_mb']} MB",
-          f"{g['fp32_MB']:.1f} MB / {g['fp16_MB']:.1f} MB ({g['adapter_parameters']:,} parameters, r 16, 7 projections)",
-          bool(round(g["fp32_MB"], 1) == SEED["adapter_fp32_mb"] and round(g["fp16_MB"], 1) == SEED["adapter_fp16_mb"]),
-          "exact safetensors sizes from the architecture; the size follows the adapter's dtype, not LoRA vs QLoRA")
-    by = lm.set_index("arm")
-    ratio = by.loc["lora", "steps_per_s"] / by.loc["qlora", "steps_per_s"]
-    seed_ratio = SEED["lora_steps_per_s"] / SEED["qlora_steps_per_s"]
-    c.add("LoRA trains faster than QLoRA (language model)", f"{SEED['lora_steps_per_s']} vs {SEED['qlora_steps_per_s']} steps/s "
-          f"({100 * (seed_ratio - 1):.0f}% faster)", f"{by.loc['lora', 'steps_per_s']:.3g} vs {by.loc['qlora', 'steps_per_s']:.3g} "
-          f"steps/s ({100 * (ratio - 1):.0f}% faster), {s['lm_model']}", bool(ratio > 1),
-          "median over warm steps; the seed measured a GPU, this profile's device is in the machine table")
-    d = dm.set_index("arm")
-    c.add("QLoRA uses more memory than LoRA on the SD UNet", f"{SEED['sd_qlora_gb']} GB vs {SEED['sd_lora_gb']} GB",
-          f"{d.loc['qlora', 'peak_memory_mib']:.0f} MiB vs {d.loc['lora', 'peak_memory_mib']:.0f} MiB ({d.loc['lora', 'memory_kind']})",
-          bool(d.loc["qlora", "peak_memory_mib"] > d.loc["lora", "peak_memory_mib"]) if d["peak_memory_mib"].max() >= 64 else None,
-          f"{s['diffusion_model']} UNet; see the analytic table for the full SD 1.5 UNet" if d["peak_memory_mib"].max() >= 64
-          else "the UNet is too small for the process's memory to tell the arms apart")
-    unet = memory[memory["model"] == "SD 1.5 UNet"].set_index("storage")["bytes"]
-    share = memory[memory["model"] == "SD 1.5 UNet"].iloc[0]
-    linear_share = share["linear_parameters"] / (share["linear_parameters"] + share["other_parameters"])
-    c.add("for the SD 1.5 UNet, 4-bit weights save little", "fixed quantization overhead exceeds the saving",
-          f"only {100 * linear_share:.0f}% of its weights are in linear layers: bf16 {unet['bf16'] / 1e9:.2f} GB -> NF4+DQ "
-          f"{unet['nf4 + double quant (linear) + bf16'] / 1e9:.2f} GB", None,
-          "analytic weights only; the seed's overhead explanation (CUDA kernels/buffers) needs a GPU to check")
-    c.add("LoRA trains faster than QLoRA (diffusion UNet)", f"{SEED['sd_lora_it_s']} vs {SEED['sd_qlora_it_s']} it/s",
-          f"{d.loc['lora', 'steps_per_s']:.3g} vs {d.loc['qlora', 'steps_per_s']:.3g} it/s", bool(d.loc["lora", "steps_per_s"] > d.loc["qlora", "steps_per_s"]))
-    c.add("LoRA reaches a lower final loss than QLoRA", f"{SEED['lora_final_loss']} vs {SEED['qlora_final_loss']} (different runs)",
-          f"train {by.loc['lora', 'final_train_loss']:.4f} vs {by.loc['qlora', 'final_train_loss']:.4f}; eval "
-          f"{by.loc['lora', 'eval_loss']:.4f} vs {by.loc['qlora', 'eval_loss']:.4f}",
-          bool(by.loc["lora", "eval_loss"] < by.loc["qlora", "eval_loss"] - 0.01),
-          f"same data, steps and seed; holds if LoRA's eval loss is lower by more than 0.01 ({s['lm_steps']} steps)")
-    return c
+    ledger.add("Gemma-2-2B LoRA r 16 adapter is 83.1 MB saved in fp32", f"{SEED['adapter_fp32_mb']} MB",
+               exact(float(g["fp32_MB"]), SEED["adapter_fp32_mb"], "safetensors MB (10^6 bytes)", 0.05, "{:.1f} MB"), "paper_adapters",
+               f"{g['adapter_parameters']:,} parameters, serialized on the meta-device architecture")
+    ledger.add("... and 41.6 MB in fp16", f"{SEED['adapter_fp16_mb']} MB",
+               exact(float(g["fp16_MB"]), SEED["adapter_fp16_mb"], "safetensors MB (10^6 bytes)", 0.05, "{:.1f} MB"), "paper_adapters")
+    ledger.add("QLoRA's adapter is twice LoRA's because it is saved in fp32 (a dtype, not a method, difference)",
+               "83 MB vs 41 MB", fact(f"fp32 / fp16 file = {g['fp32_file_bytes'] / g['fp16_file_bytes']:.3f}",
+                                      "the same adapter shapes in both methods; bytes per element decide the file"), "paper_adapters")
+    lm_rates = {arm: _rates(lm_steps, arm, warm) for arm in ARMS}
+    ledger.add(f"LoRA trains faster than QLoRA (language model; {s['lm_model']}, this machine)", "0.13 vs 0.09 steps/s (45 % faster)",
+               faster(lm_rates["lora"], lm_rates["qlora"], "LoRA / QLoRA steps/s"), "speed_and_memory",
+               f"every timed step of {len(s['seeds'])} seeds per arm")
+    dm_rates = {arm: _rates(dm_steps, arm, warm) for arm in ARMS}
+    ledger.add(f"LoRA trains faster than QLoRA (diffusion UNet; {s['diffusion_model']}, this machine)", "0.69 vs 0.61 it/s",
+               faster(dm_rates["lora"], dm_rates["qlora"], "LoRA / QLoRA it/s"), "speed_and_memory",
+               f"every timed step of {len(s['seeds'])} seeds per arm")
+    if gpu is not None:
+        lp, lr = _gpu(gpu, "google/gemma-2-2b", "lora", "512 tokens")
+        qp, qr = _gpu(gpu, "google/gemma-2-2b", "qlora", "512 tokens")
+        ledger.add("LoRA trains faster than QLoRA at Gemma-2-2B (GPU)", "0.13 vs 0.09 steps/s (45 % faster)",
+                   faster(lr, qr, "LoRA / QLoRA steps/s"), "gpu_measurements",
+                   f"H100, random weights, 512 tokens; every timed step of {len(lp)} fresh processes per arm")
+        ledger.add("Gemma-2-2B peak VRAM: LoRA 7.71 GB, QLoRA 7.40 GB, so QLoRA is not more memory-efficient below 3B",
+                   "7.71 vs 7.40 GB", greater(qp, lp, -0.5, "QLoRA - LoRA peak reserved GiB", "{:+.2f}"), "gpu_measurements",
+                   "holds when QLoRA's peak is not lower than LoRA's by more than 0.5 GiB; H100, 512 tokens, every repeat")
+        lp7, _ = _gpu(gpu, "google/gemma-2-2b", "lora", "768 tokens")
+        qp7, _ = _gpu(gpu, "google/gemma-2-2b", "qlora", "768 tokens")
+        if lp7 and qp7:
+            ledger.add("... at the 768 tokens the seed's note says it used", "7.71 vs 7.40 GB",
+                       greater(qp7, lp7, -0.5, "QLoRA - LoRA peak reserved GiB", "{:+.2f}"), "gpu_measurements", "H100, 768 tokens")
+        up, ur = _gpu(gpu, "SD 1.5 UNet", "lora")
+        uq, uqr = _gpu(gpu, "SD 1.5 UNet", "qlora")
+        ledger.add("SD 1.5 UNet: QLoRA uses more memory than LoRA (fixed quantization-kernel overhead)", "4.20 vs 2.43 GB",
+                   greater(uq, up, 0.0, "QLoRA - LoRA peak reserved GiB", "{:+.3f}"), "gpu_measurements",
+                   "H100, random weights, 512 px, every repeat")
+        ledger.add("SD 1.5 UNet: LoRA trains faster than QLoRA (GPU)", "0.69 vs 0.61 it/s",
+                   faster(ur, uqr, "LoRA / QLoRA it/s"), "gpu_measurements", "every timed step of every repeat")
+    else:
+        for claim in ("Gemma-2-2B peak VRAM 7.71 (LoRA) vs 7.40 GB (QLoRA)", "SD 1.5 UNet: QLoRA uses 4.20 GB vs LoRA's 2.43 GB"):
+            ledger.add(claim, "GPU memory", not_testable("needs the GPU benchmark (benchmarks/paper_lora_vs_qlora_gpu.py)"), "setup")
+    unet = memory[memory["model"] == "SD 1.5 UNet"]
+    share = float(unet["linear_parameters"].iloc[0] / (unet["linear_parameters"].iloc[0] + unet["other_parameters"].iloc[0]))
+    ledger.add("For the SD 1.5 UNet (860M), 4-bit weights save little", "overhead exceeds the saving",
+               fact(f"{100 * share:.0f} % of its weights are in linear layers", "only linear layers become NF4; convolutions stay bf16"),
+               "paper_memory")
+    gm = memory[memory["model"] == "google/gemma-2-2b"].set_index("storage")
+    bits = 8 * float(gm.loc["nf4 (linear) + bf16", "bytes"] - gm.loc["nf4 + double quant (linear) + bf16", "bytes"]) / float(gm["linear_parameters"].iloc[0])
+    ledger.add("Double quantization saves 0.37 bits per parameter", "0.37 bits",
+               exact(bits, 0.37, "bits per linear-layer parameter", 0.005, "{:.3f} bits"), "paper_memory",
+               "from bitsandbytes' block sizes (64 weights per fp32 absmax; 256 absmax per fp32 second-level scale), checked against measured NF4 bytes")
+    for label, table in (("language model", lm), ("UNet", dm)):
+        drop = {arm: (table.loc[table["arm"] == arm, "initial_eval_loss"] - table.loc[table["arm"] == arm, "eval_loss"]).tolist() for arm in ARMS}
+        ledger.add(f"Both methods converge ({label}: the held-out loss falls)", "both converged",
+                   positive(drop["qlora"], f"QLoRA held-out loss drop ({label})") if drop["qlora"] else not_testable("no runs"),
+                   "lm_runs" if label == "language model" else "unet_runs", "the weaker arm's drop over seeds; LoRA's is in the same table")
+    lora, qlora = lm[lm["arm"] == "lora"].sort_values("seed"), lm[lm["arm"] == "qlora"].sort_values("seed")
+    start_gap = float(qlora["initial_eval_loss"].mean() - lora["initial_eval_loss"].mean())
+    ledger.add("LoRA reaches a lower final loss than QLoRA", f"{SEED['lora_final_loss']} vs {SEED['qlora_final_loss']}",
+               less(lora["eval_loss"], qlora["eval_loss"], 0.0, "LoRA - QLoRA held-out loss", "{:+.4f}"), "lm_runs",
+               f"confounded: before any update QLoRA's loss is already {start_gap:+.3f} higher, because NF4 re-quantizes the base")
+    ledger.add("... once the arms' starting losses are discounted: LoRA lowers the loss more than QLoRA", "implied",
+               greater(lora["initial_eval_loss"] - lora["eval_loss"], qlora["initial_eval_loss"] - qlora["eval_loss"], 0.0,
+                       "LoRA - QLoRA loss drop", "{:+.4f}"), "lm_runs", "the fair version of the claim above")
+    ledger.add("Pure FP16 training gives NaN gradients; BF16 fixes it", "NaN in fp16",
+               not_testable("no fp16 training run here: the CPU profiles compute in fp32 and the GPU benchmark in bf16"), "setup")
+    ledger.add("The optimized 4-bit run peaked at 14.13 GB through Windows shared memory", "14.13 GB",
+               not_testable("a Windows shared-GPU-memory effect of the seed's 12 GB card; not reproducible on Linux"), "setup")
+    ledger.add("Both methods yield comparable generation quality", "comparable",
+               not_testable("no generation-quality evaluation (the held-out loss is compared instead)"), "setup")
+    ledger.add("For models above 7B QLoRA becomes essential", "> 7B",
+               not_testable("no model above 2B is built here; paper_memory gives the per-parameter weight bytes to extrapolate"),
+               "paper_memory")
+    return ledger
 
 
 def headline(lm: pd.DataFrame, dm: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
+    """Per model and arm, means over seeds: steps/s, peak memory (MiB), held-out loss before and after training."""
     rows = []
     for model, table in ((p["lm_model"], lm), (p["diffusion_model"], dm)):
-        for _, r in table.iterrows():
-            rows.append({"model": model, "arm": r["arm"], "steps_per_s": r["steps_per_s"], "peak_memory_mib": r["peak_memory_mib"],
-                         "final_train_loss": r["final_train_loss"], "eval_loss": r["eval_loss"],
-                         "adapter_fp32_bytes": r.get("adapter_fp32_bytes", np.nan), "adapter_fp16_bytes": r.get("adapter_fp16_bytes", np.nan)})
+        for arm, r in arm_means(table).iterrows():
+            rows.append({"model": model, "arm": arm, "seeds": int((table["arm"] == arm).sum()), "steps_per_s": r["steps_per_s"],
+                         "peak_memory_mib": r["peak_memory_mib"], "initial_eval_loss": r["initial_eval_loss"],
+                         "eval_loss": r["eval_loss"], "adapter_fp32_bytes": r.get("adapter_fp32_bytes", np.nan),
+                         "adapter_fp16_bytes": r.get("adapter_fp16_bytes", np.nan)})
     return pd.DataFrame(rows)
 
 
 def metrics(lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFrame) -> dict[str, float]:
-    """Flat numbers for ``dvc metrics``: steps/s, MiB, nats per token (LM) or MSE (UNet), bytes."""
+    """Flat numbers for ``dvc metrics`` (means over seeds): steps/s, MiB, nats per token (LM) or MSE (UNet), bytes."""
     out: dict[str, float] = {}
     for prefix, table in (("lm", lm), ("unet", dm)):
-        for _, r in table.iterrows():
+        for arm, r in arm_means(table).iterrows():
             for k in ("steps_per_s", "peak_memory_mib", "final_train_loss", "eval_loss"):
-                out[f"{prefix}_{r['arm']}_{k}"] = r[k]
+                out[f"{prefix}_{arm}_{k}"] = float(r[k])
     for _, r in adapters.iterrows():
         key = "gemma2_2b" if "gemma" in r["model"] else "sd15_unet"
         out[f"{key}_adapter_fp32_bytes"] = r["fp32_file_bytes"]
@@ -211,7 +324,7 @@ def reload_sentence(lm: pd.DataFrame) -> str:
 
 def finding(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFrame, memory: pd.DataFrame) -> str:
     """The report's opening paragraph, written from the measured tables."""
-    by, d = lm.set_index("arm"), dm.set_index("arm")
+    by, d = arm_means(lm), arm_means(dm)
     g = adapters.iloc[0]
     gm = memory[memory["model"] == "google/gemma-2-2b"].set_index("storage")["GB"]
     um = memory[memory["model"] == "SD 1.5 UNet"].set_index("storage")["GB"]
@@ -220,7 +333,7 @@ def finding(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame, adapters: pd.DataFr
         f"On `{s['lm_model']}` LoRA ran at {by.loc['lora', 'steps_per_s']:.3g} steps/s and QLoRA at "
         f"{by.loc['qlora', 'steps_per_s']:.3g} ({by.loc['lora', 'steps_per_s'] / by.loc['qlora', 'steps_per_s']:.2f}x), with peak "
         f"memory {by.loc['lora', 'peak_memory_mib']:.0f} vs {by.loc['qlora', 'peak_memory_mib']:.0f} MiB "
-        f"({by.loc['lora', 'memory_kind']}); held-out loss after {s['lm_steps']} steps {by.loc['lora', 'eval_loss']:.4f} vs "
+        f"({lm['memory_kind'].iloc[0]}); held-out loss after {s['lm_steps']} steps {by.loc['lora', 'eval_loss']:.4f} vs "
         f"{by.loc['qlora', 'eval_loss']:.4f}.",
         f"On the `{s['diffusion_model']}` UNet: {d.loc['lora', 'steps_per_s']:.3g} vs {d.loc['qlora', 'steps_per_s']:.3g} steps/s, "
         f"{d.loc['lora', 'peak_memory_mib']:.0f} vs {d.loc['qlora', 'peak_memory_mib']:.0f} MiB.",

@@ -32,28 +32,31 @@ from fedpeft.quantization import nf4 as qlora
 from fedpeft.training import diffusion, sft
 
 
-def run_specs(s: Settings) -> list[RunSpec]:  # noqa: ARG001 - the plan does not depend on the settings
-    """``lm-lora``, ``lm-qlora``, ``unet-lora``, ``unet-qlora``."""
-    return [RunSpec(f"{kind}-{arm}", {"arm": arm}, kind) for kind in ("lm", "unet") for arm in ARMS]
+def run_specs(s: Settings) -> list[RunSpec]:
+    """``<lm|unet>-<lora|qlora>-s<seed>`` for each of ``seeds``: the seed draws the adapters' initial weights and the
+    batch order; the data, its split and the base model come from ``seed`` and are the same in every run."""
+    first = s["seeds"][0]
+    return [RunSpec(f"{kind}-{arm}-s{seed}", {"arm": arm, "seed": seed} | ({"sample": arm == "lora" and seed == first} if kind == "unet" else {}), kind)
+            for kind in ("lm", "unet") for seed in s["seeds"] for arm in ARMS]
 
 
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:  # noqa: ARG001 - no progress bars here
     if s["torch_threads"]:
         torch.set_num_threads(s["torch_threads"])
-    arm = spec.args["arm"]
+    arm, seed = spec.args["arm"], spec.args["seed"]
     if spec.kind == "lm":
         data = prepare_lm(s)
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_lm_arm(s, data, arm, Path(tmp))
+            result = run_lm_arm(s, data, arm, Path(tmp), seed)
         extra = {"pairs": data.pairs, "train_pairs": len(data.train), "eval_pairs": len(data.eval),
                  "first_pair_rendered": instruct.render(lm_pairs(s)[0], data.tokenizer)[:600]}
         arrays = {}
     else:
         ddata = prepare_diffusion(s)
-        result = run_diffusion_arm(s, ddata, arm)
+        result = run_diffusion_arm(s, ddata, arm, seed)
         extra = {"images": ddata.images, "first_caption": ddata.captions[0]}
-        arrays = {"sample": diffusion_sample(s, ddata, result["unet"])} if arm == "lora" else {}
-    scalars = {k: v for k, v in result.items() if k not in ("records", "weights", "unet", "nf4")} | extra
+        arrays = {"sample": diffusion_sample(s, ddata, result["unet"])} if spec.args["sample"] else {}
+    scalars = {k: v for k, v in result.items() if k not in ("records", "weights", "unet", "nf4")} | extra | {"seed": seed}
     tables = {"steps": pd.DataFrame(result["records"]), "weights": result["weights"], "nf4": pd.DataFrame([result["nf4"]])}
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables, arrays)
 
@@ -101,10 +104,10 @@ def prepare_lm(s: Settings) -> LMData:
                   instruct.tokenize_pairs(held, tokenizer, s["max_length"]), len(train) + len(held))
 
 
-def lm_adapter_model(s: Settings, data: LMData, arm: str) -> nn.Module:
+def lm_adapter_model(s: Settings, data: LMData, arm: str, seed: int) -> nn.Module:
     base = sft.load_for_arm(data.base_dir, arm, DTYPES[s["compute_dtype"]], DTYPES[s["base_dtype"]], s["double_quant"])
-    torch.manual_seed(s["seed"])
-    return attach_lora(base, s["lora_rank"], s["lora_alpha"], s["lora_dropout"], s["target_modules"], seed=s["seed"],
+    torch.manual_seed(seed)
+    return attach_lora(base, s["lora_rank"], s["lora_alpha"], s["lora_dropout"], s["target_modules"], seed=seed,
                        task_type="CAUSAL_LM")
 
 
@@ -120,35 +123,37 @@ def speed_summary(records: list[dict[str, float]], warm_steps: int) -> dict[str,
 DTYPES_SAVE = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path) -> dict[str, Any]:
-    """Load, train ``lm_steps`` steps, evaluate, save the adapter in fp32 and fp16 and reload the fp16 copy."""
+def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path, seed: int) -> dict[str, Any]:
+    """Load, evaluate (before any update: the arms' bases differ once NF4 re-quantizes them), train ``lm_steps``
+    steps, evaluate, save the adapter in fp32 and fp16 and reload the fp16 copy."""
     autocast = DTYPES[s["compute_dtype"]] if (arm == "lora" and s["base_dtype"] == "bf16") else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with measure(device) as m:
-        model = lm_adapter_model(s, data, arm)
+        model = lm_adapter_model(s, data, arm, seed)
         if device == "cuda" and arm == "lora":
             model.to(device)
         trainer = sft.SFTTrainer(s["lm_steps"], s["grad_accum"], s["learning_rate"], s["warmup_ratio"], autocast)
-        trainer.train(model, data.train, torch.Generator().manual_seed(s["seed"]))
+        initial_eval_loss = trainer.evaluate(model, data.eval).loss
+        trainer.train(model, data.train, torch.Generator().manual_seed(seed))
         records = trainer.records
     eval_loss = trainer.evaluate(model, data.eval).loss
     sizes = {dt: sft.save_adapter_copy(model, work_dir / f"{arm}_{dt}", DTYPES_SAVE[dt]) for dt in DTYPES_SAVE}
     adapter_dtype = str(next(p.dtype for n, p in model.named_parameters() if p.requires_grad)).removeprefix("torch.")
-    reload_error = fp16_reload_error(s, data, arm, model, work_dir / f"{arm}_fp16")
+    reload_error = fp16_reload_error(s, data, arm, model, work_dir / f"{arm}_fp16", seed)
     trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
     last = records[-max(1, len(records) // 4):]
     return {"arm": arm, **speed_summary(records, s["warm_steps"]), "peak_memory_mib": m.peak_memory_bytes / 2**20,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),
-            "eval_loss": eval_loss, "adapter_fp32_bytes": sizes["fp32"], "adapter_fp16_bytes": sizes["fp16"],
+            "initial_eval_loss": initial_eval_loss, "eval_loss": eval_loss, "adapter_fp32_bytes": sizes["fp32"], "adapter_fp16_bytes": sizes["fp16"],
             "adapter_dtype_in_training": adapter_dtype, "fp16_reload_max_abs_diff": reload_error,
             "trainable": trainable, "total": total, "records": records, "weights": qlora.weight_bytes_by_layer_type(model),
             "nf4": qlora.nf4_measured_vs_formula(model)}
 
 
 @torch.no_grad()
-def fp16_reload_error(s: Settings, data: LMData, arm: str, model: nn.Module, folder: Path) -> float:
+def fp16_reload_error(s: Settings, data: LMData, arm: str, model: nn.Module, folder: Path, seed: int) -> float:
     """Largest absolute logit difference between the trained model and a fresh one loaded with the fp16 copy."""
-    fresh = lm_adapter_model(s, data, arm)
+    fresh = lm_adapter_model(s, data, arm, seed)
     sft.load_adapter_copy(fresh, folder)
     ids = data.eval[0][: min(64, len(data.eval[0]))].unsqueeze(0)
     model.eval()
@@ -181,25 +186,27 @@ def prepare_diffusion(s: Settings) -> DiffusionData:
                          captions, len(images))
 
 
-def run_diffusion_arm(s: Settings, data: DiffusionData, arm: str) -> dict[str, Any]:
+def run_diffusion_arm(s: Settings, data: DiffusionData, arm: str, seed: int) -> dict[str, Any]:
     """LoRA on the UNet's attention projections; for ``qlora`` every linear layer of the UNet is NF4 first."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with measure(device) as m:
         unet = copy.deepcopy(data.components.unet)
         if arm == "qlora":
             qlora.quantize_linear_layers(unet, DTYPES[s["compute_dtype"]], s["double_quant"])
-        torch.manual_seed(s["seed"])  # the adapters' gaussian init: the same for both arms, whatever ran before
+        torch.manual_seed(seed)  # the adapters' gaussian init: the same for both arms, whatever ran before
         diffusion.attach_unet_lora(unet, s["unet_lora_rank"], s["unet_lora_alpha"])
         trainer = diffusion.DiffusionTrainer(data.components.scheduler, s["diffusion_steps"], s["diffusion_batch"], s["diffusion_lr"])
         images = diffusion.LatentCaptions(data.latents, data.text)
-        trainer.train(unet, images, torch.Generator().manual_seed(s["seed"]))
+        initial_eval_loss = trainer.evaluate(unet, images).loss
+        trainer.train(unet, images, torch.Generator().manual_seed(seed))
         records = trainer.records
     eval_loss = trainer.evaluate(unet, images).loss
     trainable, total = count_parameters(unet, trainable_only=True), count_parameters(unet)
     last = records[-max(1, len(records) // 4):]
     return {"arm": arm, **speed_summary(records, s["warm_steps"]), "peak_memory_mib": m.peak_memory_bytes / 2**20,
             "memory_kind": m.memory_kind, "final_train_loss": float(np.mean([r["loss"] for r in last])),
-            "eval_loss": eval_loss, "trainable": trainable, "total": total, "records": records, "unet": unet,
+            "initial_eval_loss": initial_eval_loss, "eval_loss": eval_loss, "trainable": trainable, "total": total,
+            "records": records, "unet": unet,
             "weights": qlora.weight_bytes_by_layer_type(unet), "nf4": qlora.nf4_measured_vs_formula(unet)}
 
 

@@ -45,12 +45,13 @@ SCHEMA: dict[str, Spec] = {
     "unet_lora_rank": Spec(int, low=1, high=4096),
     "unet_lora_alpha": Spec(float, low=1e-3),
     "sample_steps": Spec(int, low=1, doc="DDIM steps of the sample image"),
-    "seed": Spec(int),
+    "seed": Spec(int, doc="seed of the data, its split and the generated base models: the same in every run"),
+    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="one run per arm and seed: adapter init and batch order"),
     "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
 }
 
 #: No key decides which runs exist (always the two arms on each model) or is read by the report alone.
-PLAN_KEYS: frozenset[str] = frozenset()
+PLAN_KEYS: frozenset[str] = frozenset({"seeds"})
 REPORT_KEYS: frozenset[str] = frozenset()
 #: Keys only one kind of run reads: a language-model setting reruns the two LM arms, a UNet setting the two UNet arms.
 KIND_KEYS = {

@@ -42,7 +42,7 @@ from fedpeft.training.head import FeatureSet, FeatureViews, HeadTrainer, inverse
 
 #: Settings that change the cached features (and the splits they come from).
 FEATURE_KEYS = ("source", "generated_fields", "weedsgalore_dir", "image_size", "tile_grid", "min_plant_fraction",
-                "val_fraction", "test_fraction", "backbone", "backbone_checkpoint", "views")
+                "val_fraction", "test_fraction", "folds", "backbone", "backbone_checkpoint", "views")
 SAMPLE_IMAGES = 12  # training samples kept (at most 96 px) for the report's image grid
 
 
@@ -57,20 +57,28 @@ def run_specs(s: Settings) -> list[RunSpec]:
     return specs + [RunSpec(run_id(r), asdict(r), "run") for r in planned_runs(s)]
 
 
+def fold_of(s: Settings, seed: int) -> int:
+    """The test fold of a run with ``seed`` (0 when ``folds`` is 0: the fixed split)."""
+    return seed % s["folds"] if s["folds"] else 0
+
+
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     if s["torch_threads"]:
         torch.set_num_threads(s["torch_threads"])
-    splits = load_splits(s)
+    fold = 0 if spec.kind == "setup" else fold_of(s, spec.args["seed"])
+    samples = load_samples(s)
+    splits = split_samples(s, samples, fold)
     backbone = make_backbone(s, splits)
-    feats = cached_features(s, backbone, splits, progress)
+    feats = cached_features(s, backbone, splits, fold, progress)
     if spec.kind == "setup":
-        return _setup_record(s, spec, splits, backbone, feats)
+        return _setup_record(s, spec, samples, splits, backbone, feats)
     result = run(s, feats, backbone, ScenarioRun(**spec.args), progress=False)
-    scalars = {k: v for k, v in result.items() if k != "history"}
-    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, {"history": result["history"]})
+    scalars = {k: v for k, v in result.items() if k not in ("history", "test_predictions")} | {"fold": fold}
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars,
+                     {"history": result["history"], "test_predictions": result["test_predictions"]})
 
 
-def _setup_record(s: Settings, spec: RunSpec, splits, backbone: Backbone, feats) -> RunRecord:
+def _setup_record(s: Settings, spec: RunSpec, samples, splits, backbone: Backbone, feats) -> RunRecord:
     a = spec.args
     shown = splits.train.subset(list(range(min(SAMPLE_IMAGES, len(splits.train)))))
     images = shown.images
@@ -81,7 +89,9 @@ def _setup_record(s: Settings, spec: RunSpec, splits, backbone: Backbone, feats)
                "full_model_params": count_parameters(backbone.full_model), "full_model_bytes": full_model_bytes(backbone),
                "sample_labels": [shown.class_names[int(y)] for y in shown.labels]}
     memory = farmer_memory(s, backbone, splits, a["arm"], a["rank"])
-    tables = {"splits": split_table(splits), "cache": cache_table(feats), "farmer_memory": pd.DataFrame([memory]),
+    folds = range(s["folds"]) if s["folds"] else [0]
+    split_tables = pd.concat([split_table(split_samples(s, samples, f)).assign(fold=f) for f in folds], ignore_index=True)
+    tables = {"splits": split_tables, "cache": cache_table(feats), "farmer_memory": pd.DataFrame([memory]),
               "step_cost": pd.DataFrame([step_cost(s, backbone, splits, feats, a["arm"], a["rank"])]),
               "seed_architecture": seed_architecture(a["arch_ranks"])}
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables, {"samples": images.numpy()})
@@ -104,23 +114,50 @@ def _field_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[list, 
     return sorted(order[k:]), sorted(order[:k])
 
 
-def load_splits(s: Settings) -> Splits:
-    """Train / validation / test samples; whole fields go to one split (a field's tiles never straddle two)."""
+def load_samples(s: Settings) -> weeds.FieldSamples | Splits:
+    """Every sample of the profile's source (WeedsGalore: its own three splits, already apart)."""
     p = s.params
     if p["source"] == "generated":
-        data = weeds.load_generated(p["generated_fields"], p["image_size"], seed=0, min_plant_fraction=p["min_plant_fraction"])
-        rest, test = _field_split(data.groups, p["test_fraction"], seed=0)
-        train, val = _field_split(np.asarray(rest), p["val_fraction"], seed=1)
-        return Splits(data.in_groups(train), data.in_groups(val), data.in_groups(test))
+        return weeds.load_generated(p["generated_fields"], p["image_size"], seed=0, min_plant_fraction=p["min_plant_fraction"])
     if p["source"] == "cwfid":
-        root = s.data_root / "cwfid"
-        split = weeds.cwfid_split(root)
-        data = weeds.load_cwfid(root, p["image_size"], tuple(p["tile_grid"]), p["min_plant_fraction"])
-        train, val = _field_split(np.asarray(split["train"]), p["val_fraction"], seed=1)
-        return Splits(data.in_groups(train), data.in_groups(val), data.in_groups(split["test"]))
+        return weeds.load_cwfid(s.data_root / "cwfid", p["image_size"], tuple(p["tile_grid"]), p["min_plant_fraction"])
     root = s.data_root / p["weedsgalore_dir"]
     load_split = lambda name: weeds.load_weedsgalore(root, name, p["image_size"], weeds.SEED_CLASS_MAP, p["min_plant_fraction"])  # noqa: E731
     return Splits(load_split("train"), load_split("val"), load_split("test"))
+
+
+def field_folds(groups: np.ndarray, folds: int) -> list[list]:
+    """``folds`` disjoint sets of fields covering every field once (shuffled with a fixed seed, sizes differ by at most 1)."""
+    fields = sorted(set(groups.tolist()))
+    if folds > len(fields):
+        raise ValueError(f"folds = {folds} is more than the {len(fields)} fields; use at most {len(fields)}")
+    order = [fields[i] for i in np.random.default_rng(0).permutation(len(fields))]
+    return [sorted(order[i::folds]) for i in range(folds)]
+
+
+def split_samples(s: Settings, samples: weeds.FieldSamples | Splits, fold: int = 0) -> Splits:
+    """Train / validation / test samples; whole fields go to one split (a field's tiles never straddle two). With
+    ``folds`` k >= 2, fold ``fold`` of the fields is the test set; otherwise the source's fixed test split (CWFID: the
+    authors' test ids; generated: ``test_fraction`` of the fields). Validation is ``val_fraction`` of the rest."""
+    p = s.params
+    if isinstance(samples, Splits):
+        return samples
+    if p["folds"]:
+        test = field_folds(samples.groups, p["folds"])[fold]
+        rest = np.asarray(sorted(set(samples.groups.tolist()) - set(test)))
+    elif p["source"] == "cwfid":
+        split = weeds.cwfid_split(s.data_root / "cwfid")
+        test, rest = split["test"], np.asarray(split["train"])
+    else:
+        rest, test = _field_split(samples.groups, p["test_fraction"], seed=0)
+        rest = np.asarray(rest)
+    train, val = _field_split(rest, p["val_fraction"], seed=1)
+    return Splits(samples.in_groups(train), samples.in_groups(val), samples.in_groups(test))
+
+
+def load_splits(s: Settings, fold: int = 0) -> Splits:
+    """:func:`split_samples` of :func:`load_samples`."""
+    return split_samples(s, load_samples(s), fold)
 
 
 def split_table(splits: Splits) -> pd.DataFrame:
@@ -170,10 +207,11 @@ def feature_digest(s: Settings) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached_features(s: Settings, backbone: Backbone, splits: Splits, progress: bool = True) -> Features:
-    """:func:`cache_features`, computed once per feature settings and kept in the cache folder (tensors, loaded with
-    ``weights_only=True``); its ``cache`` stats are those of the build, so the report shows what building cost."""
-    path = s.cache_dir / "features" / EXPERIMENT / f"{feature_digest(s)}.pt"
+def cached_features(s: Settings, backbone: Backbone, splits: Splits, fold: int = 0, progress: bool = True) -> Features:
+    """:func:`cache_features`, computed once per feature settings and test fold and kept in the cache folder (tensors,
+    loaded with ``weights_only=True``); its ``cache`` stats are those of the build, so the report shows what building
+    cost."""
+    path = s.cache_dir / "features" / EXPERIMENT / (f"{feature_digest(s)}-fold{fold}.pt" if s["folds"] else f"{feature_digest(s)}.pt")
     if path.is_file():
         try:
             d = torch.load(path, weights_only=True)
@@ -245,6 +283,8 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
                            description=spec.label, network=net if spec.heterogeneous else None)
     head.load_state_dict(result.final_state, strict=False)
     test = trainer.evaluate(head, feats.test)
+    with torch.no_grad():
+        predicted = head(feats.test.features.to(trainer.torch_device)).float().argmax(1).cpu()
     simulated = net.round_seconds(result.client_history, result.ledger.frame(), [c.cid for c in clients])
     history = result.history.assign(**{k: v for k, v in vars(spec).items()}, label=spec.label)
     history = history.merge(simulated[["round", "simulated_s"]], on="round", how="left")
@@ -252,7 +292,8 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
     ledger = result.ledger.frame()
     trainable = [p for p in head.parameters() if p.requires_grad]
     return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps,
-            "history": history, "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+            "history": history, "test_predictions": pd.DataFrame({"label": feats.test.labels.numpy(), "predicted": predicted.numpy()}),
+            "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             "adapter_params": sum(p.numel() for p in trainable), "effective_update_rank": effective_update_rank(head),
             "payload_bytes": int(ledger.loc[ledger["direction"] == "up", "bytes"].iloc[0]) if (ledger["direction"] == "up").any() else 0,
             "messages": len(ledger), "total_bytes": int(ledger["bytes"].sum()), "syncs": rounds,

@@ -25,7 +25,9 @@ SCHEMA: dict[str, Spec] = {
     "tile_grid": Spec(list, item=int, min_items=2, doc="[rows, cols] tiles per CWFID image"),
     "min_plant_fraction": Spec(float, low=0.0, high=1.0, doc="tiles with less plant area have no dominant plant"),
     "val_fraction": Spec(float, low=0.05, high=0.5, doc="share of training fields held out for validation"),
-    "test_fraction": Spec(float, low=0.05, high=0.5, doc="share of fields for the test set (source=generated)"),
+    "test_fraction": Spec(float, low=0.05, high=0.5, doc="share of fields for the test set (source=generated, folds=0)"),
+    "folds": Spec(int, low=0, high=100, doc="0: one fixed test split; k >= 2: k-fold over fields, the run of seed s tests on "
+                                            "fold s mod k, so k seeds test every sample once (not for weedsgalore)"),
     "backbone": Spec(str, choices=BACKBONES),
     "backbone_checkpoint": Spec(str, nullable=True, doc="a YOLO .pt file under the data root (paper: yolo11s-cls.pt); null: yaml weights"),
     "views": Spec(int, low=1, high=256, doc="augmented views cached per training image"),
@@ -82,6 +84,9 @@ REPORT_KEYS = frozenset({"price_idr_per_mb", "usd_per_idr", "economics_farmers",
 
 def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
+    if s["folds"] == 1 or (s["folds"] and s["source"] == "weedsgalore"):
+        raise ValueError(f"{EXPERIMENT}.folds = {s['folds']} is not allowed with source = {s['source']!r}: use 0 (one fixed "
+                         "split) or k >= 2 folds over fields of source generated or cwfid (WeedsGalore has its own split)")
     if len(s["tile_grid"]) != 2:
         raise ValueError(f"{EXPERIMENT}.tile_grid = {s['tile_grid']!r} is not allowed; it must be [rows, cols]")
     return s

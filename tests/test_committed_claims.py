@@ -1,0 +1,51 @@
+"""The committed reports: every claims table holds only the engine's verdict words, each row with its rule and an
+evidence file that exists beside it; every report opens with what ran and ends with its limitations; each
+profile's summary tallies every experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedpeft.core.config import REPO_ROOT
+from fedpeft.reporting.claims import VERDICTS
+
+REPORT_DIRS = sorted(p.parent for p in (REPO_ROOT / "reports").glob("*/*/claims.csv"))
+
+
+def test_there_are_committed_claims_tables():
+    assert {p.parent.name for p in REPORT_DIRS} >= {"embedded"}
+    assert len([p for p in REPORT_DIRS if p.parent.name == "embedded"]) == 5
+
+
+@pytest.mark.parametrize("folder", REPORT_DIRS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_claims_table_uses_engine_verdicts_with_rule_and_evidence(folder: Path):
+    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)
+    assert len(claims) > 0
+    bad = sorted(set(claims["verdict"]) - set(VERDICTS))
+    assert not bad, f"{folder}: verdict words {bad} are not the engine's {list(VERDICTS)}"
+    for col in ("claim", "seed", "study", "rule", "evidence", "evidence_file"):
+        empty = claims.loc[claims[col].astype(str).str.strip() == "", "claim"].tolist()
+        assert not empty, f"{folder}: rows without {col}: {empty}"
+    missing = [f for f in claims["evidence_file"] if not (folder / f).is_file()]
+    assert not missing, f"{folder}: evidence files missing: {missing}"
+    assert (claims["profile"] == folder.parent.name).all() and (claims["experiment"] == folder.name).all()
+
+
+@pytest.mark.parametrize("folder", REPORT_DIRS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_report_opens_with_what_ran_and_ends_with_limitations(folder: Path):
+    text = (folder / "report.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## What ran against the seed"
+    assert headings[-1] == "## Limitations"
+
+
+@pytest.mark.parametrize("profile", sorted({p.parent.name for p in REPORT_DIRS}))
+def test_summary_tallies_every_experiment(profile: str):
+    text = (REPO_ROOT / "reports" / profile / "SUMMARY.md").read_text()
+    for folder in (p for p in REPORT_DIRS if p.parent.name == profile):
+        claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)
+        row = next(line for line in text.splitlines() if line.startswith(f"| {folder.name} "))
+        assert f" {len(claims)} |" in row, f"{profile} summary row of {folder.name} does not count its {len(claims)} claims"
