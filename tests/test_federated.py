@@ -170,3 +170,31 @@ def test_sampling_fraction():
 def test_bad_round_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RoundConfig(**kwargs)
+
+
+def test_client_states_kept_on_disk_give_identical_results_and_leave_memory_empty(tmp_path):
+    from torch import nn
+
+    from fedpeft.models.head import adapted_head, base_head
+    from fedpeft.training.head import FeatureSet, FeatureViews, HeadTrainer
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(30) % 3
+    features = torch.randn(30, 2, 16, generator=g) + labels[:, None, None]
+    clients = [Client(f"f{i}", FeatureViews(features[i::3], labels[i::3])) for i in range(3)]
+    config = RoundConfig(num_rounds=3, exchange="trainable", evaluate_clients=False)
+
+    def go(**kw):
+        torch.manual_seed(0)
+        head = adapted_head(base_head(nn.Linear(16, 3), 0.0), "lora", 2, 4, 0.0, seed=0)
+        trainer = HeadTrainer(local_steps=2, rounds=3, batch_size=4, lr=0.05)  # AdamW moments carry across rounds
+        return run_federated(head, clients, FedAvg(), trainer, config, server_test=FeatureSet(features[:, 0], labels),
+                             progress=False, **kw), trainer
+
+    (in_memory, t1), (on_disk, t2) = go(), go(client_state_dir=tmp_path)
+    for k, v in in_memory.final_state.items():
+        assert torch.equal(on_disk.final_state[k], v), k
+    assert len(t1.state_dict()) == 3 and t2.state_dict() == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.pt", "1.pt", "2.pt"]
+    with pytest.raises(ValueError, match="client_state_dir and checkpoint_path cannot be used together"):
+        go(client_state_dir=tmp_path, checkpoint_path=tmp_path / "ckpt.pt")

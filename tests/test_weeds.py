@@ -353,3 +353,36 @@ def test_folds_are_validated(overrides, message):
 
     with pytest.raises(ValueError, match=message):
         load("embedded", overrides)
+
+
+def test_simulated_farmers_hold_their_own_samples_and_are_reproducible():
+    from fedpeft.experiments.weeds_qlora_federated.runs import Features, simulated_farmers
+
+    feats = Features(torch.arange(10.0)[:, None, None].expand(10, 2, 3).clone(), torch.arange(10) % 2, np.arange(10),
+                     FeatureSet(torch.zeros(1, 3), torch.tensor([0])), FeatureSet(torch.zeros(1, 3), torch.tensor([0])), 2, [])
+    farmers = simulated_farmers(feats, 25, 4, seed=0)  # more farmers than samples: they may share samples
+    assert len(farmers) == 25 and all(len(f.train) == 4 for f in farmers)
+    for f in farmers:
+        ids = f.train.features[:, 0, 0].long()
+        assert len(set(ids.tolist())) == 4  # drawn without replacement within a farmer
+        assert torch.equal(f.train.labels, ids % 2)  # each sample keeps its own label
+        assert f.train.features.untyped_storage().data_ptr() != feats.train.untyped_storage().data_ptr()
+    again = simulated_farmers(feats, 25, 4, seed=0)
+    assert all(torch.equal(a.train.features, b.train.features) for a, b in zip(farmers, again, strict=True))
+    with pytest.raises(ValueError, match=r"samples_per_farmer = 11 is not allowed; it must be in \[1, 10\]"):
+        simulated_farmers(feats, 2, 11, seed=0)
+
+
+def test_deployment_scenarios_are_planned_beside_the_in_process_runs():
+    from fedpeft.experiments.weeds_qlora_federated.runs import run_specs
+    from fedpeft.experiments.weeds_qlora_federated.settings import load
+
+    s = load("embedded", {"deployment_scenarios": ["diloco"], "seeds": [0, 1]})
+    ids = [spec.run_id for spec in run_specs(s)]
+    assert [i for i in ids if "deployment" in i] == ["diloco-qlora-r4-fp32-uneven-deployment-s0",
+                                                     "diloco-qlora-r4-fp32-uneven-deployment-s1"]
+    assert "diloco-qlora-r4-fp32-uneven-s0" in ids  # the same scenario in-process, for the comparison
+    on_deployment = run_specs(load("embedded", {"engine": "deployment", "fp16_transport": False, "seeds": [0]}))
+    assert all(spec.args["engine"] == "deployment" for spec in on_deployment[1:])
+    with pytest.raises(ValueError, match="fp16_transport = true is not allowed with engine = 'flower'"):
+        load("embedded", {"engine": "flower"})

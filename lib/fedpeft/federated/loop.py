@@ -273,6 +273,7 @@ def run_federated(
     description: str = "rounds",
     stop_after_round: int | None = None,
     network: NetworkModel | None = None,
+    client_state_dir: Path | None = None,
 ) -> FederatedResult:
     """Run ``config.num_rounds`` rounds of federated training starting from ``model``'s weights.
 
@@ -280,7 +281,13 @@ def run_federated(
     resumes after its last round. ``stop_after_round`` ends the call early (to simulate an interruption).
     ``network``: farmers that it says drop out of a round download the global model but never report; the
     round aggregates those that report (with none, the global model stays as it was).
+    ``client_state_dir``: each client's trainer state (the weeds head's AdamW moments) is written there after its
+    update and dropped from memory, and read back at its next one, so that memory does not grow with the number of
+    clients (identical results; not together with ``checkpoint_path``, whose checkpoint holds the states).
     """
+    if client_state_dir is not None and checkpoint_path is not None:
+        raise ValueError("client_state_dir and checkpoint_path cannot be used together: a checkpoint holds the trainer's "
+                         "client states in memory; use one of them")
     if not clients:
         raise ValueError("run_federated needs at least one client")
     empty = [c.cid for c in clients if c.num_examples == 0]
@@ -363,7 +370,15 @@ def run_federated(
                                     "update_norm": np.nan, "train_s": 0.0, "reported": False})
                 continue
             t0 = time.perf_counter()
+            if client_state_dir is not None:
+                saved = Path(client_state_dir) / f"{i}.pt"
+                trainer.load_client_state(c.cid, torch.load(saved, weights_only=True) if saved.is_file() else None)
             new_state, stats = client_update(work_model, received, c, i, round_, strategy, trainer, config.seed)
+            if client_state_dir is not None:
+                kept = trainer.client_state(c.cid)
+                if kept is not None:
+                    atomic_torch_save(kept, saved)
+                trainer.load_client_state(c.cid, None)
             client_train_s = time.perf_counter() - t0
             train_s += client_train_s
             t0 = time.perf_counter()

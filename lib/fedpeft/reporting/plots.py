@@ -151,3 +151,32 @@ def single_image(image, title: str):
     ax.set_title(title[:40], fontsize=8)
     ax.axis("off")
     return fig
+
+
+def measured_vs_modelled(rounds: pd.DataFrame):
+    """Seconds per round: measured on the deployment engine against the network model's prediction (with and without
+    its latency), per round; mean over seeds with a +/- 1 standard deviation band."""
+    long = rounds.melt(id_vars=["round", "seed"], value_vars=["measured_s", "modelled_s", "modelled_no_latency_s"],
+                       var_name="time", value_name="seconds")
+    fig, ax = plt.subplots()
+    sns.lineplot(data=long, x="round", y="seconds", hue="time", errorbar="sd", marker="o", ax=ax)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per round (log scale)")
+    return fig
+
+
+def scale_curve(scale: pd.DataFrame):
+    """Two panels against the number of farmers (log scale): seconds per round and peak memory (MiB), per engine;
+    the farmers' own data (MiB) drawn as a dashed line on the memory panel."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    sns.lineplot(data=scale, x="farmers", y="s_per_round", hue="engine", marker="o", ax=ax1)
+    sns.lineplot(data=scale, x="farmers", y="peak_mib", hue="engine", marker="o", ax=ax2, legend=False)
+    data = scale.drop_duplicates("farmers")
+    ax2.plot(data["farmers"], data["farmer_data_mib"], "k--", label="farmers' data")
+    ax2.legend(loc="upper left")
+    ax1.set_ylabel("seconds per round")
+    ax2.set_ylabel("peak memory (MiB, process tree)")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel("farmers")
+    return fig

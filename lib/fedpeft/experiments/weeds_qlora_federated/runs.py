@@ -73,9 +73,9 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     if spec.kind == "setup":
         return _setup_record(s, spec, samples, splits, backbone, feats)
     result = run(s, feats, backbone, ScenarioRun(**spec.args), progress=False)
-    scalars = {k: v for k, v in result.items() if k not in ("history", "test_predictions")} | {"fold": fold}
-    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars,
-                     {"history": result["history"], "test_predictions": result["test_predictions"]})
+    tables = {k: v for k, v in result.items() if isinstance(v, pd.DataFrame)}
+    scalars = {k: v for k, v in result.items() if k not in tables} | {"fold": fold}
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
 
 
 def _setup_record(s: Settings, spec: RunSpec, samples, splits, backbone: Backbone, feats) -> RunRecord:
@@ -153,11 +153,6 @@ def split_samples(s: Settings, samples: weeds.FieldSamples | Splits, fold: int =
         rest = np.asarray(rest)
     train, val = _field_split(rest, p["val_fraction"], seed=1)
     return Splits(samples.in_groups(train), samples.in_groups(val), samples.in_groups(test))
-
-
-def load_splits(s: Settings, fold: int = 0) -> Splits:
-    """:func:`split_samples` of :func:`load_samples`."""
-    return split_samples(s, load_samples(s), fold)
 
 
 def split_table(splits: Splits) -> pd.DataFrame:
@@ -261,6 +256,23 @@ def make_farmers(feats: Features, num_farmers: int, seed: int, local_steps: int,
     return clients
 
 
+def simulated_farmers(feats: Features, num_farmers: int, samples_per_farmer: int, seed: int) -> list[Client]:
+    """``num_farmers`` simulated farmers for scale studies (more farmers than the data has fields): each holds
+    ``samples_per_farmer`` training samples (every cached view of each) drawn without replacement from the training
+    split with ``(seed, farmer)``; different farmers may share a sample. Each farmer's features are its own copy, so
+    memory for data grows as ``num_farmers x samples_per_farmer x views x feature bytes``."""
+    n = len(feats.train_labels)
+    if num_farmers < 1:
+        raise ValueError(f"num_farmers = {num_farmers} is not allowed; it must be >= 1")
+    if not 1 <= samples_per_farmer <= n:
+        raise ValueError(f"samples_per_farmer = {samples_per_farmer} is not allowed; it must be in [1, {n}] (the training samples)")
+    clients = []
+    for f in range(num_farmers):
+        idx = torch.as_tensor(np.random.default_rng([seed, f, 29]).choice(n, samples_per_farmer, replace=False))
+        clients.append(Client(f"farmer_{f}", FeatureViews(feats.train[idx].clone(), feats.train_labels[idx].clone())))
+    return clients
+
+
 def network_model(s: Settings, spec: ScenarioRun) -> NetworkModel:
     return NetworkModel(s["bandwidth_mbps"], s["latency_s"], s["dropout_prob"] if spec.heterogeneous else 0.0, seed=spec.seed)
 
@@ -279,8 +291,21 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
         strategy = build_strategy("fedavg")
     net = network_model(s, spec)
     config = RoundConfig(num_rounds=rounds, seed=spec.seed, exchange="trainable", transport=spec.transport, evaluate_clients=False)
-    result = run_federated(head, clients, strategy, trainer, config, server_test=feats.val, progress=progress,
-                           description=spec.label, network=net if spec.heterogeneous else None)
+    deployment = None
+    if spec.engine == "deployment":
+        from fedpeft.federated.deployment.engine import run_deployment
+
+        deployment = run_deployment(head, clients, strategy, trainer, config, server_test=feats.val,
+                                    network=net if spec.heterogeneous else None, torch_threads=1)
+        result = deployment.result
+    elif spec.engine == "flower":
+        from fedpeft.federated.flower_engine import run_flower
+
+        result = run_flower(head, clients, strategy, trainer, config, server_test=feats.val,
+                            network=net if spec.heterogeneous else None)
+    else:
+        result = run_federated(head, clients, strategy, trainer, config, server_test=feats.val, progress=progress,
+                               description=spec.label, network=net if spec.heterogeneous else None)
     head.load_state_dict(result.final_state, strict=False)
     test = trainer.evaluate(head, feats.test)
     with torch.no_grad():
@@ -291,7 +316,17 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
     history["farmer_steps"] = history["round"] * local_steps
     ledger = result.ledger.frame()
     trainable = [p for p in head.parameters() if p.requires_grad]
-    return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps,
+    measured: dict[str, Any] = {}
+    if deployment is not None:
+        # the network model's prediction without latency, which tbf cannot shape: what the shaped links can confirm
+        unshapeable = NetworkModel(net.bandwidth_mbps, 0.0, net.dropout_prob, seed=net.seed)
+        bare = unshapeable.round_seconds(result.client_history, ledger, [c.cid for c in clients])
+        history = history.merge(bare[["round", "simulated_s"]].rename(columns={"simulated_s": "simulated_no_latency_s"}),
+                                on="round", how="left")
+        measured = {"shaped": deployment.shaped, "unshaped_reason": deployment.unshaped_reason or "",
+                    "link_rates_mbps": deployment.rates_mbps, "startup_s": deployment.startup_s,
+                    "message_bytes": deployment.messages, "link_bytes": deployment.link_bytes}
+    return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps, **measured,
             "history": history, "test_predictions": pd.DataFrame({"label": feats.test.labels.numpy(), "predicted": predicted.numpy()}),
             "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             "adapter_params": sum(p.numel() for p in trainable), "effective_update_rank": effective_update_rank(head),

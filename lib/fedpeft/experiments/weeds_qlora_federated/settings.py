@@ -17,6 +17,7 @@ EXPERIMENT = "weeds_qlora_federated"
 SEED_REPORT_FILE = "000_9acb0cb5a4275956.txt"
 SOURCES = ("generated", "cwfid", "weedsgalore")
 SCENARIOS = ("centralized", "fedavg", "diloco", "diloco_nesterov")
+ENGINES = ("inprocess", "flower", "deployment")
 SCHEMA: dict[str, Spec] = {
     "source": Spec(str, choices=SOURCES, doc="generated fields, CWFID tiles (local) or WeedsGalore (paper)"),
     "generated_fields": Spec(int, low=6, doc="fields generated for source=generated"),
@@ -55,6 +56,10 @@ SCHEMA: dict[str, Spec] = {
     "rank_sweep": Spec(list, item=int, doc="extra LoRA ranks on the FedAvg scenario"),
     "fp16_transport": Spec(bool, doc="also run FedAvg with adapters sent in fp16"),
     "heterogeneous_scenarios": Spec(list, item=str, choices=SCENARIOS, doc="scenarios rerun with uneven farmers"),
+    "engine": Spec(str, choices=ENGINES, doc="engine of the planned runs: the in-process loop, Flower's simulation, or "
+                                             "Flower's Deployment Engine (a SuperLink and one SuperNode per farmer)"),
+    "deployment_scenarios": Spec(list, item=str, choices=SCENARIOS[1:], doc="scenarios rerun with uneven farmers on the "
+                                 "deployment engine, each farmer behind a link shaped to its bandwidth (measured, not modelled)"),
     "step_fractions": Spec(list, item=float, min_items=1, doc="each farmer's share of the step budget, cycled"),
     "bandwidth_mbps": Spec(list, item=float, min_items=1, doc="farmers' links in Mbit/s, cycled"),
     "latency_s": Spec(float, low=0.0),
@@ -77,7 +82,8 @@ SEED = {
 
 
 #: Keys that decide which runs exist (a run's scenario, seed, adapter arm, rank and transport are in its spec).
-PLAN_KEYS = frozenset({"seeds", "arm", "lora_rank", "compare_arms", "rank_sweep", "fp16_transport", "heterogeneous_scenarios"})
+PLAN_KEYS = frozenset({"seeds", "arm", "lora_rank", "compare_arms", "rank_sweep", "fp16_transport", "heterogeneous_scenarios",
+                       "engine", "deployment_scenarios"})
 #: Keys only the report reads (the seed's economics).
 REPORT_KEYS = frozenset({"price_idr_per_mb", "usd_per_idr", "economics_farmers", "cycles_per_year"})
 
@@ -87,6 +93,9 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     if s["folds"] == 1 or (s["folds"] and s["source"] == "weedsgalore"):
         raise ValueError(f"{EXPERIMENT}.folds = {s['folds']} is not allowed with source = {s['source']!r}: use 0 (one fixed "
                          "split) or k >= 2 folds over fields of source generated or cwfid (WeedsGalore has its own split)")
+    if s["engine"] != "inprocess" and s["fp16_transport"]:
+        raise ValueError(f"{EXPERIMENT}.fp16_transport = true is not allowed with engine = {s['engine']!r}: the Flower engines "
+                         "carry fp32 only; set fp16_transport: false or engine: inprocess")
     if len(s["tile_grid"]) != 2:
         raise ValueError(f"{EXPERIMENT}.tile_grid = {s['tile_grid']!r} is not allowed; it must be [rows, cols]")
     return s
@@ -100,10 +109,11 @@ class ScenarioRun:
     rank: int
     transport: str = "fp32"
     heterogeneous: bool = False
+    engine: str = "inprocess"
 
     @property
     def label(self) -> str:
-        extra = [] if not self.heterogeneous else ["uneven"]
+        extra = ([] if not self.heterogeneous else ["uneven"]) + ([] if self.engine == "inprocess" else [self.engine])
         return " ".join([self.scenario, self.arm, f"r{self.rank}", self.transport, *extra])
 
 
@@ -112,15 +122,19 @@ def main_label(s: Settings, scenario: str) -> str:
 
 
 def planned_runs(s: Settings) -> list[ScenarioRun]:
-    """Every run of the notebook: the main scenarios, the adapter, rank and transport comparisons on FedAvg, and
-    the heterogeneous farmers; each for every seed."""
-    arm, rank = s["arm"], s["lora_rank"]
-    specs = [ScenarioRun(sc, seed, arm, rank) for sc in SCENARIOS for seed in s["seeds"]]
-    specs += [ScenarioRun("fedavg", seed, a, rank) for a in s["compare_arms"] if a != arm for seed in s["seeds"]]
-    specs += [ScenarioRun("fedavg", seed, arm, r) for r in s["rank_sweep"] if r != rank for seed in s["seeds"]]
+    """Every run of the notebook: the main scenarios, the adapter, rank and transport comparisons on FedAvg, the
+    heterogeneous farmers, and those rerun on the deployment engine over shaped links; each for every seed."""
+    arm, rank, engine = s["arm"], s["lora_rank"], s["engine"]
+    specs = [ScenarioRun(sc, seed, arm, rank, engine=engine) for sc in SCENARIOS for seed in s["seeds"]]
+    specs += [ScenarioRun("fedavg", seed, a, rank, engine=engine) for a in s["compare_arms"] if a != arm for seed in s["seeds"]]
+    specs += [ScenarioRun("fedavg", seed, arm, r, engine=engine) for r in s["rank_sweep"] if r != rank for seed in s["seeds"]]
     if s["fp16_transport"]:
-        specs += [ScenarioRun("fedavg", seed, arm, rank, "fp16") for seed in s["seeds"]]
-    specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True) for sc in s["heterogeneous_scenarios"] for seed in s["seeds"]]
+        specs += [ScenarioRun("fedavg", seed, arm, rank, "fp16", engine=engine) for seed in s["seeds"]]
+    specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine=engine) for sc in s["heterogeneous_scenarios"]
+              for seed in s["seeds"]]
+    if engine != "deployment":
+        specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine="deployment") for sc in s["deployment_scenarios"]
+                  for seed in s["seeds"]]
     return specs
 
 

@@ -1,0 +1,255 @@
+"""The deployment engine: the study's Flower App run as real processes, one SuperLink and one SuperNode per farmer.
+
+:func:`run_deployment` writes the job files (:mod:`.job`), makes the farmers' shaped links (:mod:`.links`: one
+network namespace per farmer, its veth capped with ``tbf`` at the farmer's rate), starts ``flower-superlink`` on the
+bridge's address, one ``flower-supernode`` inside each farmer's namespace, and submits ``flower_app/`` with
+``flwr run``. It returns the in-process loop's result type plus, per message, the bytes the ledger counts (the
+safetensors message), the bytes Flower carried (its arrays) and, per round and farmer, the bytes the link's kernel
+counters saw (everything on the wire: HTTP, TCP/IP, Flower's polling).
+
+Where namespaces cannot be made (not root, no ``ip``/``tc``), every process runs on loopback, unshaped, and the
+result says so (``shaped`` is False, ``unshaped_reason`` says why). Every process is started in its own process
+group and is stopped, with the namespaces removed, when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM).
+Insecure HTTP is used only because nothing leaves the machine; the README's "Running across machines" shows TLS
+and SuperNode authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import psutil
+from torch import nn
+
+from fedpeft.federated.deployment import job
+from fedpeft.federated.deployment.links import ShapedLinks, shaping_unavailable
+from fedpeft.federated.flower_bridge import FLOWER_ENV, RoundLog
+from fedpeft.federated.flower_engine import round_log_result
+from fedpeft.federated.ledger import CommunicationLedger
+from fedpeft.federated.loop import Client, FederatedResult, RoundConfig
+from fedpeft.federated.network import NetworkModel
+from fedpeft.federated.strategies import FedAvg
+from fedpeft.training.contract import Trainer
+
+#: The Flower App's folder (its pyproject.toml names the ServerApp and ClientApp in :mod:`.apps`).
+APP_DIR = Path(__file__).resolve().parents[4] / "flower_app"
+CONNECTION = "fedpeft-deployment"
+SUPERNODE_PORT = 9094  # each SuperNode's own runtime API (inside its namespace; on loopback, one port per node)
+
+
+@dataclass
+class DeploymentResult:
+    result: FederatedResult
+    shaped: bool
+    unshaped_reason: str | None
+    rates_mbps: list[float]  # per farmer (empty when unshaped)
+    messages: pd.DataFrame  # round, client, direction, ledger_bytes, flower_bytes
+    link_bytes: pd.DataFrame  # round, farmer, down, up: bytes each link carried in that round (empty when unshaped)
+    startup_s: float  # from the first process started until the run was submitted
+    log_dir: Path | None  # kept only when the run failed
+
+
+class _Processes:
+    """Processes started in their own process groups, stopped together."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process below
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc.log_file = log  # type: ignore[attr-defined]
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        """SIGTERM to every started process, its process group and every descendant (the SuperLink's SuperExec starts a
+        session of its own), SIGKILL to whatever is left after ``grace_s`` seconds."""
+        tree: list[psutil.Process] = []
+        for proc in self.started:
+            with suppress(psutil.NoSuchProcess):
+                tree += psutil.Process(proc.pid).children(recursive=True)
+        for proc in self.started:
+            _signal_group(proc, signal.SIGTERM)
+        for p in tree:
+            with suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for proc in self.started:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1 if not alive else 1.0)
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+            proc.log_file.close()  # type: ignore[attr-defined]
+        for p in alive:
+            with suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+        self.started = []
+
+    def failed(self) -> list[str]:
+        return [f"{Path(p.args[-1]).name if p.args else p.pid} exited with {p.returncode}" for p in self.started
+                if p.poll() is not None and p.returncode != 0]
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float, processes: _Processes) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if processes.failed():
+            raise RuntimeError(f"a Flower process stopped while starting: {processes.failed()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"the SuperLink did not listen on {host}:{port} within {timeout_s:.0f} s")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class _Interrupted(KeyboardInterrupt):
+    pass
+
+
+def run_deployment(
+    model: nn.Module,
+    clients: Sequence[Client],
+    strategy: FedAvg,
+    trainer: Trainer,
+    config: RoundConfig,
+    server_test: Any | None = None,
+    network: NetworkModel | None = None,
+    shape: bool = True,
+    torch_threads: int = 1,
+    timeout_s: float = 3600.0,
+    app_dir: Path = APP_DIR,
+) -> DeploymentResult:
+    """Run ``config.num_rounds`` rounds of ``strategy`` on Flower's Deployment Engine, one SuperNode per client.
+
+    ``network``: the farmers' rates (Mbit/s, cycled) shape their links when ``shape`` is set and namespaces can be
+    made, and its drop-out draws decide which farmers skip a round (as in the in-process loop); its latency cannot be
+    shaped (see :mod:`.links`). ``torch_threads``: torch threads of each ServerApp and ClientApp process (0: torch's
+    default). ``timeout_s``: wall-clock seconds before the run is stopped and an error raised. Fp32 transport only.
+    """
+    if config.transport != "fp32":
+        raise ValueError(f"transport = {config.transport!r} is not supported on the deployment engine; use 'fp32'")
+    if config.time_limit_s is not None:
+        raise ValueError("time_limit_s is not supported on the deployment engine; use timeout_s (an error, not a stop)")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s = {timeout_s!r} is not allowed; it must be > 0 seconds")
+    if not (app_dir / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"the Flower App is missing: {app_dir / 'pyproject.toml'} (the repository's flower_app/)")
+    # the ServerApp and ClientApp every Flower process will load: an import error shows here, not in a SuperNode's log
+    from fedpeft.federated.deployment import apps  # noqa: F401
+
+    clients = list(clients)
+    why_not = shaping_unavailable() if shape else "shaping was switched off (shape=False)"
+    rates = [float(network.bandwidth_mbps[i % len(network.bandwidth_mbps)]) for i in range(len(clients))] \
+        if network is not None else [1000.0] * len(clients)
+
+    work = Path(tempfile.mkdtemp(prefix="fedpeft-deployment-"))
+    os.chmod(work, 0o700)
+    job_dir, log_dir = work / "job", work / "logs"
+    log_dir.mkdir()
+    env = os.environ | FLOWER_ENV | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                                     "PYTHONUNBUFFERED": "1"}
+    bin_dir = Path(sys.executable).parent
+    processes = _Processes(log_dir)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
+            raise _Interrupted(f"signal {signum}")
+        previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    ok = False
+    try:
+        with ExitStack() as stack:
+            links = stack.enter_context(ShapedLinks(rates)) if why_not is None else None
+            host = links.server_address if links else "127.0.0.1"
+            interfaces = [link.host_if for link in links.links] if links else []
+            job.write_job(job_dir, model, clients, strategy, trainer, config, server_test, network, interfaces, torch_threads)
+            port = _free_port(host)
+            t0 = time.perf_counter()
+            processes.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", host, "--port", str(port),
+                                          "--disable-runtime-dependency-installation"], env | {"FLWR_HOME": str(work / "superlink")})
+            _wait_for_port(host, port, 60, processes)
+            for i in range(len(clients)):
+                node_port = SUPERNODE_PORT if links else _free_port("127.0.0.1")
+                cmd = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"{host}:{port}", "--port", str(node_port),
+                       "--node-config", f"partition-id={i} num-partitions={len(clients)}"]
+                processes.start(f"supernode-{i}", links.command_in(i, cmd) if links else cmd, env | {"FLWR_HOME": str(work / f"node-{i}")})
+            cli_home = work / "cli"
+            cli_home.mkdir()
+            (cli_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                                                  f'address = "{host}:{port}"\ninsecure = true\n')
+            startup_s = time.perf_counter() - t0
+            runner = processes.start("flwr-run", [str(bin_dir / "flwr"), "run", str(app_dir), CONNECTION, "--stream",
+                                                  "--run-config", f'job-dir="{job_dir}"'], env | {"FLWR_HOME": str(cli_home)})
+            deadline = time.monotonic() + timeout_s
+            result_file = job_dir / job.RESULT_FILE
+            while not result_file.is_file():
+                if runner.poll() is not None and not result_file.is_file():
+                    time.sleep(1.0)  # the result may land just after `flwr run` returns
+                    if result_file.is_file():
+                        break
+                    raise RuntimeError(f"`flwr run` ended (exit {runner.returncode}) without a result (all logs: {log_dir}); its log:\n"
+                                       f"{_tail(log_dir / 'flwr-run.log')}\n\nSuperLink log:\n{_tail(log_dir / 'superlink.log')}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the deployment run took longer than timeout_s = {timeout_s:.0f} s (all logs: {log_dir}); its log:\n"
+                                       f"{_tail(log_dir / 'flwr-run.log')}")
+                time.sleep(0.2)
+            out = job.read(result_file)
+            ok = True
+    finally:
+        processes.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # the job files (pickled data) always go; a failed run keeps its logs for the error message's reader
+        shutil.rmtree(work if ok else job_dir, ignore_errors=True)
+    return _collect(out, why_not, rates if why_not is None else [], startup_s)
+
+
+def _collect(out: dict, why_not: str | None, rates: list[float], startup_s: float) -> DeploymentResult:
+    log = RoundLog()
+    log.rows, log.client_rows = out["rows"], out["client_rows"]
+    log.ledger = CommunicationLedger.from_state_dict(out["ledger"])
+    result = round_log_result(log, out["final_state"], out["wall_s"])
+    ledger = result.ledger.frame().rename(columns={"bytes": "ledger_bytes"})
+    flower = pd.DataFrame(out["flower_bytes"])
+    messages = ledger.merge(flower, on=["round", "client", "direction"], how="left") if len(flower) else ledger
+    link = pd.DataFrame(out["link_bytes"])
+    if len(link):  # cumulative counters, read at each round's end -> bytes per round
+        link = link.sort_values(["farmer", "round"])
+        for d in ("down", "up"):
+            link[d] = link.groupby("farmer")[d].diff().fillna(link[d])
+        link = link[link["round"] > 0].astype({"down": int, "up": int})
+    return DeploymentResult(result, why_not is None, why_not, rates, messages, link.reset_index(drop=True), startup_s, None)

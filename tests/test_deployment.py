@@ -1,0 +1,202 @@
+"""Flower's Deployment Engine (one SuperLink, one SuperNode per farmer, shaped links where namespaces can be made):
+the same global model as the in-process loop, bytes that match the ledger within the protocol's overhead, and
+nothing left behind (processes, namespaces, job folders), also after a failure or a SIGTERM."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+import torch
+from torch import nn
+
+from fedpeft.federated.deployment.links import ShapedLinks, leftovers, shaping_unavailable, tbf_burst_bytes
+from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.network import NetworkModel
+from fedpeft.federated.strategies import FedAvg
+from fedpeft.models.head import adapted_head, base_head
+from fedpeft.training.head import FeatureSet, FeatureViews, HeadTrainer
+
+pytest.importorskip("flwr")
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flwr-clientapp", "flwr-serverapp", "flower-superexec")
+DIM = 256
+
+
+def _case(rank: int = 64):
+    """Two farmers, a LoRA head of 2 x (64 x 256 + 3 x 64) parameters: 66.5 kB messages, large beside Flower's polling."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) % 3
+    features = torch.randn(3, DIM, generator=g)[labels][:, None, :] + torch.randn(24, 2, DIM, generator=g)
+    torch.manual_seed(0)
+    head = adapted_head(base_head(nn.Linear(DIM, 3), 0.0), "lora", rank, 8, 0.0, seed=0)
+    clients = [Client(f"f{i}", FeatureViews(features[i::2], labels[i::2])) for i in range(2)]
+    trainer = HeadTrainer(local_steps=3, rounds=2, batch_size=4, lr=0.01)
+    return head, clients, trainer, FeatureSet(features[:, 0], labels)
+
+
+def _flower_processes() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and any(name in cmd for name in FLOWER_PROCESSES):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _job_folders() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "fedpeft-deployment-*")))
+
+
+def _assert_nothing_left(folders_before: set[str]) -> None:
+    _, alive = psutil.wait_procs(_flower_processes(), timeout=10)
+    assert not [p.pid for p in alive if p.is_running()], "Flower processes left running"
+    if shaping_unavailable() is None:
+        assert leftovers() == [], "namespaces or interfaces left behind"
+    assert _job_folders() <= folders_before, "a job folder was left behind"
+
+
+def test_tbf_bucket_holds_at_least_two_frames_and_10_ms():
+    assert tbf_burst_bytes(1.0) == 3028  # 10 ms at 1 Mbit/s is 1,250 B: two frames win
+    assert tbf_burst_bytes(100.0) == 125_000  # 10 ms at 100 Mbit/s
+
+
+def test_links_refuse_bad_rates():
+    with pytest.raises(ValueError, match=r"rates_mbps = \[1.0, 0.0\] is not allowed"):
+        ShapedLinks([1.0, 0.0])
+
+
+@pytest.mark.skipif(shaping_unavailable() is not None, reason=f"no shaped links here: {shaping_unavailable()}")
+def test_links_are_made_shaped_and_removed():
+    with ShapedLinks([1.0, 5.0]) as net:
+        made = leftovers()
+        assert {link.namespace for link in net.links} <= set(made) and net.bridge in made
+        shown = subprocess.run(["tc", "qdisc", "show", "dev", net.links[0].host_if], capture_output=True, text=True).stdout
+        assert "tbf" in shown and "rate 1Mbit" in shown
+        inside = subprocess.run(net.command_in(1, ["tc", "qdisc", "show", "dev", net.links[1].farmer_if]),
+                                capture_output=True, text=True).stdout
+        assert "rate 5Mbit" in inside
+        with socket.create_server((net.server_address, 0)) as server:  # the farmer reaches the server through its veth
+            port = server.getsockname()[1]
+            reach = f"import socket; socket.create_connection(({net.server_address!r}, {port}), timeout=5).sendall(b'hi')"
+            assert subprocess.run(net.command_in(0, [sys.executable, "-c", reach])).returncode == 0
+            conn, (address, _) = server.accept()
+            assert address == net.links[0].address and conn.recv(2) == b"hi"
+            conn.close()
+    assert leftovers() == []
+
+
+def test_deployment_refuses_what_it_cannot_run():
+    from fedpeft.federated.deployment.engine import run_deployment
+
+    head, clients, trainer, _ = _case()
+    with pytest.raises(ValueError, match="transport = 'fp16' is not supported on the deployment engine"):
+        run_deployment(head, clients, FedAvg(), trainer, RoundConfig(num_rounds=1, transport="fp16"))
+    with pytest.raises(ValueError, match="timeout_s = 0 is not allowed"):
+        run_deployment(head, clients, FedAvg(), trainer, RoundConfig(num_rounds=1), timeout_s=0)
+    with pytest.raises(ValueError, match="time_limit_s is not supported"):
+        run_deployment(head, clients, FedAvg(), trainer, RoundConfig(num_rounds=1, time_limit_s=5))
+
+
+@pytest.mark.slow
+def test_deployment_matches_in_process_and_counts_bytes():
+    from fedpeft.federated.deployment.engine import run_deployment
+
+    head, clients, trainer, test = _case()
+    config = RoundConfig(num_rounds=2, exchange="trainable", evaluate_clients=False)
+    network = NetworkModel([1.0, 5.0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ServerApp and ClientApp processes run one torch thread
+    try:
+        in_process = run_federated(copy.deepcopy(head), clients, FedAvg(), trainer, config, server_test=test,
+                                   progress=False, network=network)
+    finally:
+        torch.set_num_threads(threads)
+    folders = _job_folders()
+    run = run_deployment(head, clients, FedAvg(), trainer, config, server_test=test, network=network)
+
+    for k, v in in_process.final_state.items():
+        assert torch.equal(run.result.final_state[k], v), k
+    assert run.result.history["server_loss"].tolist() == pytest.approx(in_process.history["server_loss"].tolist(), rel=1e-6)
+    # the ledger counts the same messages, byte for byte
+    key = ["round", "client", "direction"]
+    assert run.result.ledger.frame().sort_values(key)["bytes"].tolist() == \
+        in_process.ledger.frame().sort_values(key)["bytes"].tolist()
+    # Flower's arrays carry the same tensors with their own (numpy) headers: a few dozen bytes per tensor
+    m = run.messages
+    assert len(m) == 8 and m["flower_bytes"].notna().all()
+    assert ((m["flower_bytes"] - m["ledger_bytes"]).abs() <= 64 * 2).all()
+    if run.shaped:
+        assert run.rates_mbps == [1.0, 5.0]
+        links = run.link_bytes.set_index(["round", "farmer"])
+        ledger = m.pivot_table(index=["round", "client"], columns="direction", values="ledger_bytes")
+        for (round_, farmer), row in links.iterrows():
+            sent = ledger.loc[(round_, clients[farmer].cid)]
+            # every payload byte crossed the link, plus headers and polling: more, but not several times more
+            assert sent["down"] <= row["down"] <= 3 * sent["down"]
+            assert sent["up"] <= row["up"] <= 3 * sent["up"]
+    else:
+        assert run.unshaped_reason and run.link_bytes.empty
+    _assert_nothing_left(folders)
+
+
+class _FailingTrainer(HeadTrainer):
+    def train(self, *args, **kwargs):
+        raise RuntimeError("this farmer's trainer fails on purpose")
+
+
+@pytest.mark.slow
+def test_a_failing_client_stops_the_run_and_everything_is_cleaned_up():
+    from fedpeft.federated.deployment.engine import run_deployment
+
+    head, clients, _, test = _case(rank=4)
+    trainer = _FailingTrainer(local_steps=1, rounds=1, batch_size=4, lr=0.01)
+    folders = _job_folders()
+    with pytest.raises(RuntimeError, match="without a result"):
+        run_deployment(head, clients, FedAvg(), trainer, RoundConfig(num_rounds=1, exchange="trainable"), server_test=test,
+                       timeout_s=300)
+    _assert_nothing_left(folders | _job_folders())  # a failed run keeps its logs, but no process or namespace
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_and_removes_the_namespaces(tmp_path):
+    script = tmp_path / "long_run.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        from fedpeft.federated.deployment.engine import run_deployment
+        from fedpeft.federated.loop import Client, RoundConfig
+        from fedpeft.federated.network import NetworkModel
+        from fedpeft.federated.strategies import FedAvg
+        from fedpeft.models.head import adapted_head, base_head
+        from fedpeft.training.head import FeatureViews, HeadTrainer
+        labels = torch.arange(8) % 2
+        clients = [Client(f"f{i}", FeatureViews(torch.randn(4, 1, 8), labels[i::2])) for i in range(2)]
+        head = adapted_head(base_head(nn.Linear(8, 2), 0.0), "lora", 2, 4, 0.0, seed=0)
+        print("starting", flush=True)
+        run_deployment(head, clients, FedAvg(), HeadTrainer(1, 100, 2, 0.01), RoundConfig(num_rounds=100, exchange="trainable"),
+                       network=NetworkModel([1.0]))
+        """))
+    folders = _job_folders()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not any("flower-supernode" in " ".join(p.cmdline()) for p in _flower_processes()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0 and "Interrupted" in out, out[-2000:]
+    _assert_nothing_left(folders | _job_folders())
