@@ -45,7 +45,7 @@ export INSTALL_WITHOUT_DEPENDENCIES
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 
-.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run clean-env
+.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run site site-deps site-screenshots paper paper-deps clean-env
 env: $(VENV)/.installed
 
 # Re-installs when the lock changes: the locked set with hash checking, then the project itself without
@@ -80,6 +80,7 @@ pipelines: env
 regenerate: env
 	$(BIN)/python -m fedpeft.reporting.notebook_stage --profile $(PROFILE) --all
 	$(BIN)/python -m fedpeft.reporting.summary --profile $(PROFILE)
+	$(BIN)/python -m fedpeft.experiments.site --profile $(PROFILE)
 	$(BIN)/dvc commit -f $(PIPELINE)
 
 test: lint unit nbval
@@ -111,6 +112,33 @@ bench: env
 # present (device auto): memory and step time before a GPU is spent on the real runs. Writes reports/paper/dry_run.md.
 dry-run: env
 	$(BIN)/python benchmarks/paper_dry_run.py --device auto
+
+# The offline static site of a profile (also the pipeline's last stage): build/site/$(PROFILE)/index.html. Built from
+# the reports and records alone; opens from disk with no request to any other host (tests/test_site.py checks it).
+site: env
+	$(BIN)/dvc repro $(PIPELINE):site
+
+# Debian's headless Chromium, for tests/test_site.py and the screenshots (root and apt only; the test skips otherwise).
+site-deps:
+	command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)
+
+# Screenshots of the built site's front page and one experiment page, committed in site/screenshots/.
+site-screenshots: site site-deps
+	mkdir -p site/screenshots
+	for page in index weeds_qlora_federated; do \
+	  chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking \
+	    --disable-component-update --disable-sync --host-resolver-rules="MAP * ~NOTFOUND" --window-size=1280,1800 \
+	    --screenshot=site/screenshots/$(PROFILE)-$$page.png file://$(CURDIR)/build/site/$(PROFILE)/$$page.html 2>/dev/null; \
+	done
+
+# The paper (PDF) of a profile, assembled from the reports' booktabs tables and PDF figures and built offline with
+# Debian's TeX Live: reports/$(PROFILE)/paper.pdf (its sources in build/paper/$(PROFILE)/).
+paper: env paper-deps
+	$(BIN)/python -m fedpeft.experiments.paper --profile $(PROFILE)
+
+paper-deps:
+	command -v latexmk >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	  latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended lmodern)
 
 clean-env:
 	rm -rf $(VENV)

@@ -170,7 +170,12 @@ def render_pipeline(profile: str) -> str:
                                           f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
     summary_deps = [f"reports/${{profile}}/{e}" for e in EXPERIMENTS] + _module_paths({"fedpeft.reporting.summary"})
     out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
-            *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n")]
+            *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"), ""]
+    site_deps = [*(f"reports/${{profile}}/{e}" for e in EXPERIMENTS), "reports/${profile}/SUMMARY.md",
+                 *(f"results/${{profile}}/{e}" for e in EXPERIMENTS), "site/style.css", "site/ledger.js",
+                 *_module_paths({"fedpeft.experiments.site"})]
+    out += ["  site:", "    wdir: ${root}", "    cmd: python -m fedpeft.experiments.site --profile ${profile}", "    deps:",
+            *[f"      - {d}" for d in site_deps], "    outs:", "      - build/site/${profile}:", "          cache: false"]
     return "\n".join(out) + "\n"
 
 

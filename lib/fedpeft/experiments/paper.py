@@ -1,0 +1,216 @@
+"""The study as a LaTeX paper (PDF), one per profile: ``python -m fedpeft.experiments.paper --profile P``.
+
+Assembled from what the report stages already wrote (nothing trains): each experiment's set-up, finding and
+limitations (``report.md``), its headline table (``headline.tex``, booktabs) and its figures (the PDF beside each PNG),
+the claims of every experiment as one ledger (``claims.csv``), and the verdict tally. The sources go to
+``build/paper/<profile>/`` (``paper.tex`` and copies of the tables and figures), are built offline with Debian's TeX Live
+(``latexmk -pdf``), and the PDF is copied to ``reports/<profile>/paper.pdf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from fedpeft.core.config import PROFILES, REPO_ROOT
+from fedpeft.experiments.site import EXPERIMENTS, QUESTION, claims_ledger
+
+TITLES = {"weeds_qlora_federated": "Weeds: a QLoRA head across federated farmers",
+          "code_lm_fedprox": "Python code: federated LoRA, FedProx against FedAvg",
+          "lora_vs_qlora": "LoRA against QLoRA: memory, speed and loss",
+          "eurosat_fedavg_ptq": "EuroSAT: FedAvg of a small CNN, then post-training quantization",
+          "glue_lora_aggregation": "GLUE: aggregating LoRA adapters across clients"}
+METHODS = r"""
+Every experiment is a parameterised notebook that imports the study's helper library (\texttt{fedpeft}); a DVC pipeline
+runs each planned run as its own stage, writing a result record, and then the notebook, which reads the records and
+writes the tables, figures and claims. Three profiles run the same code: \texttt{embedded} (generated data and tiny
+models, minutes on a laptop CPU: it tests the plumbing), \texttt{local} (real data sets at CPU scale: the findings)
+and \texttt{paper} (the seeds' own models and data, on a GPU).
+
+Every claim of a seed report is judged by one claims engine. A comparison takes a 95\,\% Welch interval over every seed
+of both arms; a speed claim a ratio interval over every timed step; an exact figure is compared within a stated
+tolerance. The verdict is \emph{holds} or \emph{does not hold} only when the interval lies wholly on one side of the
+claim's threshold, \emph{inconclusive} when it covers it, \emph{not testable here} when the profile cannot measure the
+quantity (the row says why), and \emph{fact} when true by construction. Scores stand beside their chance baselines.
+"""
+
+
+def latex_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        out.append({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+                    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+                    ">": r"\textgreater{}"}.get(ch, ch))
+    return "".join(out)
+
+
+def inline(text: str) -> str:
+    """One line of the reports' markdown as LaTeX: code, bold, emphasis and links (their text)."""
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(r"\texttt{" + latex_escape(part[1:-1]) + "}")
+            continue
+        part = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", part)
+        part = latex_escape(part)
+        part = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", part)
+        part = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"\\emph{\1}", part)
+        out.append(part)
+    return "".join(out)
+
+
+def markdown_to_latex(md: str) -> str:
+    """Paragraphs and ``-`` lists of the reports' markdown (tables and images are placed separately, so skipped)."""
+    blocks, items, para = [], [], []
+
+    def flush() -> None:
+        if para:
+            blocks.append(inline(" ".join(para)))
+            para.clear()
+        if items:
+            blocks.append("\\begin{itemize}\n" + "\n".join(r"\item " + inline(i) for i in items) + "\n\\end{itemize}")
+            items.clear()
+
+    for line in md.splitlines():
+        s = line.strip()
+        if not s or s.startswith("|") or s.startswith("!["):
+            flush()
+        elif s.startswith("- "):
+            if para:
+                flush()
+            items.append(s[2:])
+        elif line.startswith("  ") and items:
+            items[-1] += " " + s
+        elif s.startswith("#"):
+            flush()
+        else:
+            if items:
+                flush()
+            para.append(s)
+    flush()
+    return "\n\n".join(blocks)
+
+
+def report_sections(report_md: str) -> dict[str, str]:
+    """``## `` sections of a report, by heading."""
+    sections, current = {}, None
+    for line in report_md.splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def fit_table(tex: str) -> str:
+    """A booktabs table scaled to the text width (the study's tables are wide) and kept where it is written."""
+    tex = tex.replace(r"\begin{table}[htbp]", r"\begin{table}[H]")
+    return tex.replace(r"\begin{tabular}", r"\resizebox{\linewidth}{!}{\begin{tabular}").replace(r"\end{tabular}", r"\end{tabular}}")
+
+
+def ledger_longtable(ledger: pd.DataFrame) -> str:
+    rows = [" & ".join(inline(str(r[c])) for c in ("experiment", "claim", "seed", "study", "verdict")) + r" \\"
+            for _, r in ledger.iterrows()]
+    head = r"experiment & claim & seed says & study measured & verdict \\"
+    return ("{\\scriptsize\n\\begin{longtable}{p{0.14\\linewidth}p{0.36\\linewidth}p{0.15\\linewidth}p{0.17\\linewidth}p{0.09\\linewidth}}\n"
+            f"\\toprule\n{head}\n\\midrule\n\\endhead\n" + "\n".join(rows) + "\n\\bottomrule\n\\end{longtable}}\n")
+
+
+def experiment_section(experiment: str, folder: Path, build: Path) -> str:
+    title = TITLES[experiment]
+    if not (folder / "report.md").is_file():
+        return f"\\section{{{latex_escape(title)}}}\nNot run in this profile yet.\n"
+    sections = report_sections((folder / "report.md").read_text())
+    out = [f"\\section{{{latex_escape(title)}}}\\label{{sec:{experiment}}}"]
+    out += [r"\subsection*{What ran against the seed}", markdown_to_latex(sections.get("What ran against the seed", ""))]
+    out += [r"\subsection*{What this means}", markdown_to_latex(sections.get("What this means", ""))]
+    if (folder / "headline.tex").is_file():
+        out.append(fit_table((folder / "headline.tex").read_text()))
+    target = build / "figures" / experiment
+    target.mkdir(parents=True, exist_ok=True)
+    for caption, png in re.findall(r"!\[([^\]]*)\]\(([^)]+)\.png\)", (folder / "report.md").read_text()):
+        pdf = folder / f"{png}.pdf"
+        if pdf.is_file():
+            shutil.copyfile(pdf, target / pdf.name)
+            out.append("\\begin{figure}[H]\\centering\\includegraphics[width=0.72\\linewidth]{"
+                       f"figures/{experiment}/{pdf.name}}}\\caption{{{inline(caption)}}}\\end{{figure}}")
+    limitations = sections.get("Limitations", "")
+    if limitations.strip():
+        out += [r"\subsection*{Limitations}", markdown_to_latex(limitations)]
+    return "\n\n".join(out) + "\n"
+
+
+def paper_tex(profile: str, reports: Path, build: Path) -> str:
+    ledger = claims_ledger(reports)
+    tally = ""
+    if not ledger.empty:
+        t = pd.crosstab(ledger["experiment"], ledger["verdict"], margins=True, margins_name="all").rename_axis(columns=None)
+        t = t.reset_index()
+        t.columns = [latex_escape(str(c)) for c in t.columns]
+        body = t.map(lambda v: latex_escape(str(v))).style.hide(axis="index").to_latex(hrules=True)
+        tally = "\\begin{table}[H]\\centering\\caption{Verdicts per experiment}\n" + fit_table(body) + "\\end{table}\n"
+    profile_note = {"embedded": "generated data and tiny models: it tests the plumbing, its numbers are not findings",
+                    "local": "real data at CPU scale: the study's findings",
+                    "paper": "the seeds' own models and data"}[profile]
+    parts = [r"""\documentclass[10pt]{article}
+\usepackage[a4paper,margin=2cm]{geometry}
+\usepackage[T1]{fontenc}
+\usepackage{lmodern}
+\usepackage{booktabs,longtable,graphicx,float}
+\usepackage[hidelinks]{hyperref}
+\title{What do federated learning, LoRA/QLoRA and quantization really save?\\\large Profile \texttt{""" + profile + r"""}}
+\author{The fedpeft study}
+\date{""" + date.today().isoformat() + r"""}
+\begin{document}
+\maketitle
+\begin{abstract}
+""" + latex_escape(QUESTION) + f" This paper is the \\texttt{{{profile}}} profile: {latex_escape(profile_note)}." + r"""
+\end{abstract}
+\section{Question}
+""" + latex_escape(QUESTION) + "\n\\section{Methods}\n" + METHODS + "\n" + tally]
+    parts += [experiment_section(e, reports / e, build) for e in EXPERIMENTS]
+    parts.append("\\section{The claims ledger}\nEvery claim of every seed report with its verdict; the rule and the "
+                 "evidence of each row are in the experiment's \\texttt{claims.csv}.\n\n" + (ledger_longtable(ledger) if not ledger.empty else ""))
+    parts.append("\\end{document}\n")
+    return "\n".join(parts)
+
+
+def build(profile: str, build_dir: Path | None = None, pdf: Path | None = None) -> Path:
+    """Write the sources to ``build_dir`` (default ``build/paper/<profile>/``), build the PDF with latexmk and copy it
+    to ``pdf`` (default ``reports/<profile>/paper.pdf``); returns that path."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile = {profile!r} is not a profile of this study; use one of {list(PROFILES)}")
+    if shutil.which("latexmk") is None:
+        raise FileNotFoundError("latexmk is not installed; `make paper-deps` installs Debian's TeX Live packages")
+    reports = REPO_ROOT / "reports" / profile
+    build_dir = Path(build_dir) if build_dir is not None else REPO_ROOT / "build" / "paper" / profile
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
+    (build_dir / "paper.tex").write_text(paper_tex(profile, reports, build_dir))
+    done = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=build_dir,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        log = (build_dir / "paper.log").read_text(errors="replace") if (build_dir / "paper.log").is_file() else done.stdout
+        errors = [line for line in log.splitlines() if line.startswith("!")]
+        raise RuntimeError(f"latexmk failed on {build_dir / 'paper.tex'}: {errors[:5] or log[-2000:]}")
+    out = Path(pdf) if pdf is not None else reports / "paper.pdf"
+    shutil.copyfile(build_dir / "paper.pdf", out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the study's paper (PDF) for one profile from its reports.")
+    parser.add_argument("--profile", default="embedded", choices=list(PROFILES))
+    print(f"paper written to {build(parser.parse_args().profile)}")
+
+
+if __name__ == "__main__":
+    main()
