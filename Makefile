@@ -113,10 +113,11 @@ bench: env
 dry-run: env
 	$(BIN)/python benchmarks/paper_dry_run.py --device auto
 
-# The offline static site of a profile (also the pipeline's last stage): build/site/$(PROFILE)/index.html. Built from
-# the reports and records alone; opens from disk with no request to any other host (tests/test_site.py checks it).
+# The offline static site of a profile (also the pipeline's last stage, rebuilt when a report changes):
+# build/site/$(PROFILE)/index.html. Built from the reports and records alone, in seconds; opens from disk with no
+# request to any other host (tests/test_site.py checks it).
 site: env
-	$(BIN)/dvc repro $(PIPELINE):site
+	$(BIN)/python -m fedpeft.experiments.site --profile $(PROFILE)
 
 # Debian's headless Chromium, for tests/test_site.py and the screenshots (root and apt only; the test skips otherwise).
 site-deps:
