@@ -38,6 +38,7 @@ def test_the_paper_has_every_experiment_and_every_claim(tmp_path):
     figures = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\}", tex)
     assert figures and all((tmp_path / f).is_file() for f in figures)
     assert tex.count("\\begin{table}[H]") >= len(EXPERIMENTS)  # the tally and each headline
+    assert tex.count("\\subsection*{Compute}") == len(EXPERIMENTS)  # each report's run-stage wall time and device
 
 
 @pytest.mark.skipif(shutil.which("latexmk") is None, reason="Debian's TeX Live is not installed (`make paper-deps`)")

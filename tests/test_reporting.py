@@ -79,6 +79,17 @@ def test_summary_tallies_each_experiment_and_links_claims_to_evidence(tmp_path):
     assert rows["exp_b"] == ["0", "0", "1", "0", "0", "1"]
     assert rows["all"] == ["2", "1", "1", "0", "0", "4"]
     assert "[acc](exp_a/acc.md)" in text
+    assert "**Compute**" not in text  # no report wrote compute.csv
+    pd.DataFrame({"run": ["r1", "r2"], "device": ["CPU: X, 2 threads"] * 2, "wall_s": [1800.0, 3600.0],
+                  "written_at": ["t", "t"]}).to_csv(tmp_path / "exp_a" / "compute.csv", index=False)
+    pd.DataFrame({"run": ["r1"], "device": ["GPU: H100"], "wall_s": [720.0], "written_at": ["t"]}).to_csv(
+        tmp_path / "exp_b" / "compute.csv", index=False)
+    from fedpeft.reporting.summary import compute_per_experiment
+
+    compute = compute_per_experiment(tmp_path).set_index("experiment")
+    assert compute["run_stages"].tolist() == [2, 1, 3] and compute["wall_h"].tolist() == [1.5, 0.2, 1.7]
+    assert compute.loc["all", "devices"] == "CPU: X, 2 threads; GPU: H100"
+    assert "**Compute**" in collect(tmp_path)
     with pytest.raises(FileNotFoundError, match="no experiment reports"):
         collect(tmp_path / "exp_a")
 
@@ -96,20 +107,49 @@ def test_study_report_needs_setup_limitations_and_evidence_it_wrote(tmp_path):
     ledger = ClaimsLedger("embedded", EXPERIMENT)
     ledger.add("true by construction", "x", fact("3 rows", "made so"), "acc")
     args = ("finding", pd.DataFrame({"h": [1]}), ledger, {"m": 1.0}, pd.DataFrame({"round": [0]}))
+    records = {"a": _Record({"stage_wall_s": 30.0, "machine": {"cpu": "X", "torch_threads": "2", "gpu": "none"}}),
+               "b": _Record({"stage_wall_s": 90.0, "machine": {"cpu": "X", "gpu": "H100"}})}
     with pytest.raises(ValueError, match="set-up"):
-        report.finish(*args, setup="", limitations="- none")
+        report.finish(*args, setup="", limitations="- none", records=records)
     ledger.add("cites a table never written", "x", fact("-", "-"), "nowhere")
     with pytest.raises(ValueError, match="nowhere"):
-        report.finish(*args, setup="ran", limitations="- none")
+        report.finish(*args, setup="ran", limitations="- none", records=records)
     ledger.rows.pop()
-    report.finish(*args, setup="**What** ran", limitations="- the limits")
+    report.finish(*args, setup="**What** ran", limitations="- the limits", records=records)
     out = settings.report_dir
     assert (out / "setup.md").read_text().endswith("**What** ran\n")
     assert pd.read_csv(out / "claims.csv")["evidence_file"].tolist() == ["acc.md"]
     assert "[acc](acc.md)" in (out / "claims.md").read_text() and "[acc]" not in (out / "claims.tex").read_text()
     text = (out / "report.md").read_text()
-    assert text.index("## What ran against the seed") < text.index("## Claims") < text.index("## Limitations")
+    assert text.index("## What ran against the seed") < text.index("## Claims") < text.index("## Compute") < text.index("## Limitations")
     assert text.rstrip().endswith("- the limits")
+    assert "2 run stages took **2.0 min**" in text
+    compute = pd.read_csv(out / "compute.csv")
+    assert compute["wall_s"].tolist() == [30.0, 90.0]
+    assert compute["device"].tolist() == ["CPU: X, 2 threads", "GPU: H100"]
+    assert "| total" in (out / "compute.md").read_text()
+
+
+class _Record:
+    def __init__(self, meta):
+        self.meta = meta
+
+
+def test_compute_table_reads_wall_time_and_device_from_each_record():
+    from fedpeft.reporting.compute import compute_summary, compute_table
+
+    table = compute_table({"r1": _Record({"stage_wall_s": 60.0, "machine": {"cpu": "EPYC", "torch_threads": "2", "gpu": "none"},
+                                          "written_at": "2026-11-23T15:00:00+00:00"}),
+                           "r2": _Record({"stage_wall_s": 120.0, "machine": {"cpu": "EPYC", "torch_threads": "2", "gpu": "none"}}),
+                           "r3": _Record({})})
+    assert table["run"].tolist() == ["r1", "r2", "r3"]
+    assert table["device"].tolist() == ["CPU: EPYC, 2 threads", "CPU: EPYC, 2 threads", "not recorded"]
+    assert table["wall_s"].iloc[:2].tolist() == [60.0, 120.0] and pd.isna(table["wall_s"].iloc[2])
+    assert table["written_at"].tolist()[1:] == ["not recorded", "not recorded"]
+    text = compute_summary(table)
+    assert "3 run stages took **3.0 min**" in text and "(0.05 h" in text
+    assert "CPU: EPYC, 2 threads (2 runs); not recorded (1 runs)" in text and "1 records carry no wall time" in text
+    assert compute_summary(compute_table({})).startswith("No run records")
 
 
 def test_lock_digest_follows_the_pins_not_the_comments(tmp_path):
@@ -135,3 +175,17 @@ def test_versions_table_says_whether_the_installed_packages_are_the_locked_ones(
     differs = outputs.package_versions(("pandas", "numpy")).set_index("package")
     assert differs.loc["numpy", "locked"] == "1.0.0" != differs.loc["numpy", "version"]
     assert differs.loc["requirements.lock (sha256)", "locked"] == "installed differs from the lock"
+
+
+def test_packages_installed_without_dependencies_are_pinned_by_pyproject(tmp_path, monkeypatch):
+    from fedpeft.reporting import outputs
+
+    (tmp_path / "requirements.lock").write_text("pandas==" + outputs.metadata.version("pandas") + "\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.fedpeft]\ninstall-without-dependencies = ["Seaborn==' +
+                                             outputs.metadata.version("seaborn") + '"]\n')
+    assert outputs.pinned_without_dependencies(tmp_path / "pyproject.toml") == {"seaborn": outputs.metadata.version("seaborn")}
+    assert outputs.pinned_without_dependencies(tmp_path / "missing.toml") == {}
+    monkeypatch.setattr(outputs, "REPO_ROOT", tmp_path)
+    table = outputs.package_versions(("pandas", "seaborn")).set_index("package")["locked"]
+    assert table["seaborn"] == outputs.metadata.version("seaborn")
+    assert table["requirements.lock (sha256)"] == "installed = locked"

@@ -1,6 +1,6 @@
 """The study as a LaTeX paper (PDF), one per profile: ``python -m fedpeft.experiments.paper --profile P``.
 
-Assembled from what the report stages already wrote (nothing trains): each experiment's set-up, finding and
+Assembled from what the report stages already wrote (nothing trains): each experiment's set-up, finding, compute and
 limitations (``report.md``), its headline table (``headline.tex``, booktabs) and its figures (the PDF beside each PNG),
 the claims of every experiment as one ledger (``claims.csv``), and the verdict tally. The sources go to
 ``build/paper/<profile>/`` (``paper.tex`` and copies of the tables and figures), are built offline with Debian's TeX Live
@@ -142,6 +142,9 @@ def experiment_section(experiment: str, folder: Path, build: Path) -> str:
             shutil.copyfile(pdf, target / pdf.name)
             out.append("\\begin{figure}[H]\\centering\\includegraphics[width=0.72\\linewidth]{"
                        f"figures/{experiment}/{pdf.name}}}\\caption{{{inline(caption)}}}\\end{{figure}}")
+    compute = sections.get("Compute, machine and versions", "").strip().split("\n\n")[0]
+    if compute and not compute.startswith("|"):
+        out += [r"\subsection*{Compute}", markdown_to_latex(compute)]
     limitations = sections.get("Limitations", "")
     if limitations.strip():
         out += [r"\subsection*{Limitations}", markdown_to_latex(limitations)]

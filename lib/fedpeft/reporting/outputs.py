@@ -130,12 +130,13 @@ def lock_digest(lock: Path) -> str:
 
 
 def package_versions(packages: Iterable[str] = STUDY_PACKAGES) -> pd.DataFrame:
-    """Python, the given packages' installed versions, and :func:`lock_digest` of ``requirements.lock`` (the whole
-    locked environment)."""
+    """Python, the given packages' installed versions against their pins (``requirements.lock``, or
+    :func:`pinned_without_dependencies`), and :func:`lock_digest` of ``requirements.lock`` (the whole locked
+    environment)."""
     import platform
 
     lock = REPO_ROOT / "requirements.lock"
-    pins = locked_versions(lock) if lock.is_file() else {}
+    pins = {**(locked_versions(lock) if lock.is_file() else {}), **pinned_without_dependencies(REPO_ROOT / "pyproject.toml")}
     rows = [{"package": "python", "version": platform.python_version(), "locked": ""}]
     for name in packages:
         try:
@@ -158,6 +159,17 @@ def locked_versions(lock: Path) -> dict[str, str]:
     """``{canonical name: version}`` of every ``name==version`` pin in a lock file."""
     pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", Path(lock).read_text(), flags=re.M)
     return {_canonical(n): v for n, v in pins}
+
+
+def pinned_without_dependencies(pyproject: Path) -> dict[str, str]:
+    """``{canonical name: version}`` of ``[tool.fedpeft] install-without-dependencies`` in ``pyproject.toml``: packages
+    ``make env`` installs with ``--no-deps`` after the lock, pinned there instead of in ``requirements.lock``."""
+    import tomllib
+
+    if not Path(pyproject).is_file():
+        return {}
+    specs = tomllib.loads(Path(pyproject).read_text()).get("tool", {}).get("fedpeft", {}).get("install-without-dependencies", [])
+    return {_canonical(n): v for n, v in (spec.split("==", 1) for spec in specs if "==" in spec)}
 
 
 def mean_spread(values: Iterable[float]) -> tuple[float, float]:

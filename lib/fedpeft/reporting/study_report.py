@@ -1,9 +1,9 @@
 """One object for everything an experiment's notebook writes, so a notebook holds narrative calls, not plumbing.
 
 Each ``table`` and ``figure`` call writes its files at once (LaTeX + markdown, PNG + PDF) and is remembered in
-order; ``finish`` writes the claims, the headline, the machine and versions, the flat metrics for DVC and the
-per-round history, and assembles ``report.md``: what ran against the seed, what it means, the headline, every
-table and figure in the notebook's order, the claims, the limitations, the machine and versions.
+order; ``finish`` writes the claims, the headline, the compute the runs took, the machine and versions, the flat metrics for
+DVC and the per-round history, and assembles ``report.md``: what ran against the seed, what it means, the headline,
+the claims, every table and figure in the notebook's order, the compute, machine and versions, the limitations.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fedpeft.core.config import Settings
 from fedpeft.core.files import atomic_write_text
 from fedpeft.core.profiling import machine_description
 from fedpeft.reporting.claims import ClaimsLedger
+from fedpeft.reporting.compute import compute_summary, compute_table
 from fedpeft.reporting.outputs import (
     STUDY_PACKAGES,
     MarkdownReport,
@@ -68,18 +69,20 @@ class StudyReport:
         return df
 
     def finish(self, finding: str, headline: pd.DataFrame, claims: ClaimsLedger, metrics: Mapping[str, Any],
-               history: pd.DataFrame, setup: str, limitations: str) -> str:
-        """Write claims, headline, machine, versions, metrics, history and ``report.md``; return the finding.
+               history: pd.DataFrame, setup: str, limitations: str, records: Mapping[str, Any]) -> str:
+        """Write claims, headline, compute, machine, versions, metrics, history and ``report.md``; return the finding.
 
         ``setup``: what ran against the seed (model, data, examples, steps or epochs, lr, rounds, clients, seeds), as
         markdown; it opens the report and is also written to ``setup.md``, the evidence of the set-up claims.
         ``limitations``: the notebook's limitations, as markdown; they end the report.
+        ``records``: the run records the report was made from (run id -> record); their stage wall time (seconds)
+        and device are written to ``compute.md`` / ``compute.tex`` / ``compute.csv``.
         """
         if not setup.strip() or not limitations.strip():
             raise ValueError("a report needs its set-up (what ran against the seed) and its limitations")
         profile = self.settings.profile
         claims_df = claims.frame()
-        files = {**self._files, "setup": "setup.md"}
+        files = {**self._files, "setup": "setup.md", "compute": "compute.md"}
         missing = sorted(set(claims_df["evidence"]) - set(files))
         if missing:
             raise ValueError(f"claims cite evidence {missing} that this report does not write; it writes {sorted(files)}")
@@ -92,6 +95,12 @@ class StudyReport:
         write_table(shown, self.out, "claims", caption, formats=("md",))
         write_csv(claims_df, self.out / "claims.csv")
         write_table(headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
+        compute = compute_table(records)
+        compute_text = compute_summary(compute)
+        total = pd.DataFrame([{"run": "total", "device": "", "wall_s": compute["wall_s"].sum(), "written_at": ""}])
+        shown_compute = pd.concat([compute, total], ignore_index=True) if len(compute) else compute
+        write_table(shown_compute, self.out, "compute", f"{self.title} ({profile}): wall time (s) of each run stage", "{:.0f}")
+        write_csv(compute, self.out / "compute.csv")
         machine = pd.DataFrame([machine_description()])
         versions = package_versions(self.packages)
         write_table(machine, self.out, "machine", "Machine that produced these numbers")
@@ -117,8 +126,10 @@ class StudyReport:
                 report.table(item, caption, float_format)
             else:
                 report.figure(item, caption)
-        report.heading("Machine and versions")
-        report.table(machine, "Machine")
+        report.heading("Compute, machine and versions")
+        report.text(compute_text)
+        report.table(shown_compute, "Wall time of each run stage (s) and the device it ran on", "{:.0f}")
+        report.table(machine, "Machine of the report stage")
         report.table(versions, "Versions")
         report.heading("Limitations")
         report.text(limitations)

@@ -1,4 +1,4 @@
-"""The per-profile summary: a verdict tally, and every experiment's headline table and claims (linked to their evidence).
+"""The per-profile summary: a verdict tally, the compute behind it, and every experiment's headline table and claims (linked to their evidence).
 
 Run by the pipeline's ``summary`` stage: ``python -m fedpeft.reporting.summary --profile embedded``.
 """
@@ -34,6 +34,23 @@ def tally(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 
+def compute_per_experiment(reports_dir: Path) -> pd.DataFrame:
+    """Run stages, their total wall time (hours) and devices per experiment, from each report's ``compute.csv``
+    (written by ``StudyReport.finish``); a total row last. Empty when no report has one."""
+    rows = []
+    for csv in sorted(Path(reports_dir).glob("*/compute.csv")):
+        c = pd.read_csv(csv, keep_default_na=False)
+        wall = pd.to_numeric(c["wall_s"], errors="coerce")
+        rows.append({"experiment": csv.parent.name, "run_stages": len(c), "wall_h": round(float(wall.sum()) / 3600, 2),
+                     "devices": "; ".join(sorted(set(c["device"])))})
+    if not rows:
+        return pd.DataFrame(columns=["experiment", "run_stages", "wall_h", "devices"])
+    table = pd.DataFrame(rows)
+    total = {"experiment": "all", "run_stages": int(table["run_stages"].sum()), "wall_h": round(float(table["wall_h"].sum()), 2),
+             "devices": "; ".join(sorted(set("; ".join(table["devices"]).split("; "))))}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
 def collect(reports_dir: Path) -> str:
     """Markdown gathering every experiment folder's headline and claims (``headline.md``, ``claims.csv``) under
     ``reports_dir``, with a verdict tally per experiment and each claim linked to its evidence."""
@@ -58,6 +75,10 @@ def collect(reports_dir: Path) -> str:
             "(or repeated timings) lies wholly on one side of the claim's threshold, *inconclusive* when it covers it, *not "
             "testable here* when this profile cannot measure it (the row says why), *fact* for what is true by construction.\n\n"
             + tally(claims).to_markdown(index=False) + "\n")
+    compute = compute_per_experiment(reports_dir)
+    if not compute.empty:
+        head += ("\n**Compute**: wall time of every run stage behind the reports (hours; the reports' *Compute* sections give "
+                 "each run's), and the devices they ran on.\n\n" + compute.to_markdown(index=False) + "\n")
     return head + "\n" + "\n\n".join(sections)
 
 

@@ -1,0 +1,50 @@
+"""What the runs behind a report cost: wall time per run stage and in total, and the device each ran on.
+
+Read from the records' provenance (``meta.stage_wall_s``, ``meta.machine``, ``meta.written_at``, written by
+``fedpeft.experiments.runs.execute``), so the numbers are the run stages' own, not the report stage's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+
+NOT_RECORDED = "not recorded"
+
+
+def run_device(machine: Mapping[str, Any] | None) -> str:
+    """The device a run trained on, in words: the GPU's name, or the CPU's with its torch threads."""
+    if not machine:
+        return NOT_RECORDED
+    gpu = str(machine.get("gpu", "none"))
+    if gpu and gpu != "none":
+        return f"GPU: {gpu}"
+    return f"CPU: {machine.get('cpu', '?')}, {machine.get('torch_threads', '?')} threads"
+
+
+def compute_table(records: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per run record: ``run``, ``device``, ``wall_s`` (seconds the run stage took, end to end) and
+    ``written_at`` (UTC), in the records' order. ``records``: run id -> record with a ``meta`` dict."""
+    rows = []
+    for run_id, record in records.items():
+        meta = getattr(record, "meta", {}) or {}
+        wall = meta.get("stage_wall_s")
+        rows.append({"run": run_id, "device": run_device(meta.get("machine")),
+                     "wall_s": float(wall) if wall is not None else float("nan"),
+                     "written_at": meta.get("written_at", NOT_RECORDED)})
+    return pd.DataFrame(rows, columns=["run", "device", "wall_s", "written_at"])
+
+
+def compute_summary(table: pd.DataFrame) -> str:
+    """One sentence: how many runs, their total wall time (minutes and hours), and on which devices."""
+    if table.empty:
+        return "No run records: this report ran no separate run stages."
+    total_s = float(table["wall_s"].sum(skipna=True))
+    missing = int(table["wall_s"].isna().sum())
+    devices = "; ".join(f"{d} ({n} runs)" for d, n in table["device"].value_counts(sort=False).items())
+    text = (f"{len(table)} run stages took **{total_s / 60:.1f} min** of wall time in total ({total_s / 3600:.2f} h; "
+            f"longest {table['wall_s'].max():.0f} s, median {table['wall_s'].median():.0f} s), on {devices}.")
+    if missing:
+        text += f" {missing} records carry no wall time (written before it was recorded)."
+    return text
