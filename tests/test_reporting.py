@@ -131,8 +131,8 @@ def test_study_report_needs_setup_limitations_and_evidence_it_wrote(tmp_path):
 
 
 class _Record:
-    def __init__(self, meta):
-        self.meta = meta
+    def __init__(self, meta, scalars=None):
+        self.meta, self.scalars = meta, scalars or {}
 
 
 def test_compute_table_reads_wall_time_and_device_from_each_record():
@@ -141,7 +141,7 @@ def test_compute_table_reads_wall_time_and_device_from_each_record():
     table = compute_table({"r1": _Record({"stage_wall_s": 60.0, "machine": {"cpu": "EPYC", "torch_threads": "2", "gpu": "none"},
                                           "written_at": "2026-11-23T15:00:00+00:00"}),
                            "r2": _Record({"stage_wall_s": 120.0, "machine": {"cpu": "EPYC", "torch_threads": "2", "gpu": "none"}}),
-                           "r3": _Record({})})
+                           "r3": _Record({}, {"resumed_from_round": 4})})
     assert table["run"].tolist() == ["r1", "r2", "r3"]
     assert table["device"].tolist() == ["CPU: EPYC, 2 threads", "CPU: EPYC, 2 threads", "not recorded"]
     assert table["wall_s"].iloc[:2].tolist() == [60.0, 120.0] and pd.isna(table["wall_s"].iloc[2])
@@ -149,6 +149,7 @@ def test_compute_table_reads_wall_time_and_device_from_each_record():
     text = compute_summary(table)
     assert "3 run stages took **3.0 min**" in text and "(0.05 h" in text
     assert "CPU: EPYC, 2 threads (2 runs); not recorded (1 runs)" in text and "1 records carry no wall time" in text
+    assert table["resumed_from_round"].tolist() == [0, 0, 4] and "leaves out the rounds before it: r3." in text
     assert compute_summary(compute_table({})).startswith("No run records")
 
 

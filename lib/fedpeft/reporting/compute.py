@@ -24,16 +24,19 @@ def run_device(machine: Mapping[str, Any] | None) -> str:
 
 
 def compute_table(records: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per run record: ``run``, ``device``, ``wall_s`` (seconds the run stage took, end to end) and
-    ``written_at`` (UTC), in the records' order. ``records``: run id -> record with a ``meta`` dict."""
+    """One row per run record: ``run``, ``device``, ``wall_s`` (seconds the run stage took, end to end),
+    ``written_at`` (UTC) and ``resumed_from_round`` (0 unless the stage resumed a killed run from its checkpoint, in
+    which case ``wall_s`` covers only the rounds after it), in the records' order. ``records``: run id -> record with
+    a ``meta`` dict (and ``scalars``)."""
     rows = []
     for run_id, record in records.items():
         meta = getattr(record, "meta", {}) or {}
         wall = meta.get("stage_wall_s")
+        resumed = (getattr(record, "scalars", {}) or {}).get("resumed_from_round", 0)
         rows.append({"run": run_id, "device": run_device(meta.get("machine")),
                      "wall_s": float(wall) if wall is not None else float("nan"),
-                     "written_at": meta.get("written_at", NOT_RECORDED)})
-    return pd.DataFrame(rows, columns=["run", "device", "wall_s", "written_at"])
+                     "written_at": meta.get("written_at", NOT_RECORDED), "resumed_from_round": int(resumed or 0)})
+    return pd.DataFrame(rows, columns=["run", "device", "wall_s", "written_at", "resumed_from_round"])
 
 
 def compute_summary(table: pd.DataFrame) -> str:
@@ -47,4 +50,8 @@ def compute_summary(table: pd.DataFrame) -> str:
             f"longest {table['wall_s'].max():.0f} s, median {table['wall_s'].median():.0f} s), on {devices}.")
     if missing:
         text += f" {missing} records carry no wall time (written before it was recorded)."
+    resumed = table.loc[table["resumed_from_round"] > 0, "run"].tolist()
+    if resumed:
+        text += (f" Resumed from a checkpoint after an interruption, so their wall time leaves out the rounds before it: "
+                 f"{', '.join(resumed)}.")
     return text

@@ -97,7 +97,8 @@ class StudyReport:
         write_table(headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
         compute = compute_table(records)
         compute_text = compute_summary(compute)
-        total = pd.DataFrame([{"run": "total", "device": "", "wall_s": compute["wall_s"].sum(), "written_at": ""}])
+        total = pd.DataFrame([{"run": "total", "device": "", "wall_s": compute["wall_s"].sum(), "written_at": "",
+                               "resumed_from_round": ""}])
         shown_compute = pd.concat([compute, total], ignore_index=True) if len(compute) else compute
         write_table(shown_compute, self.out, "compute", f"{self.title} ({profile}): wall time (s) of each run stage", "{:.0f}")
         write_csv(compute, self.out / "compute.csv")
