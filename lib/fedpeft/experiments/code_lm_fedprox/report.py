@@ -307,7 +307,7 @@ def finding(s: Settings, table: pd.DataFrame, sweep: pd.DataFrame, runs_wall_s: 
                "raises the loss by more than twice the seed spread" if -gap > noise else
                "changes the loss by less than twice the seed spread")
     parts.append(f"FedProx changes the clients' mean update norm from {avg['mean_update_norm']:.3g} to "
-                 f"{prox['mean_update_norm']:.3g} and {verdict} ({gap:+.4f} nats/token).")
+                 f"{prox['mean_update_norm']:.3g} and {verdict} (FedProx minus FedAvg: {-gap:+.4f} nats/token).")
     if len(sweep):
         cols = [c for c in sweep.columns if c != "mu"]
         best = {c: sweep.loc[sweep[c].idxmin(), "mu"] for c in cols}
