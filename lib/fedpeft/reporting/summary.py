@@ -37,18 +37,18 @@ def tally(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 def compute_per_experiment(reports_dir: Path) -> pd.DataFrame:
     """Run stages, their total wall time (hours) and devices per experiment, from each report's ``compute.csv``
     (written by ``StudyReport.finish``); a total row last. Empty when no report has one."""
-    rows = []
-    for csv in sorted(Path(reports_dir).glob("*/compute.csv")):
-        c = pd.read_csv(csv, keep_default_na=False)
-        wall = pd.to_numeric(c["wall_s"], errors="coerce")
-        rows.append({"experiment": csv.parent.name, "run_stages": len(c), "wall_h": round(float(wall.sum()) / 3600, 2),
-                     "devices": "; ".join(sorted(set(c["device"])))})
-    if not rows:
+    runs = [pd.read_csv(csv, keep_default_na=False).assign(experiment=csv.parent.name)
+            for csv in sorted(Path(reports_dir).glob("*/compute.csv"))]
+    if not runs:
         return pd.DataFrame(columns=["experiment", "run_stages", "wall_h", "devices"])
-    table = pd.DataFrame(rows)
-    total = {"experiment": "all", "run_stages": int(table["run_stages"].sum()), "wall_h": round(float(table["wall_h"].sum()), 2),
-             "devices": "; ".join(sorted(set("; ".join(table["devices"]).split("; "))))}
-    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    every = pd.concat(runs, ignore_index=True).assign(wall_s=lambda d: pd.to_numeric(d["wall_s"], errors="coerce"))
+
+    def row(name: str, part: pd.DataFrame) -> dict:
+        return {"experiment": name, "run_stages": len(part), "wall_h": round(float(part["wall_s"].sum()) / 3600, 2),
+                "devices": "; ".join(sorted(set(part["device"])))}
+
+    rows = [row(name, part) for name, part in every.groupby("experiment", sort=True)] + [row("all", every)]
+    return pd.DataFrame(rows)
 
 
 def collect(reports_dir: Path) -> str:
