@@ -62,7 +62,7 @@ def one_of(records: Mapping[str, RunRecord], table: str) -> RunRecord:
 
 
 def runs_wall_s(records: Mapping[str, RunRecord]) -> float:
-    """Wall seconds of every federated run together."""
+    """Wall seconds of every federated run's training loop together (``scalars.wall_s``; no model loading)."""
     return float(sum(r["wall_s"] for r in federated(records)))
 
 
@@ -315,7 +315,8 @@ def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.Da
                  f"{100 * cen.get('full fine-tuning', float('nan')):.2f} % on the same data.")
     best_merge = merge.loc[merge["score"].idxmax()]
     parts.append(f"The best one-shot merge ({best_merge['method']}, {best_merge['weighting']}) reaches {100 * best_merge['score']:.2f} %.")
-    parts.append(f"All federated runs took {runs_wall_s / 60:.1f} min here; the SVD aggregation took "
+    parts.append(f"The federated runs' training loops took {runs_wall_s / 60:.1f} min here (the compute table adds each "
+                 f"run stage's model loading and data setup); the SVD aggregation took "
                  f"{scores[scores['method'] == 'svd']['mean_aggregate_ms'].mean():.1f} ms per round on average.")
     return " ".join(parts)
 
