@@ -96,6 +96,34 @@ def test_scores_sit_beside_their_chance_baseline(scores, verdict, label):
     assert ("no signal" in v.measured) == (label == "no signal")
 
 
+def test_wilson_interval_of_a_proportion_matches_its_formula():
+    # Wilson (1927): centre (k + z^2/2) / (n + z^2), half-width z sqrt(k(n-k)/n + z^2/4) / (n + z^2)
+    k, n, z = 450, 872, 1.959963984540054
+    centre, half = (k + z**2 / 2) / (n + z**2), z * math.sqrt(k * (n - k) / n + z**2 / 4) / (n + z**2)
+    m = c.proportion_interval(k, n)
+    assert (m.estimate, m.n) == (k / n, n)
+    assert m.low == pytest.approx(centre - half, abs=1e-9) and m.high == pytest.approx(centre + half, abs=1e-9)
+
+
+@pytest.mark.parametrize("correct, verdict", [
+    (721, "holds"),          # 82.7 % against 50.9 %: far outside the evaluation set's sampling error
+    (453, "inconclusive"),   # 51.95 %: 1 point above chance, inside the +-3.3 point interval of 872 examples
+    (300, "does not hold"),  # 34.4 %: surely below
+])
+def test_one_models_accuracy_is_judged_with_its_evaluation_sets_sampling_error(correct, verdict):
+    v = c.accuracy_above_chance(correct / 872, 444 / 872, 872)
+    assert v.verdict == verdict
+    assert ("no signal" in v.measured) == (verdict != "holds")
+    assert "872 examples" in v.measured and "Wilson" in v.rule
+
+
+def test_an_accuracy_that_is_no_count_of_the_examples_is_refused():
+    with pytest.raises(ValueError, match="not a count out of eval_examples = 872"):
+        c.accuracy_above_chance(0.5001, 0.5, 872)
+    with pytest.raises(ValueError, match="trials = 0"):
+        c.proportion_interval(0, 0)
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="contain NaN"):
         c.mean_interval([1.0, float("nan")])

@@ -203,6 +203,33 @@ def above_chance(scores: Sequence[float], chance: float, what: str = "score", fm
     return Verdict(verdict, m.text(fmt) + ("; no signal" if verdict != "holds" else ""), rule, m)
 
 
+def proportion_interval(successes: int, trials: int, level: float = LEVEL) -> Interval:
+    """Wilson interval of a proportion: one model's accuracy over ``trials`` evaluation examples. It measures the
+    sampling error of the evaluation set, the only spread a single trained model has."""
+    from scipy import stats
+
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"successes = {successes}, trials = {trials}: need 0 <= successes <= trials and trials >= 1")
+    ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=level, method="wilson")
+    return Interval(successes / trials, float(ci.low), float(ci.high), trials, level)
+
+
+def accuracy_above_chance(accuracy: float, chance: float, eval_examples: int, what: str = "accuracy") -> Verdict:
+    """One model's accuracy (a fraction) against the majority-class rate, with the evaluation set's sampling error:
+    holds when the Wilson interval over ``eval_examples`` lies above chance, does not hold when below, inconclusive
+    ("no signal") when it reaches chance. Use it where there is one trained model and no seeds to spread over."""
+    correct = round(accuracy * eval_examples)
+    if abs(correct - accuracy * eval_examples) > 1e-6 * eval_examples:
+        raise ValueError(f"accuracy = {accuracy} is not a count out of eval_examples = {eval_examples}")
+    m = proportion_interval(correct, eval_examples)
+    pct = Interval(100 * m.estimate, 100 * m.low, 100 * m.high, m.n, m.level)
+    verdict = _from_side(pct.side_of(100 * chance), +1)
+    rule = (f"{what} above the chance baseline {100 * chance:.2f} %: {100 * m.level:.0f} % Wilson interval over the "
+            f"{eval_examples} evaluation examples (one model, no seeds)")
+    return Verdict(verdict, pct.text("{:.2f}", " %").replace(f"n={m.n}", f"{m.n} examples")
+                   + ("; no signal" if verdict != "holds" else ""), rule, pct)
+
+
 def positive(values: Sequence[float], what: str = "value", fmt: str = "{:.4g}") -> Verdict:
     """Holds when the interval of the mean of ``values`` (one per seed) is wholly above 0, does not hold when wholly
     below, inconclusive otherwise (one value included)."""
