@@ -98,7 +98,7 @@ unit: env
 # tolerances of tests/metric_tolerances.yaml (trained floats differ between CPUs).
 nbval: env
 	scratch=$$(mktemp -d) && \
-	FEDPEFT_REPORTS_DIR=$$scratch FEDPEFT_RESULTS_DIR=$$scratch/results $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider reports/embedded/*/*.ipynb && \
+	FEDPEFT_REPORTS_DIR=$$scratch FEDPEFT_RESULTS_DIR=$$scratch/results $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p tests.nbval_stdout_only -p no:cacheprovider reports/embedded/*/*.ipynb && \
 	FEDPEFT_FRESH_REPORTS=$$scratch $(BIN)/python -m pytest -p no:cacheprovider tests/test_regeneration.py
 
 # Benchmarks measure; they never pass or fail. Results: reports/benchmarks/.
