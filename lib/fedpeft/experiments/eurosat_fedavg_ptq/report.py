@@ -17,7 +17,17 @@ from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
 from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT, SEED_REPORT_FILE, load  # noqa: F401 - the notebook's API
 from fedpeft.federated.ledger import MIB, cost
-from fedpeft.reporting.claims import ClaimsLedger, above_chance, exact, fact, not_testable, signal_label, within
+from fedpeft.reporting.claims import (
+    ClaimsLedger,
+    above_chance,
+    accuracy_above_chance,
+    exact,
+    fact,
+    mean_interval,
+    not_testable,
+    signal_label,
+    within,
+)
 
 TITLE = "EuroSAT FedAvg + post-training quantization"
 SEED_REPORT = SEED_REPORT_FILE
@@ -69,7 +79,7 @@ def speed_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 SUMMARY_COLUMNS = ["partition", "seed", "rounds", "rounds_completed", "label_skew_tv", "server_accuracy", "client_accuracy",
                    "wall_s", "train_s", "eval_s", "train_images_per_s", "loop_overhead", "stopped_by_time_limit",
-                   "resumed_from_round", "peak_memory_mib", "memory_kind", "chance_accuracy"]
+                   "resumed_from_round", "peak_memory_mib", "memory_kind", "chance_accuracy", "test_images"]
 
 
 def run_summary(records: Mapping[str, RunRecord]) -> pd.DataFrame:
@@ -88,16 +98,27 @@ def ptq_run(records: Mapping[str, RunRecord]) -> RunRecord:
     return next(r for r in records.values() if "ptq" in r.tables)
 
 
+def partition_signal(runs: pd.DataFrame) -> str:
+    """``above chance`` or ``no signal`` for the runs of one partition and round count: over seeds, the t interval
+    of their accuracies against chance; a single run (the extra-rounds row), the Wilson interval of its accuracy
+    over its test images, since there is no spread over seeds to judge it on."""
+    chance = float(runs["chance_accuracy"].iloc[0])
+    if len(runs) == 1:
+        one = runs.iloc[0]
+        verdict = accuracy_above_chance(float(one["server_accuracy"]), chance, int(one["test_images"]), "server accuracy")
+        return "above chance" if verdict.verdict == "holds" else "no signal"
+    return signal_label(100 * runs["server_accuracy"], 100 * chance)
+
+
 def accuracy_by_partition(summary: pd.DataFrame) -> pd.DataFrame:
     """Final server accuracy (percent) per partition: mean, sample sd and count over seeds, beside the chance
-    baseline (always the test set's most frequent class) and a signal label (``no signal`` when the interval over
-    seeds reaches chance, or with one seed)."""
+    baseline (always the test set's most frequent class) and a signal label (:func:`partition_signal`)."""
     g = summary.groupby(["partition", "rounds"], sort=False)
     out = g["server_accuracy"].agg(accuracy_mean="mean", accuracy_std="std", runs="count").reset_index()
     out["rounds_completed"] = g["rounds_completed"].min().to_numpy()  # below rounds: stopped by time_limit_s
     out[["accuracy_mean", "accuracy_std"]] *= 100
     out["chance_pct"] = 100 * g["chance_accuracy"].first().to_numpy()
-    out["signal"] = [signal_label(100 * grp["server_accuracy"], 100 * grp["chance_accuracy"].iloc[0]) for _, grp in g]
+    out["signal"] = [partition_signal(grp) for _, grp in g]
     return out.fillna({"accuracy_std": 0.0})
 
 
@@ -276,7 +297,37 @@ def headline(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFra
                    "compression", "total_mib", "cost_usd"]]
 
 
-def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, run: RunRecord) -> str:
+def partitions_and_rounds(s: Settings, summary: pd.DataFrame) -> str:
+    """Sentences on the study's own comparisons: each of ``compare_partitions`` against the main partition at
+    ``num_rounds`` (final accuracy in points, paired by seed, 95 % t interval of the differences), and the
+    ``extra_rounds`` run against the same seed's main run. Empty when neither ran."""
+    p = s.params
+
+    def accuracy(partition: str, rounds: int) -> pd.Series:
+        rows = summary[(summary["partition"] == partition) & (summary["rounds"] == rounds)]
+        return 100 * rows.set_index("seed")["server_accuracy"]
+
+    main = accuracy(p["partition"], p["num_rounds"])
+    sentences = []
+    for other in p["compare_partitions"]:
+        skewed = accuracy(other, p["num_rounds"])
+        seeds = main.index.intersection(skewed.index)
+        if len(seeds):
+            diff = mean_interval(skewed[seeds] - main[seeds])
+            skew = f"Dirichlet({p['dirichlet_alpha']:g})" if other == "dirichlet" else other
+            sentences.append(f"{skew} label skew changes the final accuracy by {diff.text('{:+.2f}', ' points')} against "
+                             f"{p['partition']} shards ({skewed[seeds].mean():.2f} % against {main[seeds].mean():.2f} %, "
+                             "paired by seed).")
+    if p["extra_rounds"]:
+        longer = accuracy(p["partition"], p["extra_rounds"])
+        for seed in longer.index.intersection(main.index):
+            sentences.append(f"{p['extra_rounds']} rounds (seed {seed}, one run) reach {longer[seed]:.2f} % against "
+                             f"{main[seed]:.2f} % for the same seed after {p['num_rounds']}.")
+    return " ".join(sentences)
+
+
+def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, run: RunRecord,
+            summary: pd.DataFrame | None = None) -> str:
     """The notebook's conclusion in a few sentences, from the measured tables."""
     p = s.params
     main_acc = acc[(acc["partition"] == p["partition"]) & (acc["rounds"] == p["num_rounds"])].iloc[0]
@@ -298,6 +349,8 @@ def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFram
                  f"at {by.loc['int8_static', 'drop_mean']:+.2f} ± {by.loc['int8_static', 'drop_sd']:.2f} points. ")
     text += (f"FP32 traffic is {fp32_comm['round_mib']:.2f} MiB per round; all {int(fp32_comm['rounds'])} rounds cost "
              f"${fp32_comm['cost_usd']:,.0f} at ${p['price_usd_per_mib']:g}/MiB.")
+    if summary is not None and (comparisons := partitions_and_rounds(s, summary)):
+        text += " " + comparisons
     if (acc["rounds_completed"] < acc["rounds"]).any():
         text += (f" **Some runs stopped at the time limit ({p['time_limit_s']} s) before their last round**, so these numbers "
                  "are not final; their checkpoints are kept, and running their stages again continues them.")
