@@ -178,3 +178,40 @@ def test_training_on_no_examples_is_refused(tiny_task):
     model, data = tiny_task
     with pytest.raises(ValueError, match="empty data set"):
         TextClassifierTrainer("sst2", lr=1e-3, batch_size=8, epochs=1).train(copy.deepcopy(model), data.subset([]), seeded_generator(0))
+
+
+def test_regression_target_scale_is_training_on_scaled_targets():
+    """Predicting ``target_scale`` x output with MSE on raw scores takes the same Adam steps as predicting the output on
+    scores divided by the scale (the loss only gains a constant factor), and predictions come back on the raw scale."""
+    import copy
+
+    from fedpeft.models.text import load_text_model
+
+    table = glue.generate_sentiment_sentences(32, 0)
+    table["label"] = (table["label"] * 4.0 + np.linspace(0.0, 1.0, len(table))).astype(np.float32)  # scores in [0, 5]
+    model, tokenizer = load_text_model("tiny-roberta", 1, seed=0, tokenizer_texts=table["text_a"].tolist())
+    model.roberta.requires_grad_(False)  # the head alone: encoder weights whose gradients are near Adam's eps would differ
+    raw = glue.tokenize(tokenizer, table, 32)
+    scaled = glue.tokenize(tokenizer, table.assign(label=table["label"] / 5.0), 32)
+    on_raw, on_scaled = copy.deepcopy(model), copy.deepcopy(model)
+    by_five = TextClassifierTrainer("stsb", lr=1e-2, batch_size=8, epochs=2, target_scale=5.0)
+    plain = TextClassifierTrainer("stsb", lr=1e-2, batch_size=8, epochs=2)
+    torch.manual_seed(0)  # the same dropout masks in both
+    by_five.train(on_raw, raw, seeded_generator(0))
+    torch.manual_seed(0)
+    plain.train(on_scaled, scaled, seeded_generator(0))
+    for (name, a), b in zip(on_raw.named_parameters(), on_scaled.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-3), name  # equal up to Adam's eps, which weighs on the smallest gradients
+    assert (on_raw.classifier.out_proj.weight - model.classifier.out_proj.weight).abs().max() > 0.01  # it trained
+    preds, loss = by_five.predict(on_raw, raw)
+    plain_preds, plain_loss = plain.predict(on_raw, scaled)
+    np.testing.assert_allclose(plain.predict(on_scaled, scaled)[0], plain_preds, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(preds, 5.0 * plain_preds, rtol=1e-6)
+    assert loss == pytest.approx(25.0 * plain_loss, rel=1e-5)  # MSE on the 0-5 scale
+
+
+def test_target_scale_is_refused_for_classification_and_non_positive_values():
+    with pytest.raises(ValueError, match="target_scale = 5.0 is not allowed for sst2, a classification task"):
+        TextClassifierTrainer("sst2", lr=1e-3, batch_size=8, epochs=1, target_scale=5.0)
+    with pytest.raises(ValueError, match="target_scale = 0 is not allowed; it must be a finite number > 0"):
+        TextClassifierTrainer("stsb", lr=1e-3, batch_size=8, epochs=1, target_scale=0)

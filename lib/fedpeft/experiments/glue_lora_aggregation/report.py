@@ -79,6 +79,13 @@ def describe(s: Settings, records: Mapping[str, RunRecord]) -> tuple[str, float]
             f"LoRA r={p['lora_rank']} on {p['target_modules']} plus the classification head: **{trainable:,} trainable "
             f"({100 * trainable / total:.2f} %)**. **Schedule**: {p['num_rounds']} rounds x {p['local_epochs']:g} local epochs, "
             f"lr {p['learning_rate']:g}, batch {p['batch_size']}; seeds {list(p['seeds'])}.")
+    extra = {r["task"]: r for r in federated(records) if r["task"] != p["main_task"]}
+    if extra:
+        sizes = ", ".join(f"{task} {r['train_examples']:,} training and {r['eval_examples']:,} validation examples"
+                          for task, r in sorted(extra.items()))
+        text += (f" **Extra tasks** (IID shards, svd and naive aggregation over every seed): {sizes}. A regression task's "
+                 "head predicts its largest training score times its output (STS-B: 5 x, `target_scale`), the same as "
+                 "training on scores scaled to [0, 1].")
     return text, trainable / total
 
 

@@ -166,9 +166,18 @@ def shard_table(data: TaskData, parts: list[np.ndarray]) -> pd.DataFrame:
 
 # --- training --------------------------------------------------------------------------------------------------
 
-def make_trainer(s: Settings, task: str, epochs: float | None = None, lr: float | None = None) -> TextClassifierTrainer:
-    return TextClassifierTrainer(task, lr=lr or s["learning_rate"], batch_size=s["batch_size"],
-                                 epochs=epochs if epochs is not None else s["local_epochs"], eval_batch_size=s["eval_batch_size"])
+def target_scale(data: TaskData) -> float:
+    """A regression task's largest absolute training score (STS-B: 5.0), the scale its head predicts on; 1 for a
+    classification task."""
+    if not glue.get_task(data.task).is_regression:
+        return 1.0
+    return float(np.abs(data.train_table["label"].to_numpy()).max()) or 1.0
+
+
+def make_trainer(s: Settings, data: TaskData, epochs: float | None = None, lr: float | None = None) -> TextClassifierTrainer:
+    return TextClassifierTrainer(data.task, lr=lr or s["learning_rate"], batch_size=s["batch_size"],
+                                 epochs=epochs if epochs is not None else s["local_epochs"], eval_batch_size=s["eval_batch_size"],
+                                 target_scale=target_scale(data))
 
 
 def adapter_model(s: Settings, data: TaskData, method: str, rank: int, seed: int):
@@ -213,7 +222,7 @@ def run_federated_lora(s: Settings, data: TaskData, method: str, sharding: str, 
     strategy = LoraAggregation(method, client_rank, alpha, global_rank=global_rank,
                                global_alpha=s["lora_alpha"] * global_rank / s["lora_rank"], frozen=frozen_lora_a(model))
     config = RoundConfig(num_rounds=s["num_rounds"], seed=seed, exchange="trainable", evaluate_clients=s["evaluate_clients"])
-    result = run_federated(model, clients, strategy, make_trainer(s, data.task), config, server_test=data.dev,
+    result = run_federated(model, clients, strategy, make_trainer(s, data), config, server_test=data.dev,
                            progress=progress, description=f"{data.task} {method}/{sharding} r{client_rank} seed {seed}")
     return FederatedRun(result, strategy, parts, model)
 
@@ -245,7 +254,7 @@ def train_centralized(s: Settings, data: TaskData, seed: int, full: bool, save_t
         model, lr = copy.deepcopy(data.base_model), s["full_finetune_lr"]
     else:
         (model, _), lr = adapter_model(s, data, "svd", s["lora_rank"], seed), s["learning_rate"]
-    trainer = make_trainer(s, data.task, epochs=epochs, lr=lr)
+    trainer = make_trainer(s, data, epochs=epochs, lr=lr)
     start = time.perf_counter()
     trainer.train(model, data.train, seeded_generator(seed, 20_000))
     seconds = time.perf_counter() - start
@@ -279,7 +288,7 @@ def train_clients_once(s: Settings, data: TaskData, parts: list[np.ndarray], see
     model, alpha = adapter_model(s, data, "svd", rank, seed)
     keys = [n for n, p in model.named_parameters() if p.requires_grad]
     initial = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
-    work, trainer = copy.deepcopy(model), make_trainer(s, data.task)
+    work, trainer = copy.deepcopy(model), make_trainer(s, data)
     states = [client_update(work, initial, Client(str(i + 1), data.train.subset(p)), i, 1, FedAvg(), trainer, seed)[0]
               for i, p in enumerate(parts)]
     return states, alpha / rank, model
@@ -322,7 +331,7 @@ def one_shot_merge(s: Settings, data: TaskData, seed: int, work_dir: Path) -> tu
     manifest_dir = work_dir / "shards" / f"{data.task}_iid_k{k}"
     manifests = save_shard_manifests(manifest_dir, parts, data.strata, {"task": data.task, "mode": "iid", "seed": seed})
     states, scaling, model = train_clients_once(s, data, parts, seed, s["lora_rank"])
-    trainer = make_trainer(s, data.task)
+    trainer = make_trainer(s, data)
     adapter_dirs = []
     for i, state in enumerate(states, start=1):
         model.load_state_dict(state, strict=False)
