@@ -30,3 +30,12 @@ def test_still_rising_counts_the_seeds_whose_score_rose_in_the_last_round():
 @pytest.mark.parametrize("rank, task", [(16, "stsb"), (8, "mrpc")])
 def test_still_rising_says_nothing_without_matching_runs(rank, task):
     assert exp.still_rising(_scores([0.1, 0.1, 0.1]), task, rank) == ""
+
+
+def test_extra_task_sentences_give_each_aggregation_over_seeds_with_its_signal():
+    scores = pd.DataFrame({"task": "stsb", "sharding": "iid", "method": ["svd"] * 3 + ["naive"] * 3, "client_rank": 8,
+                           "seed": [42, 43, 44] * 2, "score": [0.78, 0.79, 0.77, 0.05, -0.02, 0.03], "chance_score": 0.0})
+    (sentence,) = exp.extra_task_sentences(scores, ["stsb", "mrpc"], 8)  # no mrpc runs: no sentence
+    assert sentence == ("On stsb (pearson in %, IID, 3 seeds; chance 0.00): svd 78.00 ± 1.00 (above chance), "
+                        "naive 2.00 ± 3.61 (no signal).")
+    assert exp.extra_task_sentences(scores, ["stsb"], 16) == []

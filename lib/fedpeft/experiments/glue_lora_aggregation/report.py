@@ -333,6 +333,20 @@ def metrics(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.Da
     return out
 
 
+def extra_task_sentences(scores: pd.DataFrame, tasks, rank: int) -> list[str]:
+    """One sentence per extra task with IID runs: each aggregation's final headline metric (percent) over seeds,
+    mean ± sample sd, and its signal label against chance."""
+    out = []
+    for task in tasks:
+        extra = seed_table(scores, task, rank)
+        if len(extra):
+            txt = ", ".join(f"{r['method']} {r['score_mean_pct']:.2f} ± {r['score_std_pct']:.2f} ({r['signal']})"
+                            for _, r in extra.iterrows())
+            out.append(f"On {task} ({glue.get_task(task).metrics[0]} in %, IID, {int(extra['seeds'].max())} seeds; chance "
+                       f"{extra['chance_pct'].iloc[0]:.2f}): {txt}.")
+    return out
+
+
 def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.DataFrame, merge: pd.DataFrame,
             baselines: pd.DataFrame, runs_wall_s: float, trainable: float) -> str:
     """The report's opening paragraph, written from the measured tables."""
@@ -342,6 +356,7 @@ def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.Da
     if len(seeds):
         txt = ", ".join(f"{r['method']} {r['score_mean_pct']:.2f} ± {r['score_std_pct']:.2f} %" for _, r in seeds.iterrows())
         parts.append(f"On IID shards of {s['main_task']} after {s['num_rounds']} rounds ({int(seeds['seeds'].max())} seeds): {txt}.")
+    parts += extra_task_sentences(scores, s["extra_tasks"], s["lora_rank"])
     if ("svd", "category") in by.index and ("naive", "category") in by.index:
         parts.append(f"With one label per client (category shards) svd reaches {100 * by[('svd', 'category')]:.2f} % and naive "
                      f"{100 * by[('naive', 'category')]:.2f} %.")
