@@ -96,6 +96,14 @@ def test_scores_sit_beside_their_chance_baseline(scores, verdict, label):
     assert ("no signal" in v.measured) == (label == "no signal")
 
 
+def test_one_accuracy_with_its_evaluation_examples_is_labelled_on_its_wilson_interval():
+    # percent in, as for several seeds: 40/80 correct is far above 10 % chance; 10/80 (12.5 % [6.9, 21.5]) is not
+    assert c.signal_label([50.0], 10.0, eval_examples=80) == "above chance"
+    assert c.signal_label([12.5], 10.0, eval_examples=80) == "no signal"
+    assert c.signal_label([50.0], 10.0) == "no signal"  # one score and no examples: no interval
+    assert c.signal_label([80.0, 81.0, 79.0], 10.0, eval_examples=80) == "above chance"  # seeds: the t interval
+
+
 def test_wilson_interval_of_a_proportion_matches_its_formula():
     # Wilson (1927): centre (k + z^2/2) / (n + z^2), half-width z sqrt(k(n-k)/n + z^2/4) / (n + z^2)
     k, n, z = 450, 872, 1.959963984540054

@@ -237,9 +237,17 @@ def positive(values: Sequence[float], what: str = "value", fmt: str = "{:.4g}") 
     return Verdict(_from_side(m.side_of(0.0), +1), m.text(fmt), f"{what} > 0 over every seed ({100 * m.level:.0f} % t interval)", m)
 
 
-def signal_label(scores: Sequence[float], chance: float) -> str:
-    """``no signal`` when the scores' interval reaches the chance baseline (or there is one seed), else ``above chance``."""
-    return "above chance" if above_chance(scores, chance).verdict == "holds" else "no signal"
+def signal_label(scores: Sequence[float], chance: float, eval_examples: int | None = None) -> str:
+    """``above chance`` or ``no signal`` for scores against the chance baseline, both in percent. Several scores (one
+    per seed): their t interval. One score with ``eval_examples``: an accuracy over that many evaluation examples,
+    judged on its Wilson interval (:func:`accuracy_above_chance`; one model has no spread over seeds). One score
+    without: ``no signal``."""
+    scores = list(scores)
+    if len(scores) == 1 and eval_examples:
+        verdict = accuracy_above_chance(scores[0] / 100, chance / 100, eval_examples)
+    else:
+        verdict = above_chance(scores, chance)
+    return "above chance" if verdict.verdict == "holds" else "no signal"
 
 
 @dataclass

@@ -20,7 +20,6 @@ from fedpeft.federated.ledger import MIB, cost
 from fedpeft.reporting.claims import (
     ClaimsLedger,
     above_chance,
-    accuracy_above_chance,
     exact,
     fact,
     mean_interval,
@@ -102,12 +101,8 @@ def partition_signal(runs: pd.DataFrame) -> str:
     """``above chance`` or ``no signal`` for the runs of one partition and round count: over seeds, the t interval
     of their accuracies against chance; a single run (the extra-rounds row), the Wilson interval of its accuracy
     over its test images, since there is no spread over seeds to judge it on."""
-    chance = float(runs["chance_accuracy"].iloc[0])
-    if len(runs) == 1:
-        one = runs.iloc[0]
-        verdict = accuracy_above_chance(float(one["server_accuracy"]), chance, int(one["test_images"]), "server accuracy")
-        return "above chance" if verdict.verdict == "holds" else "no signal"
-    return signal_label(100 * runs["server_accuracy"], 100 * chance)
+    return signal_label(100 * runs["server_accuracy"], 100 * float(runs["chance_accuracy"].iloc[0]),
+                        eval_examples=int(runs["test_images"].iloc[0]))
 
 
 def accuracy_by_partition(summary: pd.DataFrame) -> pd.DataFrame:
