@@ -5,6 +5,9 @@ Without double quantization the absmax is fp32 (4 bytes per 64 weights: 0.5 bits
 quantization the absmax values are themselves quantized to 8 bits in blocks of 256, each block keeping an fp32
 scale, plus a 256-entry fp32 code table and an fp32 offset per tensor (about 0.127 bits per weight): the
 "0.37 bits per parameter" the QLoRA paper saves. Sizes here are in bytes; MiB = 2**20 bytes, GB = 10**9 bytes.
+
+Every NF4 layer of the study is made here (:func:`quantize_linear_layers`, :func:`from_pretrained_4bit`), and each
+one is pinned to a single CPU path by :func:`pin_cpu_path`: the reason is in that function.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ from torch import nn
 
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes' default blocksize for 4-bit)
 NESTED_BLOCK = 256  # absmax values per second-level scale (double quantization)
+
+#: The methods sentence of every report that runs NF4 layers on a CPU (the reason: :func:`pin_cpu_path`).
+CPU_PATH_METHOD = ("**NF4 on a CPU**: every 4-bit layer dequantizes its weight to the compute dtype and multiplies in that "
+                   "dtype, in training and in evaluation alike, on every x86-64 CPU. bitsandbytes' bf16 kernel for CPUs with "
+                   "AVX512-BF16 (Intel Xeon with AMX), which it would take for evaluation, is switched off "
+                   "(`fedpeft.quantization.nf4.pin_cpu_path`): it computes in bf16 whatever the compute dtype, needs layers "
+                   "of at least 64 inputs and a multiple of 32 outputs, and exists on one CPU kind only, so no number here "
+                   "depends on which CPU ran it.")
 
 
 def nf4_bytes(num_weights: int, double_quant: bool, blocksize: int = NF4_BLOCK, nested_blocksize: int = NESTED_BLOCK) -> int:
@@ -38,11 +49,46 @@ def bnb_config(compute_dtype: torch.dtype = torch.bfloat16, double_quant: bool =
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
+def pin_cpu_path(model: nn.Module) -> int:
+    """Make every bitsandbytes ``Linear4bit`` of ``model`` compute on the CPU as it does on every x86-64 CPU, and as
+    it does in training: dequantize the NF4 weight to the layer's compute dtype (exactly: code x absmax), then one
+    ``torch.nn.functional.linear``. Returns how many layers it pinned.
+
+    Why (issue 28): bitsandbytes 0.50 asks ``has_avx512bf16()`` when it builds a layer. Where the CPU has
+    AVX512-BF16 (Intel Xeon with AMX, not the AMD EPYC machines), a forward in eval mode without gradient repacks
+    the weight for a fused bf16 kernel instead. That path (1) exists on one CPU kind only, so an evaluation loss
+    would depend on the machine; (2) computes in bf16 whatever compute dtype a run chose (fp32 in the CPU
+    profiles), so evaluation would not compute what training computes; (3) needs ``out_features % 32 == 0`` and
+    ``in_features >= 64``, so it crashes on the weeds' ``Linear(1280, 2 or 3)`` head and on the tiny UNet's
+    32-wide layers. The portable path is what training always takes (gradients never take the bf16 path) and
+    what a GPU computes for a batch, so a comparison is never confounded by the machine. It costs speed only in
+    NF4 evaluation on such CPUs, which the study does not time. On CUDA the flag is not read."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for mod in model.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def from_pretrained_4bit(auto_class, source, compute_dtype: torch.dtype, double_quant: bool = True, **kwargs) -> nn.Module:
+    """``auto_class.from_pretrained(source)`` with the seed's 4-bit NF4 config (:func:`bnb_config`) computing in
+    ``compute_dtype``, its NF4 layers pinned to the study's CPU path (:func:`pin_cpu_path`); ``kwargs`` go to
+    ``from_pretrained`` (``device_map``, for example)."""
+    model = auto_class.from_pretrained(source, quantization_config=bnb_config(compute_dtype, double_quant),
+                                       dtype=compute_dtype, **kwargs)
+    pin_cpu_path(model)
+    return model
+
+
 def quantize_linear_layers(module: nn.Module, compute_dtype: torch.dtype = torch.float32, double_quant: bool = True,
                            skip: Iterable[str] = ()) -> int:
     """Replace every ``nn.Linear`` of ``module`` (in place, on the CPU) by a bitsandbytes NF4 ``Linear4bit``
-    holding the same weights; ``skip`` names modules (last name part) to leave alone. Returns how many were
-    replaced. For models that transformers does not load itself (a diffusers UNet built here)."""
+    holding the same weights, pinned to the study's CPU path (:func:`pin_cpu_path`); ``skip`` names modules (last
+    name part) to leave alone. Returns how many were replaced. For models that transformers does not load itself
+    (a diffusers UNet built here, the weeds' classifier head)."""
     import bitsandbytes as bnb
 
     skip = set(skip)
@@ -57,6 +103,7 @@ def quantize_linear_layers(module: nn.Module, compute_dtype: torch.dtype = torch
                                          quant_type="nf4", compress_statistics=double_quant)
             if child.bias is not None:
                 q.bias = nn.Parameter(child.bias.data.clone(), requires_grad=False)
+            pin_cpu_path(q)
             setattr(parent, name, q.to("cpu"))  # moving the Params4bit to a device is what quantizes it
             count += 1
     return count

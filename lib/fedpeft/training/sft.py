@@ -4,7 +4,7 @@ The seed used trl's ``SFTTrainer``: batch 1 with gradient accumulation 8, AdamW 
 3 % warm-up (transformers' ``get_cosine_schedule_with_warmup``), loss on every token of the rendered text. This
 loop does the same so that each optimizer step can be timed on its own: a *step* is one optimizer update
 (``grad_accum`` examples); steps/s counts updates per second of wall time.
-Also here: the Gemma-2 architectures, 4-bit loading through transformers' ``BitsAndBytesConfig``, and adapter
+Also here: the Gemma-2 architectures, 4-bit loading (through :func:`fedpeft.quantization.nf4.from_pretrained_4bit`), and adapter
 files written in fp32 and fp16.
 """
 
@@ -55,15 +55,14 @@ def load_for_arm(source_dir: Path, arm: str, compute_dtype: torch.dtype, base_dt
     (bitsandbytes through transformers, ``device_map`` CPU or the GPU) computing in ``compute_dtype``."""
     from transformers import AutoModelForCausalLM
 
-    from fedpeft.quantization.nf4 import bnb_config
+    from fedpeft.quantization.nf4 import from_pretrained_4bit
 
     if arm == "lora":
         return AutoModelForCausalLM.from_pretrained(source_dir, dtype=base_dtype)
     if arm != "qlora":
         raise ValueError(f"arm = {arm!r} is not allowed; it must be 'lora' or 'qlora'")
     device_map = {"": 0} if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=bnb_config(compute_dtype, double_quant),
-                                                dtype=compute_dtype, device_map=device_map)
+    return from_pretrained_4bit(AutoModelForCausalLM, source_dir, compute_dtype, double_quant, device_map=device_map)
 
 
 def save_base(model: nn.Module, tokenizer, folder: Path) -> Path:

@@ -97,7 +97,7 @@ def describe_lm(s: Settings, records: Mapping[str, RunRecord]) -> str:
             f"r={p['unet_lora_rank']}, {p['diffusion_steps']} steps of batch {p['diffusion_batch']}. **Seeds** {list(p['seeds'])} "
             "per arm (adapter init and batch order; the data and base model are the same in every run). The seed: "
             "Gemma-2-2B on Dolly 15k, 2 epochs (about 3,700 steps of 8), lr 2e-4, 512 (or 768) tokens, one run per arm; "
-            "SD 1.5 at 512 px on Van Gogh paintings.")
+            "SD 1.5 at 512 px on Van Gogh paintings. " + qlora.CPU_PATH_METHOD)
 
 
 def speed_table(s: Settings, lm: pd.DataFrame, dm: pd.DataFrame) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from fedpeft.experiments.weeds_qlora_federated.settings import (  # noqa: F401 -
     main_label,
 )
 from fedpeft.federated.ledger import MIB
+from fedpeft.quantization import nf4
 from fedpeft.reporting.claims import ClaimsLedger, above_chance, at_most, exact, fact, greater, less, not_testable, within
 from fedpeft.reporting.outputs import STUDY_PACKAGES
 
@@ -210,7 +211,8 @@ def describe(s: Settings, records: Mapping[str, RunRecord], backbone: BackboneIn
             f"farmer): centralized {p['centralized_rounds']} x {p['centralized_local_steps']}, FedAvg {p['fedavg_rounds']} rounds x "
             f"{p['fedavg_local_steps']}, DiLoCo {p['diloco_rounds']} x {p['diloco_local_steps']}; {p['num_farmers']} farmers; seeds "
             f"{list(p['seeds'])}. The seed: WeedsGalore (104/26/26 images, 3 classes), YOLO11s-cls, QLoRA r 4 on the head, "
-            "10 farmers, FedAvg 200 x 50 and DiLoCo 20 x 500 steps, one run each, validation as its test proxy.")
+            "10 farmers, FedAvg 200 x 50 and DiLoCo 20 x 500 steps, one run each, validation as its test proxy. "
+            + nf4.CPU_PATH_METHOD)
 
 
 def _drift(history: pd.DataFrame, label: str) -> list[float]:
