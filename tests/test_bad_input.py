@@ -291,7 +291,7 @@ def _comm_stub():
 
 
 @pytest.mark.slow
-def test_failing_flower_client_surfaces_its_own_error(tiny_images):
+def test_failing_flower_client_surfaces_its_own_error(tiny_images, ray_cluster):
     from fedpeft.federated.flower_engine import run_flower
     from fedpeft.federated.loop import RoundConfig
     from fedpeft.federated.strategies import FedAvg
@@ -303,4 +303,5 @@ def test_failing_flower_client_surfaces_its_own_error(tiny_images):
             raise RuntimeError("disk full on the farmer's phone")
 
     with pytest.raises(RuntimeError, match=r"round 1: 2 Flower client\(s\) failed; the first said: .*disk full on the farmer's phone"):
-        run_flower(EuroSATCNN(), _clients(tiny_images), FedAvg(), Broken(lr=1e-3, batch_size=8, epochs=1), RoundConfig(num_rounds=1))
+        run_flower(EuroSATCNN(), _clients(tiny_images), FedAvg(), Broken(lr=1e-3, batch_size=8, epochs=1), RoundConfig(num_rounds=1),
+                   ray_address=ray_cluster.address)

@@ -56,6 +56,13 @@ def _flower_processes() -> list[psutil.Process]:
     return found
 
 
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _job_folders() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "fedpeft-deployment-*")))
 
@@ -192,7 +199,7 @@ def test_sigterm_stops_every_process_and_removes_the_namespaces(tmp_path):
     folders = _job_folders()
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not any("flower-supernode" in " ".join(p.cmdline()) for p in _flower_processes()):
+    while not any("flower-supernode" in " ".join(p.cmdline()) for p in _descendants(proc.pid)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
         time.sleep(0.5)
     time.sleep(3)

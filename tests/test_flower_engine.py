@@ -100,7 +100,7 @@ CASES = {"image": _image_case, "text": _text_case, "causal_lm": _causal_lm_case,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_flower_matches_in_process_for_every_trainer(case, tiny_images):
+def test_flower_matches_in_process_for_every_trainer(case, tiny_images, ray_cluster):
     from fedpeft.federated.flower_engine import run_flower
 
     model, clients, trainer, test, strategy, exchange, rounds = CASES[case](tiny_images)
@@ -114,8 +114,7 @@ def test_flower_matches_in_process_for_every_trainer(case, tiny_images):
         in_process = run_federated(model, clients, strategy, trainer, config, server_test=test, progress=False)
     finally:
         torch.set_num_threads(threads)
-    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
-    flower = run_flower(model, clients, flower_strategy, trainer, config, server_test=test)
+    flower = run_flower(model, clients, flower_strategy, trainer, config, server_test=test, ray_address=ray_cluster.address)
 
     assert set(flower.final_state) == set(in_process.final_state)
     for k, v in in_process.final_state.items():
@@ -126,7 +125,23 @@ def test_flower_matches_in_process_for_every_trainer(case, tiny_images):
     assert flower.ledger.frame().sort_values(["round", "client", "direction"])["bytes"].tolist() == \
         in_process.ledger.frame().sort_values(["round", "client", "direction"])["bytes"].tolist()
 
-    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before]
+
+@pytest.mark.slow
+def test_a_local_ray_instance_is_started_and_stopped_even_beside_a_running_cluster(tiny_images, ray_cluster):
+    """Without an address, run_flower starts its own Ray instance and leaves no process of it behind. Ray alone would
+    join the cluster running here (or one a stale /tmp/ray/ray_current_cluster names) and refuse num_cpus: the run
+    failed with "When connecting to an existing cluster, num_cpus and num_gpus must not be provided"."""
+    from fedpeft.federated.flower_engine import run_flower
+
+    def ours() -> set[int]:  # this process's descendants, but for the session cluster's (its idle workers come and go)
+        cluster = {p.pid for p in psutil.Process(ray_cluster.pid).children(recursive=True)} | {ray_cluster.pid}
+        return {p.pid for p in psutil.Process().children(recursive=True)} - cluster
+
+    model, clients, trainer, test, strategy, exchange, _ = _image_case(tiny_images)
+    before = ours()
+    result = run_flower(model, clients, strategy, trainer, RoundConfig(num_rounds=1, exchange=exchange), server_test=test)
+    assert result.history["round"].tolist() == [0, 1]
+    started = [psutil.Process(pid) for pid in ours() - before if psutil.pid_exists(pid)]
     _, alive = psutil.wait_procs(started, timeout=30)  # Ray's processes exit shortly after shutdown
     left = [p for p in alive if _still_running(p)]
     assert not left, f"processes left running after the Flower simulation: {[p.pid for p in left]}"

@@ -8,8 +8,10 @@ object, so both engines do identical arithmetic (replies are ordered by partitio
 in-process). The ledger records the bytes of the same safetensors messages the in-process loop serializes. Each
 Ray actor gets one CPU, so torch runs one thread there; results are bitwise comparable with an in-process run
 that also uses one thread (convolution sums depend on the thread count).
-Flower's telemetry, update checks and runtime dependency installation are switched off, and Ray is shut down
-when the simulation returns. The ClientApp's step and the server strategy are :mod:`fedpeft.federated.flower_bridge`'s,
+Flower's telemetry, update checks and runtime dependency installation are switched off. Each simulation starts a
+local Ray instance and shuts it down when it returns, unless it is given a running cluster (``ray_address``, or Ray's
+own ``RAY_ADDRESS``), which it joins and leaves running: several simulations then share one cluster (the tests do),
+or a simulation spans machines. The ClientApp's step and the server strategy are :mod:`fedpeft.federated.flower_bridge`'s,
 shared with the deployment engine.
 """
 
@@ -21,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +57,7 @@ def run_flower(
     server_test: Any | None = None,
     num_cpus: int = 2,
     network: NetworkModel | None = None,
+    ray_address: str | None = None,
 ) -> FederatedResult:
     """Run ``config.num_rounds`` rounds on Flower's Ray simulation and return the same result type as the
     in-process loop: per-round history (train loss and server evaluation; ``round_s`` is the wall time between
@@ -61,7 +65,10 @@ def run_flower(
 
     Supports whole-state or trainable-only exchange and client sampling (Flower samples the nodes itself);
     fp32 transport only, and no wall-clock limit (use the in-process engine for those). ``network``: its drop-out
-    draws decide which farmers skip a round, as in the in-process loop.
+    draws decide which farmers skip a round, as in the in-process loop. ``num_cpus``: CPUs of the local Ray instance
+    (each client takes one). ``ray_address``: a running Ray cluster (``ray start --head``) to join instead, its CPUs
+    deciding how many clients train at once; ``RAY_ADDRESS`` when not given. Without either, a new local instance is
+    started even where another Ray cluster runs on the machine (Ray would otherwise join that one).
     """
     os.environ.update(FLOWER_ENV)
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -71,6 +78,9 @@ def run_flower(
 
     if config.transport != "fp32":
         raise ValueError(f"transport = {config.transport!r} is not supported on the Flower engine; use 'fp32'")
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    # Ray refuses num_cpus when it joins a cluster; "local" makes it start its own even if `ray start` runs here
+    init_args = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
     keys = exchanged_keys(model, config.exchange)
     trainable_keys = [n for n, p in model.named_parameters() if p.requires_grad]
     full = model.state_dict()
@@ -119,15 +129,19 @@ def run_flower(
         outcome["final_state"] = to_state(result.arrays)
 
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(clients),
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False},
-            },
-        )
+        with warnings.catch_warnings():
+            # Ray announces on every start that a future version will stop hiding GPUs from tasks that ask for none;
+            # the clients here ask for none and run on the CPU either way
+            warnings.filterwarnings("ignore", message=r"Tip: In future versions of Ray", category=FutureWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(clients),
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": init_args | {"log_to_driver": False},
+                },
+            )
     finally:
         _shutdown_ray()
         shutil.rmtree(state_dir, ignore_errors=True)
