@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fedpeft.core.records import RecordError, RunRecord, RunSpec, record_dir
 from fedpeft.experiments import runs
@@ -168,3 +169,34 @@ def test_committed_embedded_records_are_the_current_plan_and_settings(experiment
         record = RunRecord.read(record_dir("embedded", experiment, spec.run_id))
         assert record.meta["identity"] == runs.identity(s, spec), f"{experiment} {spec.run_id}: stale record"
         assert set(record.meta["params_read"]) <= set(runs.run_keys(experiment, s.params, spec.kind))
+
+
+def test_a_reused_preparation_looks_fresh_to_the_run():
+    """runs.reused_in_process: the same settings and arguments reuse the first result, with the keys it read marked
+    read and the random state it left; other settings or arguments compute it again."""
+    from fedpeft.core.config import Settings
+
+    calls = []
+
+    @runs.reused_in_process
+    def prepare(s, seed, scale=1.0):
+        calls.append(seed)
+        torch.manual_seed(seed)
+        return torch.randn(3) * s["scale_by"] * scale
+
+    def settings(**params):
+        return Settings("embedded", "toy", runs.TrackedParams({"scale_by": 2.0, "unused": 0} | params), Path("data"),
+                        Path("reports"), Path("cache"))
+
+    first_settings = settings()
+    first = prepare(first_settings, 7)
+    after_first = torch.rand(2)  # what a run draws next
+    torch.manual_seed(123)  # a later run moves the global state on
+    again_settings = settings()
+    assert prepare(again_settings, 7) is first and calls == [7]
+    assert again_settings.params.read == first_settings.params.read == {"scale_by"}
+    assert torch.equal(torch.rand(2), after_first)
+
+    assert prepare(settings(scale_by=3.0), 7) is not first and calls == [7, 7]
+    assert prepare(settings(scale_by=3.0), 8) is not None and calls == [7, 7, 8]
+    assert prepare(settings(scale_by=3.0), 8, scale=0.5) is not None and calls == [7, 7, 8, 8]

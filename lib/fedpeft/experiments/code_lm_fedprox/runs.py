@@ -21,6 +21,7 @@ from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import code_corpus
 from fedpeft.experiments.code_lm_fedprox.settings import EXPERIMENT, arm_name, strategy_for
+from fedpeft.experiments.runs import reused_in_process
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, run_federated
 from fedpeft.models.causal_lm import check_sequence_length, load_causal_lm
@@ -67,6 +68,7 @@ def documents(s: Settings) -> list[code_corpus.Document]:
     return code_corpus.hub_documents(s["hub_dataset"])
 
 
+@reused_in_process
 def prepare(s: Settings, seed: int) -> CodeData:
     """Model, tokenizer, the held-out split and the evaluation blocks (client shards are built on demand)."""
     model, tokenizer = load_causal_lm(s["model"], s.cache_dir, seed=seed, max_positions=max(s["max_length"], 256))
@@ -95,10 +97,11 @@ def pretrain_base(s: Settings, model: nn.Module, tokenizer, exclude_groups: set[
 
 
 def shards(s: Settings, data: CodeData, split: str, samples_per_client: int) -> list[code_corpus.TokenBlocks]:
+    num_clients, max_length = s["num_clients"], s["max_length"]  # read on every call: each record lists what it used
     key = (split, samples_per_client)
     if key not in data.shards:
         data.shards[key] = code_corpus.client_shards(
-            data.train_docs, data.tokenizer, split, s["num_clients"], samples_per_client, s["max_length"],
+            data.train_docs, data.tokenizer, split, num_clients, samples_per_client, max_length,
             data.tokenizer.eos_token_id, seed=0)
     return data.shards[key]
 

@@ -31,6 +31,7 @@ from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.core.seeding import seeded_generator
 from fedpeft.data import glue
 from fedpeft.experiments.glue_lora_aggregation.settings import EXPERIMENT, SHARDINGS
+from fedpeft.experiments.runs import reused_in_process
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, client_update, run_federated
 from fedpeft.federated.lora_aggregation import LoraAggregation, merge_adapter_dirs, merge_adapter_states
@@ -118,6 +119,7 @@ class TaskData:
         return stratify_labels(self.task, self.train_table["label"].to_numpy())
 
 
+@reused_in_process
 def prepare_task(s: Settings, task: str, seed: int = 0) -> TaskData:
     """Load, tokenize, and build the base model (tiny-roberta's encoder is first trained on separate
     generated sentences, standing in for pretraining, and its head is then re-initialised)."""
