@@ -13,4 +13,8 @@ fails on an upward import):
 8. ``experiments``: one module per experiment, composed by its notebook
 """
 
+from fedpeft.core import quiet as _quiet
+
 __version__ = "0.1.0"
+
+_quiet.install()  # before any of the study's libraries is imported: their known, harmless messages (core/quiet.py)

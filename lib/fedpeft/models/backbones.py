@@ -70,6 +70,9 @@ def _offline_ultralytics() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / ".cache" / "ultralytics"))
+    # its INFO lines (a head's class count overridden, a layer summary of every model built, whatever verbose= says)
+    # repeat what the study's tables show; its warnings still show
+    os.environ.setdefault("YOLO_VERBOSE", "false")
 
 
 def build_yolo(name: str, num_classes: int, checkpoint: str | Path | None = None) -> nn.Module:
