@@ -377,12 +377,18 @@ def test_deployment_scenarios_are_planned_beside_the_in_process_runs():
     from fedpeft.experiments.weeds_qlora_federated.runs import run_specs
     from fedpeft.experiments.weeds_qlora_federated.settings import load
 
-    s = load("embedded", {"deployment_scenarios": ["diloco"], "seeds": [0, 1]})
+    s = load("embedded", {"deployment_scenarios": ["diloco"], "seeds": [0, 1], "deployment_seeds": [0, 1]})
     ids = [spec.run_id for spec in run_specs(s)]
     assert [i for i in ids if "deployment" in i] == ["diloco-qlora-r4-fp32-uneven-deployment-s0",
                                                      "diloco-qlora-r4-fp32-uneven-deployment-s1"]
     assert "diloco-qlora-r4-fp32-uneven-s0" in ids  # the same scenario in-process, for the comparison
-    on_deployment = run_specs(load("embedded", {"engine": "deployment", "fp16_transport": False, "seeds": [0]}))
+    only_one = [spec.run_id for spec in run_specs(load("embedded", {"seeds": [0, 1], "deployment_seeds": [1]}))]
+    assert [i for i in only_one if "deployment" in i] == ["diloco-qlora-r4-fp32-uneven-deployment-s1"]
+    assert {"diloco-qlora-r4-fp32-uneven-s0", "diloco-qlora-r4-fp32-uneven-s1"} <= set(only_one)
+    with pytest.raises(ValueError, match=r"deployment_seeds = \[5\] is not allowed: each must be one of seeds = \[0, 1\]"):
+        load("embedded", {"seeds": [0, 1], "deployment_seeds": [5]})
+    on_deployment = run_specs(load("embedded", {"engine": "deployment", "fp16_transport": False, "seeds": [0],
+                                                "deployment_seeds": [0]}))
     assert all(spec.args["engine"] == "deployment" for spec in on_deployment[1:])
     with pytest.raises(ValueError, match="fp16_transport = true is not allowed with engine = 'flower'"):
         load("embedded", {"engine": "flower"})

@@ -330,7 +330,8 @@ def measured_text(measured: pd.DataFrame, overhead: pd.DataFrame, unshaped_reaso
         return "No deployment run is planned in this profile (`deployment_scenarios` is empty)."
     parts = []
     for _, m in measured.iterrows():
-        parts.append(f"**{m['label']}** ({m['seeds']} seeds, {m['rounds']} rounds{'' if m['shaped'] else ', loopback, unshaped'}): "
+        seeds = f"{m['seeds']} seed{'s' if m['seeds'] != 1 else ''}"
+        parts.append(f"**{m['label']}** ({seeds}, {m['rounds']} rounds{'' if m['shaped'] else ', loopback, unshaped'}): "
                      f"{m['measured_s']:.2f} s per round measured against {m['modelled_no_latency_s']:.2f} s modelled without "
                      f"latency ({m['modelled_s']:.2f} s with it): the model misses {m['gap_s']:.2f} s per round, "
                      f"{m['ratio']:.1f}x.")

@@ -60,6 +60,8 @@ SCHEMA: dict[str, Spec] = {
                                              "Flower's Deployment Engine (a SuperLink and one SuperNode per farmer)"),
     "deployment_scenarios": Spec(list, item=str, choices=SCENARIOS[1:], doc="scenarios rerun with uneven farmers on the "
                                  "deployment engine, each farmer behind a link shaped to its bandwidth (measured, not modelled)"),
+    "deployment_seeds": Spec(list, item=int, unique=True, min_items=1, doc="the seeds (some or all of seeds) those "
+                             "scenarios are rerun with on the deployment engine: each run starts some twenty Flower processes"),
     "step_fractions": Spec(list, item=float, min_items=1, doc="each farmer's share of the step budget, cycled"),
     "bandwidth_mbps": Spec(list, item=float, min_items=1, doc="farmers' links in Mbit/s, cycled"),
     "latency_s": Spec(float, low=0.0),
@@ -83,7 +85,7 @@ SEED = {
 
 #: Keys that decide which runs exist (a run's scenario, seed, adapter arm, rank and transport are in its spec).
 PLAN_KEYS = frozenset({"seeds", "arm", "lora_rank", "compare_arms", "rank_sweep", "fp16_transport", "heterogeneous_scenarios",
-                       "engine", "deployment_scenarios"})
+                       "engine", "deployment_scenarios", "deployment_seeds"})
 #: Keys only the report reads (the seed's economics).
 REPORT_KEYS = frozenset({"price_idr_per_mb", "usd_per_idr", "economics_farmers", "cycles_per_year"})
 
@@ -96,6 +98,9 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     if s["engine"] != "inprocess" and s["fp16_transport"]:
         raise ValueError(f"{EXPERIMENT}.fp16_transport = true is not allowed with engine = {s['engine']!r}: the Flower engines "
                          "carry fp32 only; set fp16_transport: false or engine: inprocess")
+    if not set(s["deployment_seeds"]) <= set(s["seeds"]):
+        raise ValueError(f"{EXPERIMENT}.deployment_seeds = {s['deployment_seeds']!r} is not allowed: each must be one of "
+                         f"seeds = {s['seeds']!r} (a deployment run reruns an in-process run of the same seed)")
     if len(s["tile_grid"]) != 2:
         raise ValueError(f"{EXPERIMENT}.tile_grid = {s['tile_grid']!r} is not allowed; it must be [rows, cols]")
     return s
@@ -123,7 +128,8 @@ def main_label(s: Settings, scenario: str) -> str:
 
 def planned_runs(s: Settings) -> list[ScenarioRun]:
     """Every run of the notebook: the main scenarios, the adapter, rank and transport comparisons on FedAvg, the
-    heterogeneous farmers, and those rerun on the deployment engine over shaped links; each for every seed."""
+    heterogeneous farmers, each for every seed, and those rerun on the deployment engine over shaped links for each
+    of ``deployment_seeds``."""
     arm, rank, engine = s["arm"], s["lora_rank"], s["engine"]
     specs = [ScenarioRun(sc, seed, arm, rank, engine=engine) for sc in SCENARIOS for seed in s["seeds"]]
     specs += [ScenarioRun("fedavg", seed, a, rank, engine=engine) for a in s["compare_arms"] if a != arm for seed in s["seeds"]]
@@ -134,7 +140,7 @@ def planned_runs(s: Settings) -> list[ScenarioRun]:
               for seed in s["seeds"]]
     if engine != "deployment":
         specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine="deployment") for sc in s["deployment_scenarios"]
-                  for seed in s["seeds"]]
+                  for seed in s["deployment_seeds"]]
     return specs
 
 
