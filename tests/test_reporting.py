@@ -128,6 +128,8 @@ def test_study_report_needs_setup_limitations_and_evidence_it_wrote(tmp_path):
     assert compute["wall_s"].tolist() == [30.0, 90.0]
     assert compute["device"].tolist() == ["CPU: X, 2 threads", "GPU: H100"]
     assert "| total" in (out / "compute.md").read_text()
+    machines = (out / "machine.md").read_text()
+    assert "run stages" in machines and "report stage" in machines and "H100" in machines
 
 
 class _Record:
@@ -151,6 +153,20 @@ def test_compute_table_reads_wall_time_and_device_from_each_record():
     assert "CPU: EPYC, 2 threads (2 runs); not recorded (1 runs)" in text and "1 records carry no wall time" in text
     assert table["resumed_from_round"].tolist() == [0, 0, 4] and "leaves out the rounds before it: r3." in text
     assert compute_summary(compute_table({})).startswith("No run records")
+
+
+def test_machines_table_lists_the_run_stages_machines_then_the_report_stage():
+    from fedpeft.reporting.compute import machines_table
+
+    amd = {"cpu": "AMD EPYC", "cpu_cores": "2", "torch_threads": "2", "memory_gib": "23.5", "gpu": "none", "cpu_bf16": "False"}
+    intel = amd | {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16": "True"}
+    table = machines_table({"r1": _Record({"machine": amd}), "r2": _Record({"machine": intel}), "r3": _Record({"machine": amd}),
+                            "r4": _Record({})}, report_machine=intel)
+    assert table["role"].tolist() == ["run stages", "run stages", "run stages", "report stage"]
+    assert table["runs"].tolist() == [2, 1, 1, 0]
+    assert table["cpu"].tolist() == ["AMD EPYC", "Intel(R) Xeon(R) Processor", "not recorded", "Intel(R) Xeon(R) Processor"]
+    assert table["cpu_bf16"].tolist() == ["False", "True", "not recorded", "True"]
+    assert machines_table({}, report_machine=amd)["role"].tolist() == ["report stage"]
 
 
 def test_lock_digest_follows_the_pins_not_the_comments(tmp_path):

@@ -1,4 +1,4 @@
-"""What the runs behind a report cost: wall time per run stage and in total, and the device each ran on.
+"""What the runs behind a report cost: wall time per run stage and in total, the device each ran on, and the machines.
 
 Read from the records' provenance (``meta.stage_wall_s``, ``meta.machine``, ``meta.written_at``, written by
 ``fedpeft.experiments.runs.execute``), so the numbers are the run stages' own, not the report stage's.
@@ -55,3 +55,21 @@ def compute_summary(table: pd.DataFrame) -> str:
         text += (f" Resumed from a checkpoint after an interruption, so their wall time leaves out the rounds before it: "
                  f"{', '.join(resumed)}.")
     return text
+
+
+MACHINE_COLUMNS = ["cpu", "cpu_cores", "torch_threads", "memory_gib", "gpu", "cpu_bf16"]
+
+
+def machines_table(records: Mapping[str, Any], report_machine: Mapping[str, Any]) -> pd.DataFrame:
+    """The machines behind a report: one row per distinct machine of the run records (``role`` "run stages",
+    ``runs`` how many records it wrote, first seen first), then the machine of the report stage itself (``role``
+    "report stage", which trains nothing). Trained numbers depend on the CPU kind (AVX2 against AVX-512 kernels), so
+    a reader needs the first rows, not the last."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for record in records.values():
+        machine = (getattr(record, "meta", {}) or {}).get("machine") or {}
+        row = {c: str(machine.get(c, NOT_RECORDED)) for c in MACHINE_COLUMNS}
+        key = tuple(row.values())
+        seen.setdefault(key, {"role": "run stages", "runs": 0, **row})["runs"] += 1
+    report = {"role": "report stage", "runs": 0, **{c: str(report_machine.get(c, NOT_RECORDED)) for c in MACHINE_COLUMNS}}
+    return pd.DataFrame([*seen.values(), report], columns=["role", "runs", *MACHINE_COLUMNS])

@@ -10,7 +10,8 @@ stages declare their outputs ``persist: true``, so DVC does not delete them firs
 ``FEDPEFT_RECORDS_ONLY=1``: it reads the run stages' records and never trains.
 
 papermill and its kernel die with this process: it asks the kernel to send it SIGTERM when its parent (DVC) dies,
-and on SIGTERM or SIGINT it ends papermill's whole process tree before it exits.
+and on SIGTERM or SIGINT it ends papermill's whole process tree before it exits. The kernel's sockets are encrypted
+with CurveZMQ keys that the kernel manager makes (:func:`execute`).
 """
 
 from __future__ import annotations
@@ -73,17 +74,33 @@ def swap_in(staging: Path, reports_root: Path, experiment: str) -> None:
             os.replace(staging / rel, reports_root / rel)
 
 
-def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path, extra_args: list[str] | None = None,
-              results_dir: Path | None = None) -> int:
+def execute(notebook: Path, output: Path, profile: str) -> None:
+    """papermill's execution of ``notebook`` into ``output`` with the stage's parameters (``profile``, no progress
+    bars inside the notebook), in a kernel whose sockets are encrypted with CurveZMQ keys the kernel manager makes.
+    Plain TCP (jupyter_client's default) made ipykernel 7 warn "Kernel is running over TCP without encryption" at
+    every report stage; the kernel listens on localhost either way."""
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _required(self) -> str:
+            return "required"
+
+    papermill.execute_notebook(str(notebook), str(output), kernel_name="python3", parameters={"profile": profile, "progress": False},
+                               progress_bar=True, kernel_manager_class=EncryptedKernelManager)
+
+
+def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path, results_dir: Path | None = None) -> int:
     """Execute ``notebook`` into staging and swap its outputs in on success; return papermill's exit code.
     ``results_dir``: run every planned run afresh into this results root (the notebook computes the records it
     does not find there) instead of reading the run stages' records."""
     staging = reports_root / f".staging-{experiment}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / experiment).mkdir(parents=True)
-    command = [sys.executable, "-m", "papermill", str(notebook), str(staging / experiment / Path(notebook).name),
-               "-k", "python3", "-p", "profile", profile, "-p", "progress", "False", "--log-level", "WARNING",
-               *(extra_args or [])]
+    command = [sys.executable, "-m", "fedpeft.reporting.notebook_stage", "--execute", str(notebook),
+               str(staging / experiment / Path(notebook).name), "--profile", profile]
     env = os.environ | {"FEDPEFT_REPORTS_DIR": str(staging), RECORDS_ONLY_ENV: "1"}
     if results_dir is not None:
         env = {k: v for k, v in env.items() if k != RECORDS_ONLY_ENV} | {RESULTS_ENV: str(results_dir)}
@@ -153,8 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notebook", type=Path)
     parser.add_argument("--all", action="store_true", help="regenerate every experiment's runs and report (see regenerate)")
     parser.add_argument("--reports-root", type=Path, help="default: the profile's reports_dir")
-    args, extra = parser.parse_known_args(argv)
+    parser.add_argument("--execute", nargs=2, type=Path, metavar=("NOTEBOOK", "OUTPUT"),
+                        help="the stage's child: execute NOTEBOOK into OUTPUT (see execute)")
+    args = parser.parse_args(argv)
     _die_with_parent()
+    if args.execute:
+        execute(*args.execute, args.profile)
+        return
     root = args.reports_root
     if root is None:
         common = validate_section("common", load_raw(args.profile).get("common", {}), COMMON_SCHEMA)
@@ -163,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(regenerate(args.profile, root, REPO_ROOT / "results" / args.profile))
     if args.experiment is None or args.notebook is None:
         parser.error("--experiment and --notebook are required (or --all)")
-    sys.exit(run_stage(args.notebook, args.profile, args.experiment, root, extra))
+    sys.exit(run_stage(args.notebook, args.profile, args.experiment, root))
 
 
 if __name__ == "__main__":

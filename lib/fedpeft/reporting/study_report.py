@@ -18,7 +18,7 @@ from fedpeft.core.config import Settings
 from fedpeft.core.files import atomic_write_text
 from fedpeft.core.profiling import machine_description
 from fedpeft.reporting.claims import ClaimsLedger
-from fedpeft.reporting.compute import compute_summary, compute_table
+from fedpeft.reporting.compute import compute_summary, compute_table, machines_table
 from fedpeft.reporting.outputs import (
     STUDY_PACKAGES,
     MarkdownReport,
@@ -102,9 +102,9 @@ class StudyReport:
         shown_compute = pd.concat([compute, total], ignore_index=True) if len(compute) else compute
         write_table(shown_compute, self.out, "compute", f"{self.title} ({profile}): wall time (s) of each run stage", "{:.0f}")
         write_csv(compute, self.out / "compute.csv")
-        machine = pd.DataFrame([machine_description()])
+        machine = machines_table(records, machine_description())
         versions = package_versions(self.packages)
-        write_table(machine, self.out, "machine", "Machine that produced these numbers")
+        write_table(machine, self.out, "machine", "Machines of the run stages that produced these numbers, and of the report stage")
         write_table(versions, self.out, "versions", "Package versions")
         write_metrics(metrics, self.settings.metrics_path)
         write_csv(history, self.settings.history_path)
@@ -130,7 +130,7 @@ class StudyReport:
         report.heading("Compute, machine and versions")
         report.text(compute_text)
         report.table(shown_compute, "Wall time of each run stage (s) and the device it ran on", "{:.0f}")
-        report.table(machine, "Machine of the report stage")
+        report.table(machine, "Machines of the run stages and of the report stage")
         report.table(versions, "Versions")
         report.heading("Limitations")
         report.text(limitations)
