@@ -42,8 +42,10 @@ export INSTALL_WITHOUT_DEPENDENCIES
 # requirements.lock: every package of the environment with its hashes, resolved from pyproject.toml by `make lock`
 # (uv, pinned here, resolves in seconds; pip-compile downloads every wheel to hash it). tests/test_environment.py
 # fails when pyproject.toml changed without the lock. uv also installs the lock: the same hash-checked files as
-# `pip install --require-hashes`, in about 25 s where pip took 150 s (parallel downloads and unpacking, files linked
-# from uv's cache). It lives in a small venv of its own, $(TOOLS).
+# `pip install --require-hashes`, in about 55 s where pip took 150 s (parallel downloads and unpacking, files linked
+# from uv's cache). Like pip, it compiles every module's bytecode at install (--compile-bytecode): where
+# PYTHONDONTWRITEBYTECODE is set (these machines set it), a module without it is compiled again in every process
+# that imports it, which made a fresh `make test` take 15 min instead of 9. uv lives in a venv of its own, $(TOOLS).
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 TOOLS := .venv-tools
@@ -56,7 +58,7 @@ env: $(VENV)/.installed
 # dependencies, then [tool.fedpeft] install-without-dependencies.
 $(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
 	$(PYTHON) -m venv $(VENV)
-	$(UV) pip install --quiet --python $(BIN)/python --require-hashes --no-deps -r $(LOCK)
+	$(UV) pip install --quiet --compile-bytecode --python $(BIN)/python --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "$$INSTALL_WITHOUT_DEPENDENCIES"
 	touch $@
