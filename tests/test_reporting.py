@@ -206,3 +206,16 @@ def test_packages_installed_without_dependencies_are_pinned_by_pyproject(tmp_pat
     table = outputs.package_versions(("pandas", "seaborn")).set_index("package")["locked"]
     assert table["seaborn"] == outputs.metadata.version("seaborn")
     assert table["requirements.lock (sha256)"] == "installed = locked"
+
+
+def test_table_structure_hides_trained_numbers_and_the_labels_drawn_from_them():
+    """What nbval compares: another CPU kind moves the floats' last digits, and with them a label near its threshold."""
+    from fedpeft.reporting.outputs import table_structure
+
+    here = pd.DataFrame({"partition": ["iid", "dirichlet"], "runs": [3, 3], "accuracy": [0.52, float("nan")],
+                         "signal": ["above chance", "no signal"]})
+    elsewhere = here.assign(accuracy=[0.5199, 0.1], signal=["above chance", "above chance"])
+    assert table_structure(here) == table_structure(elsewhere)
+    text = table_structure(here)
+    assert text.splitlines()[0] == "2 rows" and "dirichlet" in text and "above chance" not in text and "0.52" not in text
+    assert table_structure(here.assign(runs=[3, 2])) != text  # counts and names are still compared exactly

@@ -108,13 +108,20 @@ def write_csv(df: pd.DataFrame, path: Path, float_format: str = "%.6g") -> Path:
     return atomic_write_text(Path(path), df.to_csv(index=False, float_format=float_format))
 
 
+#: Columns that label a trained number against a threshold (``claims.signal_label``: "above chance" or "no signal"):
+#: a score near its threshold flips the label between CPU kinds (seen: EuroSAT's embedded Dirichlet row, on AVX2
+#: kernels), so the nbval check shows them as ``~`` like the number itself.
+TRAINED_LABEL_COLUMNS = frozenset({"signal"})
+
+
 def table_structure(df: pd.DataFrame) -> str:
-    """``df`` as text with every floating value (NaN too) replaced by ``~`` (index, columns, integers and labels kept): what a
-    rerun on any CPU reproduces exactly, for the nbval check. Trained floats are checked against the committed
-    metrics within tolerances instead (tests/test_regeneration.py)."""
+    """``df`` as text with every floating value (NaN too), and every label of a trained number
+    (:data:`TRAINED_LABEL_COLUMNS`), replaced by ``~`` (index, columns, integers and other labels kept): what a rerun on
+    any CPU reproduces exactly, for the nbval check. Trained floats are checked against the committed metrics within
+    tolerances instead (tests/test_regeneration.py)."""
     shown = df.copy()
     for col in shown.columns:
-        if pd.api.types.is_float_dtype(shown[col]):
+        if pd.api.types.is_float_dtype(shown[col]) or col in TRAINED_LABEL_COLUMNS:
             shown[col] = "~"
     return f"{len(df)} rows\n" + shown.to_string()
 
