@@ -272,7 +272,10 @@ def test_time_limited_eurosat_run_reports_its_rounds_and_stays_resumable(tmp_pat
     assert first["stopped_by_time_limit"] and summary["rounds_completed"].tolist() == [1]
     acc = report.accuracy_by_partition(summary)
     assert acc[["rounds", "rounds_completed"]].values.tolist() == [[2, 1]]
-    assert "stopped at the time limit" in report.finding(settings, acc, _ptq_stub(), _comm_stub(), first)
+    from fedpeft.reporting.claims import ClaimsLedger
+
+    no_verdicts = ClaimsLedger("embedded", "eurosat_fedavg_ptq")
+    assert "stopped at the time limit" in report.finding(settings, acc, _ptq_stub(), _comm_stub(), first, summary, no_verdicts)
     settings.params["time_limit_s"] = None
     resumed = runs.execute(settings, spec, progress=False)
     assert resumed["resumed_from_round"] == 1 and resumed["rounds_completed"] == 2

@@ -65,8 +65,8 @@ def test_faster_uses_the_ratio_of_repeated_timings(a, b, verdict):
     ([85.0, 85.3, 84.9], "holds"),
     ([70.0, 70.5, 69.8], "does not hold"),
     ([80.0, 86.0, 83.0], "inconclusive"),
-    ([85.1], "holds"),
-    ([75.0], "does not hold"),
+    ([85.1], "inconclusive"),  # one run: no interval, never a verdict
+    ([75.0], "inconclusive"),
 ])
 def test_within_flips_every_way(values, verdict):
     assert c.within(values, 85.2, 1.0, what="accuracy (%)").verdict == verdict
@@ -75,7 +75,6 @@ def test_within_flips_every_way(values, verdict):
 def test_exact_fact_and_not_testable():
     assert c.exact(434_602, 434_602, "parameters").verdict == "holds"
     assert c.exact(434_601, 434_602, "parameters").verdict == "does not hold"
-    assert c.exact(0.43, 0.41, "MiB", tolerance=0.05).verdict == "holds"
     assert c.fact("K r rank: 1e-16", "SVD at rank K r reproduces the mean delta-W").verdict == "fact"
     with pytest.raises(ValueError, match="must say why"):
         c.not_testable("")
@@ -141,17 +140,19 @@ def test_bad_input_is_refused():
         c.Verdict("maybe", "x", "y")
     ledger = c.ClaimsLedger("embedded", "eurosat_fedavg_ptq")
     with pytest.raises(ValueError, match="has no evidence"):
-        ledger.add("CNN parameters", "434,602", c.exact(1, 1), evidence="")
+        ledger.add("CNN parameters", "434,602", c.exact(1, 1, unit=" parameters"), evidence="")
 
 
 def test_ledger_rows_carry_verdict_rule_and_evidence():
     ledger = c.ClaimsLedger("embedded", "eurosat_fedavg_ptq")
-    ledger.add("CNN parameters", "434,602", c.exact(434_602, 434_602, "parameters"), evidence="accuracy.md")
+    ledger.add("CNN parameters", "434,602", c.exact(434_602, 434_602, "parameters", " parameters"), evidence="accuracy.md")
     ledger.add("FP16 is faster", "20-30 %", c.not_testable("FP16 kernels are not faster on this CPU"), evidence="speed.md")
     frame = ledger.frame()
     assert frame["verdict"].tolist() == ["holds", "not testable here"]
     assert set(frame["verdict"]) <= set(c.VERDICTS) and frame["evidence"].str.len().gt(0).all()
-    assert list(frame.columns[:7]) == ["claim", "seed", "study", "verdict", "rule", "evidence", "note"]
+    assert list(frame.columns[:10]) == ["claim", "seed", "study", "verdict", "rule", "evidence", "note", "kind",
+                                        "evidence_profile", "device"]
+    assert frame["kind"].tolist() == ["seed claim", "seed claim"] and (frame["evidence_profile"] == "embedded").all()
 
 
 def test_at_most_and_positive_flip_each_way():
@@ -163,10 +164,12 @@ def test_at_most_and_positive_flip_each_way():
     assert c.positive([0.5]).verdict == "inconclusive"  # one seed: no interval
 
 
-def test_exact_formats_and_tolerates():
-    v = c.exact(1.6676, 1.66, "size (MiB)", 0.02 * 1.66, "{:.3f} MiB")
-    assert v.verdict == "holds" and v.measured == "1.668 MiB" and "± 0.0332" in v.rule
-    assert c.exact(0.740, 0.52, "size", 0.02 * 0.52).verdict == "does not hold"
+def test_a_computed_number_is_matched_to_the_precision_the_seed_states():
+    # "1.66" covers [1.655, 1.665]: the CNN's saved 1.668 MiB is outside, its parameters x 4 bytes (1.658) inside
+    v = c.matches(1.6676, c.stated("1.66"), "saved size", "{:.3f}", " MiB")
+    assert v.verdict == "does not hold" and v.measured == "1.668 MiB" and "[1.655, 1.665] MiB" in v.rule
+    assert c.matches(1_738_408 / 2**20, c.stated("1.66"), "size").verdict == "holds"
+    assert c.matches(12.0, c.stated_range(10, 15, "10-15"), "checkpoint").verdict == "holds"
 
 
 def test_chance_baselines_of_constant_predictors():
@@ -182,3 +185,154 @@ def test_chance_baselines_of_constant_predictors():
     assert chance_metrics("stsb", [0.5, 4.0, 2.0]) == {"pearson": 0.0, "spearman": 0.0}
     with pytest.raises(ValueError, match="no labels"):
         majority_baseline([])
+
+
+# --- the verdict policy: designs, magnitudes, kinds, units ------------------------------------------------------
+
+@pytest.mark.parametrize("text, scale, low, high", [
+    ("0.41", 1.0, 0.405, 0.415),
+    ("45", 1.0, 44.5, 45.5),
+    ("8,460", 1.0, 8459.5, 8460.5),
+    ("~9.4", 1e6, 9.35e6, 9.45e6),
+    ("-0.25", 1.0, -0.255, -0.245),
+])
+def test_a_stated_figure_covers_its_last_digit(text, scale, low, high):
+    f = c.stated(text, scale)
+    assert f.low == pytest.approx(low) and f.high == pytest.approx(high)
+    with pytest.raises(ValueError, match="seed figure = 'about half' is not a number"):
+        c.stated("about half")
+    with pytest.raises(ValueError, match="low <= high"):
+        c.stated_range(2.0, 1.0, "2-1")
+
+
+def test_pairing_decides_what_welch_cannot():
+    # the fold moves both arms: unpaired, the spread of the folds hides a constant +0.02 gain; paired, it is clear
+    a = {0: 0.62, 1: 0.82, 2: 0.72}
+    b = {0: 0.60, 1: 0.80, 2: 0.70}
+    assert c.greater(list(a.values()), list(b.values())).verdict == "inconclusive"
+    v = c.paired_greater(a, b, 0.0, "fedavg - centralized F1", "{:+.3f}", " F1", "seeds, paired by fold")
+    assert v.verdict == "holds" and v.interval.n == 3 and "paired t interval; n = 3 seeds, paired by fold" in v.rule
+    assert c.paired_less(b, a).verdict == "holds" and c.paired_greater(b, a).verdict == "does not hold"
+    assert c.paired_greater({0: 0.9}, {0: 0.1}).verdict == "inconclusive"  # one pair: no interval
+
+
+def test_paired_differences_match_a_known_t_interval():
+    d = c.paired_difference_interval({"s0": 3.0, "s1": 5.0, "s2": 4.0}, {"s0": 1.0, "s1": 2.0, "s2": 3.0})
+    # differences 2, 3, 1: mean 2, sd 1, t(0.975, 2) = 4.302653
+    assert d.estimate == 2.0 and d.low == pytest.approx(2 - 4.302653 / math.sqrt(3), rel=1e-6)
+
+
+def test_paired_values_must_share_their_keys():
+    with pytest.raises(ValueError, match="only one side has"):
+        c.paired_difference_interval({0: 1.0, 1: 2.0}, {0: 1.0, 2: 2.0})
+    with pytest.raises(TypeError, match="keyed by what pairs them"):
+        c.paired_difference_interval([1.0, 2.0], [1.0, 2.0])
+
+
+def test_the_prediction_interval_of_one_run_is_wider_than_the_mean_s():
+    values = [1.0, 2.0, 3.0]
+    p, m = c.prediction_interval(values), c.mean_interval(values)
+    assert p.low == pytest.approx(2 - 4.302653 * math.sqrt(1 + 1 / 3), rel=1e-6)
+    assert p.low < m.low and p.high > m.high
+    lp = c.prediction_interval([1.0, 2.0, 4.0], log=True)
+    assert lp.estimate == pytest.approx(2.0) and lp.low > 0
+
+
+@pytest.mark.parametrize("values, figure, verdict", [
+    ([82.0, 85.0, 84.0], "85.20", "holds"),          # the seed's single run is one the study could make
+    ([80.0, 80.2, 80.1], "85.20", "does not hold"),  # far outside one run's interval
+    ([84.0], "85.20", "inconclusive"),               # one run: no interval
+])
+def test_a_seeds_single_run_is_compared_with_one_run_not_with_the_mean(values, figure, verdict):
+    v = c.one_run_matches(values, c.stated(figure), "test accuracy", "{:.2f}", " %")
+    assert v.verdict == verdict and "prediction interval of one study run" in v.rule
+    if verdict != "inconclusive":
+        assert v.measured.endswith(("inside", "outside")) and " %" in v.measured
+
+
+def test_a_magnitude_claim_is_judged_on_its_magnitude_not_its_direction():
+    # LoRA 1.66x faster than QLoRA in every run: faster, yes; 45 % faster, no
+    lora, qlora = [0.70, 0.68, 0.69], [0.42, 0.41, 0.415]
+    assert c.faster(lora, qlora).verdict == "holds"
+    v = c.one_run_ratio_matches(lora, qlora, c.stated("1.45"), "LoRA / QLoRA steps/s")
+    assert v.verdict == "does not hold" and v.measured.startswith("1.66x, one run's ratio in") and "outside" in v.measured
+    assert c.one_run_ratio_matches(lora, [0.48, 0.47, 0.475], c.stated("1.45")).verdict == "holds"
+    assert c.one_run_ratio_matches([0.7], qlora, c.stated("1.45")).verdict == "inconclusive"
+
+
+def test_a_new_single_run_is_placed_against_the_reference_runs():
+    cold = [80.0, 80.5, 79.8]
+    assert c.beyond_one_run(86.0, cold).verdict == "holds"
+    assert c.beyond_one_run(70.0, cold).verdict == "does not hold"
+    assert c.beyond_one_run(80.3, cold).verdict == "inconclusive"
+    assert c.beyond_one_run(86.0, [80.0]).verdict == "inconclusive"
+
+
+def test_spreads_between_runs_are_compared_as_spreads():
+    from scipy import stats
+
+    noisy, steady = [0.409, 0.500, 0.318], [0.50, 0.51, 0.505]
+    assert c.spread_matches(noisy, c.stated("0.091"), seed_runs=3).verdict == "holds"
+    v = c.spread_matches(steady, c.stated("0.091"), seed_runs=3)
+    # sd 0.005: a 3-run sd under it lies below 0.005 sqrt(F(0.975; 2, 2)) = 0.005 sqrt(39) = 0.031, so 0.091 is outside
+    assert v.verdict == "does not hold" and v.interval.high == pytest.approx(0.005 * math.sqrt(stats.f.ppf(0.975, 2, 2)))
+    assert c.spread_matches([0.5], c.stated("0.091"), seed_runs=3).verdict == "inconclusive"
+    assert c.sd_interval([1.0, 2.0, 3.0]).estimate == 1.0
+
+
+def test_a_derived_figure_carries_the_precision_of_its_inputs():
+    f = c.derived("664", "1.66")  # 400 x 1.66 MB: 1.66 is +-0.005, so 664 is +-2.0
+    assert f.low == pytest.approx(662.0) and f.high == pytest.approx(666.0)
+    assert c.matches(664.51, f, "MiB").verdict == "holds" and c.matches(664.51, c.stated("664"), "MiB").verdict == "does not hold"
+    assert c.derived("0.41", "1.66").high == pytest.approx(0.415)  # its own last digit is the wider band
+    with pytest.raises(ValueError, match="missing"):
+        c.matches(float("nan"), f, "MiB")
+
+
+def test_a_seeds_single_difference_is_placed_against_unpaired_runs():
+    qlora, lora = [7.78, 7.78, 7.78], [11.27, 11.27, 11.27]
+    v = c.one_run_difference_matches(qlora, lora, c.stated_range(-0.32, -0.30, "-0.31"), "QLoRA - LoRA", "{:+.3f}", " GB")
+    assert v.verdict == "does not hold" and v.measured.startswith("-3.490 GB, one run's difference in [-3.490, -3.490] GB")
+    assert c.one_run_difference_matches([7.4, 7.5], [7.7, 7.8], c.stated_range(-0.32, -0.30, "-0.31")).verdict == "holds"
+
+
+def test_a_finding_sentence_follows_its_verdict():
+    sentences = ("beats it ({measured})", "loses ({measured})", "cannot tell ({measured})", "")
+    assert c.says(c.paired_greater({0: 2.0, 1: 3.0, 2: 2.5}, {0: 1.0, 1: 2.0, 2: 1.4}), *sentences) == "beats it (1.033 [0.8899, 1.177] (95 %, n=3))"
+    assert c.says(c.paired_greater({0: 1.0, 1: 2.0, 2: 1.4}, {0: 2.0, 1: 3.0, 2: 2.5}), *sentences).startswith("loses")
+    assert c.says(c.paired_greater({0: 1.0, 1: 3.0, 2: 2.0}, {0: 2.0, 1: 2.0, 2: 2.1}), *sentences).startswith("cannot tell")
+    assert c.says(c.not_testable("needs a GPU"), *sentences) == ""
+
+
+def test_the_ledger_keeps_seed_claims_and_study_checks_apart_with_their_evidence():
+    ledger = c.ClaimsLedger("local", "lora_vs_qlora", device="cpu")
+    ledger.add("LoRA is 45 % faster", "45 %", c.one_run_ratio_matches([0.7, 0.69, 0.71], [0.42, 0.41, 0.43], c.stated("1.45")),
+               "gpu_measurements", evidence_profile="paper", device="NVIDIA H100", key="gpu_speed")
+    ledger.add("adapter 83.1 MB", "83.1 MB", c.matches(83.07, c.stated("83.1"), "size", "{:.2f}", " MB"), "paper_adapters")
+    ledger.check("LoRA learns", c.positive([0.3, 0.4, 0.5], "loss drop", "{:.2f}", " nats"), "lm_runs")
+    frame = ledger.frame()
+    assert frame["kind"].tolist() == ["seed claim", "seed claim", "study check"]
+    assert frame["evidence_profile"].tolist() == ["paper", "local", "local"]
+    assert frame["device"].tolist() == ["NVIDIA H100", "cpu", "cpu"]
+    assert ledger.verdicts["gpu_speed"].verdict == "does not hold"
+    assert c.tally(frame, "seed claim", "local") == {"holds": 1, "does not hold": 0, "inconclusive": 0, "not testable here": 0, "fact": 0}
+    assert c.tally(frame, "seed claim", "paper")["does not hold"] == 1
+    assert c.tally(frame, "study check", "local")["holds"] == 1
+    with pytest.raises(ValueError, match="key = 'gpu_speed' is already used"):
+        ledger.add("again", "x", c.fact("x", "y"), "setup", key="gpu_speed")
+    with pytest.raises(ValueError, match="kind = 'opinion' is not allowed"):
+        ledger.add("x", "x", c.fact("x", "y"), "setup", kind="opinion")
+
+
+@pytest.mark.parametrize("measured", ["0.1884", "5,128", "+0.002 [-0.039, +0.042] (95 %, n=3)", "1.2e+07"])
+def test_a_study_cell_without_its_unit_is_refused(measured):
+    ledger = c.ClaimsLedger("local", "code_lm_fedprox")
+    with pytest.raises(ValueError, match="is a bare number; give its unit"):
+        ledger.add("x", "y", c.Verdict("holds", measured, "rule"), "setup")
+
+
+def test_a_study_cell_with_its_unit_is_kept():
+    ledger = c.ClaimsLedger("local", "code_lm_fedprox")
+    for measured in ("0.1884x", "5,128 parameters", "+0.002 F1 [-0.039, +0.042] (95 %, n=3)", "3 of 3 seeds", "not measured"):
+        ledger.add("x", "y", c.Verdict("holds", measured, "rule"), "setup")
+    assert len(ledger.frame()) == 5

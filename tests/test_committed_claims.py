@@ -4,13 +4,14 @@ profile's summary tallies every experiment."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from fedpeft.core.config import REPO_ROOT
-from fedpeft.reporting.claims import VERDICTS
+from fedpeft.reporting.claims import KINDS, VERDICTS
 
 REPORT_DIRS = sorted(p.parent for p in (REPO_ROOT / "reports").glob("*/*/claims.csv"))
 
@@ -32,6 +33,15 @@ def test_claims_table_uses_engine_verdicts_with_rule_and_evidence(folder: Path):
     missing = [f for f in claims["evidence_file"] if not (folder / f).is_file()]
     assert not missing, f"{folder}: evidence files missing: {missing}"
     assert (claims["profile"] == folder.parent.name).all() and (claims["experiment"] == folder.name).all()
+    assert set(claims["kind"]) <= set(KINDS) and (claims["kind"] == "seed claim").any()
+    assert claims["evidence_profile"].isin(["embedded", "local", "paper"]).all() and (claims["device"].str.len() > 0).all()
+
+
+@pytest.mark.parametrize("folder", REPORT_DIRS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_study_cell_carries_its_unit(folder: Path):
+    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)
+    bare = [s for s in claims["study"] if re.fullmatch(r"[-+~]?[\d.,]+(?:e[-+]?\d+)?", re.split(r" \[| \(|;|, ", s, maxsplit=1)[0].strip())]
+    assert not bare, f"{folder}: study cells without a unit: {bare}"
 
 
 @pytest.mark.parametrize("folder", REPORT_DIRS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -47,5 +57,6 @@ def test_summary_tallies_every_experiment(profile: str):
     text = (REPO_ROOT / "reports" / profile / "SUMMARY.md").read_text()
     for folder in (p for p in REPORT_DIRS if p.parent.name == profile):
         claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)
-        row = next(line for line in text.splitlines() if line.startswith(f"| {folder.name} "))
-        assert f" {len(claims)} |" in row, f"{profile} summary row of {folder.name} does not count its {len(claims)} claims"
+        own = claims[(claims["kind"] == "seed claim") & (claims["evidence_profile"] == profile)]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {folder.name} "))  # the seed-claims tally comes first
+        assert row.rstrip().endswith(f" {len(own)} |"), f"{profile} summary row of {folder.name} does not count its {len(own)} seed claims"

@@ -24,21 +24,31 @@ def test_seeds_are_judged_on_their_spread():
     assert report.partition_signal(_runs("iid", 3, [0.05, 0.30, 0.08])) == "no signal"
 
 
-def test_partitions_and_rounds_pairs_by_seed():
+def test_partitions_and_rounds_say_what_their_verdicts_say():
+    from fedpeft.reporting.claims import ClaimsLedger, paired_greater, paired_less
+
     s = report.load("embedded", {"extra_rounds": 20, "num_rounds": 3, "partition": "iid", "compare_partitions": ["dirichlet"],
                                  "dirichlet_alpha": 0.3})
     summary = pd.concat([_runs("iid", 3, [0.80, 0.82, 0.84]), _runs("dirichlet", 3, [0.70, 0.74, 0.72]),
                          _runs("iid", 20, [0.90])], ignore_index=True)
-    text = report.partitions_and_rounds(s, summary)
+    ledger = ClaimsLedger("embedded", "eurosat_fedavg_ptq")
+    iid, skew = {0: 80.0, 1: 82.0, 2: 84.0}, {0: 70.0, 1: 74.0, 2: 72.0}
+    ledger.check("skew", paired_less(skew, iid, 0.0, "dirichlet - iid", "{:+.2f}", " points"), "accuracy", key="dirichlet_lowers")
+    ledger.check("rounds", paired_greater({0: 90.0}, {0: 80.0}, 0.0, "20 - 3 rounds", "{:+.2f}", " points"), "accuracy",
+                 key="more_rounds")
+    text = report.partitions_and_rounds(s, summary, ledger)
     # differences -10, -8, -12 points: mean -10, t interval 2 +- 4.303 * 2 / sqrt(3)
-    assert "Dirichlet(0.3) label skew changes the final accuracy by -10.00 points [-14.97, -5.03] (95 %, n=3)" in text
-    assert "72.00 % against 82.00 %" in text
-    assert "20 rounds (seed 0, one run) reach 90.00 % against 80.00 % for the same seed after 3." in text
+    assert ("Dirichlet(0.3) label skew lowers the final accuracy against iid shards by -10.00 points [-14.97, -5.03] "
+            "(95 %, n=3) (72.00 % against 82.00 %, paired by seed).") in text
+    assert "Whether 20 rounds beat 3 is undecided (1 seed: 90.00 % against 80.00 %" in text
 
 
 def test_partitions_and_rounds_is_empty_without_comparisons():
+    from fedpeft.reporting.claims import ClaimsLedger
+
     s = report.load("embedded", {"extra_rounds": 0, "compare_partitions": []})
-    assert report.partitions_and_rounds(s, _runs(s.params["partition"], s.params["num_rounds"], [0.8, 0.9])) == ""
+    summary = _runs(s.params["partition"], s.params["num_rounds"], [0.8, 0.9])
+    assert report.partitions_and_rounds(s, summary, ClaimsLedger("embedded", "eurosat_fedavg_ptq")) == ""
 
 
 @pytest.mark.parametrize("accuracy", [0.5, 0.125])

@@ -33,8 +33,13 @@ def test_the_paper_has_every_experiment_and_every_claim(tmp_path):
     tex = paper.paper_tex("embedded", reports, tmp_path)
     claims = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted(reports.glob("*/claims.csv"))])
     assert all(f"\\label{{sec:{e}}}" in tex for e in EXPERIMENTS)
-    ledger = tex[tex.index("\\section{The claims ledger}"):]
-    assert len(re.findall(r"\\\\$", ledger, flags=re.M)) == len(claims) + 1  # the header row, then one row per claim
+    ledger = tex[tex.index("\\section{The claims ledger}"):tex.index("\\section{The study's own checks}")]
+    checks = tex[tex.index("\\section{The study's own checks}"):]
+    kinds = claims["kind"].value_counts()
+    # a header row, then one row per claim (its rule and where its evidence comes from included)
+    assert len(re.findall(r"\\\\$", ledger, flags=re.M)) == kinds["seed claim"] + 1
+    assert len(re.findall(r"\\\\$", checks, flags=re.M)) == kinds["study check"] + 1
+    assert "rule & evidence from" in ledger
     figures = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\}", tex)
     assert figures and all((tmp_path / f).is_file() for f in figures)
     assert tex.count("\\begin{table}[H]") >= len(EXPERIMENTS)  # the tally and each headline

@@ -59,25 +59,38 @@ def test_resolve_precision():
     assert resolve_precision("auto") in ("fp32", "bf16")
 
 
-def _claims_csv(folder: Path, verdicts: list[str]) -> None:
-    pd.DataFrame({"claim": [f"c{i}" for i in range(len(verdicts))], "seed": "1", "study": "2", "verdict": verdicts,
-                  "evidence": "acc", "evidence_file": "acc.md"}).to_csv(folder / "claims.csv", index=False)
+def _claims_csv(folder: Path, verdicts: list[str], kinds: list[str] | None = None, where: list[str] | None = None) -> None:
+    pd.DataFrame({"claim": [f"c{i}" for i in range(len(verdicts))], "seed": "1", "study": "2 x", "verdict": verdicts,
+                  "evidence": "acc", "evidence_file": "acc.md", "kind": kinds or ["seed claim"] * len(verdicts),
+                  "evidence_profile": where or [folder.parent.name] * len(verdicts)}).to_csv(folder / "claims.csv", index=False)
+
+
+def _tally_rows(text: str, heading: str) -> dict[str, list[str]]:
+    part = text.split(heading, 1)[1].split("\n\n", 2)[1]
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in part.splitlines()
+            if line.startswith("| exp_") or line.startswith("| all ")}
 
 
 def test_summary_tallies_each_experiment_and_links_claims_to_evidence(tmp_path):
-    for name, verdicts in (("exp_a", ["holds", "does not hold", "holds"]), ("exp_b", ["inconclusive"])):
+    tmp_path = tmp_path / "local"
+    tmp_path.mkdir()
+    for name, verdicts, kinds, where in (
+            ("exp_a", ["holds", "does not hold", "holds", "holds"], ["seed claim", "seed claim", "study check", "seed claim"],
+             ["local", "local", "local", "paper"]),
+            ("exp_b", ["inconclusive"], None, None)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "headline.md").write_text(f"**headline {name}**\n")
-        _claims_csv(tmp_path / name, verdicts)
+        _claims_csv(tmp_path / name, verdicts, kinds, where)
     (tmp_path / "not_a_report").mkdir()
     text = collect(tmp_path)
     assert "## exp_a" in text and "**headline exp_b**" in text and "not_a_report" not in text
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
-            if line.startswith("| exp_") or line.startswith("| all ")}
-    # columns: holds, does not hold, inconclusive, not testable here, fact, claims
-    assert rows["exp_a"] == ["2", "1", "0", "0", "0", "3"]
+    # columns: holds, does not hold, inconclusive, not testable here, fact, claims; seed claims on local evidence only
+    rows = _tally_rows(text, "**The seeds' claims**")
+    assert rows["exp_a"] == ["1", "1", "0", "0", "0", "2"]
     assert rows["exp_b"] == ["0", "0", "1", "0", "0", "1"]
-    assert rows["all"] == ["2", "1", "1", "0", "0", "4"]
+    assert rows["all"] == ["1", "1", "1", "0", "0", "3"]
+    assert _tally_rows(text, "`paper` profile's committed measurements")["exp_a"] == ["1", "0", "0", "0", "0", "1"]
+    assert _tally_rows(text, "**The study's own checks**")["exp_a"] == ["1", "0", "0", "0", "0", "1"]
     assert "[acc](exp_a/acc.md)" in text
     assert "**Compute**" not in text  # no report wrote compute.csv
     pd.DataFrame({"run": ["r1", "r2"], "device": ["CPU: X, 2 threads"] * 2, "wall_s": [1800.0, 3600.0],

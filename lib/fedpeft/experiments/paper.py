@@ -117,10 +117,15 @@ def fit_table(tex: str) -> str:
 
 
 def ledger_longtable(ledger: pd.DataFrame) -> str:
-    rows = [" & ".join(inline(str(r[c])) for c in ("experiment", "claim", "seed", "study", "verdict")) + r" \\"
+    """Every row with its claim, the seed's figure, the study's (with its unit), the verdict and the rule it was judged
+    by, and where the evidence comes from (profile, device)."""
+    where = lambda r: ", ".join(str(x) for x in (r.get("evidence_profile", ""), r.get("device", "")) if x)  # noqa: E731
+    rows = [" & ".join([inline(str(r["experiment"])), inline(str(r["claim"])), inline(str(r["seed"])), inline(str(r["study"])),
+                        inline(str(r["verdict"])), inline(str(r["rule"])), inline(where(r))]) + r" \\"
             for _, r in ledger.iterrows()]
-    head = r"experiment & claim & seed says & study measured & verdict \\"
-    return ("{\\scriptsize\n\\begin{longtable}{p{0.14\\linewidth}p{0.36\\linewidth}p{0.15\\linewidth}p{0.17\\linewidth}p{0.09\\linewidth}}\n"
+    head = r"experiment & claim & seed says & study measured & verdict & rule & evidence from \\"
+    return ("{\\scriptsize\n\\begin{longtable}{p{0.09\\linewidth}p{0.2\\linewidth}p{0.09\\linewidth}p{0.14\\linewidth}"
+            "p{0.07\\linewidth}p{0.22\\linewidth}p{0.08\\linewidth}}\n"
             f"\\toprule\n{head}\n\\midrule\n\\endhead\n" + "\n".join(rows) + "\n\\bottomrule\n\\end{longtable}}\n")
 
 
@@ -155,11 +160,16 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
     ledger = claims_ledger(reports)
     tally = ""
     if not ledger.empty:
-        t = pd.crosstab(ledger["experiment"], ledger["verdict"], margins=True, margins_name="all").rename_axis(columns=None)
-        t = t.reset_index()
-        t.columns = [latex_escape(str(c)) for c in t.columns]
-        body = t.map(lambda v: latex_escape(str(v))).style.hide(axis="index").to_latex(hrules=True)
-        tally = "\\begin{table}[H]\\centering\\caption{Verdicts per experiment}\n" + fit_table(body) + "\\end{table}\n"
+        from fedpeft.reporting.summary import tally as tally_table
+
+        if "kind" not in ledger:
+            ledger = ledger.assign(kind="seed claim", evidence_profile=profile, device="")
+        by_experiment = {e: g for e, g in ledger.groupby("experiment", sort=True)}
+        for kind, title in (("seed claim", "The seeds' claims on this profile's evidence"), ("study check", "The study's own checks")):
+            t = tally_table(by_experiment, kind, profile)
+            t.columns = [latex_escape(str(c)) for c in t.columns]
+            body = t.map(lambda v: latex_escape(str(v))).style.hide(axis="index").to_latex(hrules=True)
+            tally += f"\\begin{{table}}[H]\\centering\\caption{{Verdicts per experiment: {latex_escape(title)}}}\n" + fit_table(body) + "\\end{table}\n"
     profile_note = {"embedded": "generated data and tiny models: it tests the plumbing, its numbers are not findings",
                     "local": "real data at CPU scale: the study's findings",
                     "paper": "the seeds' own models and data"}[profile]
@@ -180,8 +190,12 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
 \section{Question}
 """ + latex_escape(QUESTION) + "\n\\section{Methods}\n" + METHODS + "\n" + tally]
     parts += [experiment_section(e, reports / e, build) for e in EXPERIMENTS]
-    parts.append("\\section{The claims ledger}\nEvery claim of every seed report with its verdict; the rule and the "
-                 "evidence of each row are in the experiment's \\texttt{claims.csv}.\n\n" + (ledger_longtable(ledger) if not ledger.empty else ""))
+    if not ledger.empty:
+        parts.append("\\section{The claims ledger}\nEvery claim of every seed report with its verdict, the rule it was judged by "
+                     "and where its evidence comes from (profile, device); the experiment's \\texttt{claims.csv} holds the same rows.\n\n"
+                     + ledger_longtable(ledger[ledger["kind"] == "seed claim"])
+                     + "\\section{The study's own checks}\nWhat the study adds to the seeds' claims, judged by the same engine and "
+                     "tallied apart.\n\n" + ledger_longtable(ledger[ledger["kind"] == "study check"]))
     parts.append("\\end{document}\n")
     return "\n".join(parts)
 

@@ -69,6 +69,25 @@ def claims_ledger(reports: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _where(row: pd.Series) -> str:
+    """The profile and device a row's evidence comes from."""
+    return ", ".join(x for x in (row.get("evidence_profile", ""), row.get("device", "")) if x)
+
+
+def tally_tables(ledger: pd.DataFrame, profile: str) -> str:
+    """The verdict tallies as HTML: the seeds' claims on this profile's evidence, those judged on another profile's
+    evidence, and the study's own checks, each a table (experiments as rows, verdicts as columns)."""
+    from fedpeft.reporting.summary import tally
+
+    claims = {e: g for e, g in ledger.groupby("experiment", sort=True)}
+    others = sorted(set(ledger.get("evidence_profile", pd.Series(dtype=str))) - {profile, ""})
+    parts = [("The seeds' claims, on this profile's evidence", tally(claims, "seed claim", profile))]
+    parts += [(f"Seed claims judged on the {o} profile's committed measurements (tallied there)", tally(claims, "seed claim", o))
+              for o in others]
+    parts.append(("The study's own checks", tally(claims, "study check", profile)))
+    return "".join(f"<h3>{html.escape(title)}</h3>" + t.to_html(classes="tally", border=0, index=False) for title, t in parts)
+
+
 def ledger_html(ledger: pd.DataFrame) -> str:
     """The claims table with a text filter, verdict and experiment selectors and sortable headers (site/ledger.js)."""
     if ledger.empty:
@@ -81,9 +100,11 @@ def ledger_html(ledger: pd.DataFrame) -> str:
                     f'<td>{html.escape(r["experiment"])}</td><td>{html.escape(r["claim"])}</td><td>{html.escape(r["seed"])}</td>'
                     f'<td>{html.escape(r["study"])}</td><td class="verdict {VERDICT_CLASS.get(r["verdict"], "")}">'
                     f'<a href="{target}">{html.escape(r["verdict"])}</a></td><td>{html.escape(r["rule"])}</td>'
+                    f'<td>{html.escape(r.get("kind", "seed claim"))}</td><td>{html.escape(_where(r))}</td>'
                     f'<td>{html.escape(r["note"])}</td></tr>')
     head = "".join(f'<th data-sort="{i}">{h}</th>' for i, h in
-                   enumerate(["experiment", "claim", "seed says", "study measured", "verdict", "rule", "note"]))
+                   enumerate(["experiment", "claim", "seed says", "study measured", "verdict", "rule", "kind", "evidence from",
+                              "note"]))
     return (f'<div class="filters"><input id="ledger-text" type="search" placeholder="filter claims">'
             f'<select id="ledger-verdict"><option value="">every verdict</option>{options(ledger["verdict"])}</select>'
             f'<select id="ledger-experiment"><option value="">every experiment</option>{options(ledger["experiment"])}</select>'
@@ -93,10 +114,7 @@ def ledger_html(ledger: pd.DataFrame) -> str:
 
 def front_page(profile: str, reports: Path) -> str:
     ledger = claims_ledger(reports)
-    tally = ""
-    if not ledger.empty:
-        t = pd.crosstab(ledger["experiment"], ledger["verdict"], margins=True, margins_name="all")
-        tally = t.rename_axis(columns=None).reset_index().to_html(classes="tally", border=0, index=False)
+    tally = tally_tables(ledger, profile) if not ledger.empty else ""
     heads = []
     for e in EXPERIMENTS:
         headline = reports / e / "headline.md"
@@ -106,8 +124,10 @@ def front_page(profile: str, reports: Path) -> str:
             heads.append(f"<h3>{e}</h3><p>Not run in this profile yet.</p>")
     body = (f"<h1>What do federated learning, LoRA/QLoRA and quantization really save?</h1><p>{html.escape(QUESTION)}</p>"
             f"<p>Profile <code>{profile}</code>. Verdicts: <em>holds</em> / <em>does not hold</em> only when the interval "
-            "over seeds lies wholly on one side of the claim's threshold, <em>inconclusive</em> when it covers it, "
-            "<em>not testable here</em> when this profile cannot measure it, <em>fact</em> when true by construction.</p>"
+            "lies wholly on one side of the claim's threshold (or inside / outside the band of a figure the seed states), "
+            "<em>inconclusive</em> when it covers it or there are too few runs, <em>not testable here</em> when this profile "
+            "cannot measure it, <em>fact</em> when the study's own construction makes it true. The seeds' claims and the "
+            "study's own checks are tallied apart; each row names the profile and device of its evidence.</p>"
             f"<h2>Verdicts</h2>{tally}<h2>Every claim</h2>{ledger_html(ledger)}<h2>Headlines</h2>{''.join(heads)}")
     return _page(f"fedpeft study ({profile})", body, profile)
 
@@ -166,7 +186,7 @@ def report_html(experiment: str, folder: Path, out: Path, notebook: nbformat.Not
     body = re.sub(r'href="([A-Za-z0-9_]+)\.(md|csv|png)"', lambda m: f'href="#{_anchor(m.group(1))}"', body)
     tables = []
     for md in sorted(folder.glob("*.md")):
-        if md.name in ("report.md", "claims.md", "headline.md"):
+        if md.name in ("report.md", "claims.md", "checks.md", "headline.md"):
             continue
         tables.append(f'<section id="{_anchor(md.stem)}" class="evidence"><h3>{md.stem}</h3>{markdown(md.read_text())}</section>')
     for csv in sorted(folder.glob("*.csv")):

@@ -209,3 +209,12 @@ class MarkdownReport:
 
     def write(self, path: Path) -> Path:
         return atomic_write_text(Path(path), "\n".join(self.parts))
+
+
+def scale_gap(rows: Iterable[tuple[str, str, str]], profile: str) -> str:
+    """The scale gap on both sides, as a markdown table: one row per aspect (model and parameters, data, steps per
+    round, rounds, clients, lr, batch, precision, device, runs) with what the seed ran and what this profile ran."""
+    table = pd.DataFrame(list(rows), columns=["", "the seed", f"this profile ({profile})"])
+    if table.empty or (table.iloc[:, 1:].map(lambda v: not str(v).strip())).any().any():
+        raise ValueError("a scale-gap table needs every aspect filled on both sides")
+    return "**The scale gap**: what the seed ran and what this profile ran.\n\n" + table.to_markdown(index=False) + "\n"

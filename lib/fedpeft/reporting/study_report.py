@@ -17,7 +17,7 @@ import pandas as pd
 from fedpeft.core.config import Settings
 from fedpeft.core.files import atomic_write_text
 from fedpeft.core.profiling import machine_description
-from fedpeft.reporting.claims import ClaimsLedger
+from fedpeft.reporting.claims import ClaimsLedger, tally
 from fedpeft.reporting.compute import compute_summary, compute_table, machines_table
 from fedpeft.reporting.outputs import (
     STUDY_PACKAGES,
@@ -29,6 +29,24 @@ from fedpeft.reporting.outputs import (
     write_metrics,
     write_table,
 )
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    shown = [f"{n} {v}" for v, n in counts.items() if n]
+    return ", ".join(shown) if shown else "none"
+
+
+def claims_tally_text(claims: pd.DataFrame, profile: str) -> str:
+    """The sentence above a report's claims table: the seed's claims tallied on this profile's evidence, and apart
+    those judged on another profile's (the committed GPU measurements, say)."""
+    seed = claims[claims["kind"] == "seed claim"]
+    text = (f"Every claim of the seed, judged by the claims engine (`fedpeft.reporting.claims`, whose docstring states "
+            f"the verdict policy) on this profile's evidence: {_counts(tally(claims, 'seed claim', profile))}.")
+    for other in sorted(set(seed["evidence_profile"]) - {profile}):
+        devices = "; ".join(sorted(set(seed.loc[seed["evidence_profile"] == other, "device"])))
+        text += (f" Judged on the `{other}` profile's committed measurements ({devices}), tallied under `{other}`: "
+                 f"{_counts(tally(claims, 'seed claim', other))}.")
+    return text + " Each row's rule says what its n counts; `claims.csv` holds every row."
 
 
 @dataclass
@@ -88,14 +106,23 @@ class StudyReport:
             raise ValueError(f"claims cite evidence {missing} that this report does not write; it writes {sorted(files)}")
         atomic_write_text(self.out / "setup.md", f"# What ran: {self.title} ({profile})\n\n{setup.strip()}\n")
         claims_df["evidence_file"] = claims_df["evidence"].map(files)
-        plain = claims_df[["claim", "seed", "study", "verdict", "evidence", "note"]]
-        shown = plain.assign(evidence=[f"[{e}]({f})" for e, f in zip(claims_df["evidence"], claims_df["evidence_file"], strict=True)])
-        caption = f"Claims of {self.title} checked ({profile} profile)"
-        write_table(plain, self.out, "claims", caption, formats=("tex",))
-        write_table(shown, self.out, "claims", caption, formats=("md",))
-        write_csv(claims_df, self.out / "claims.csv")
-        write_table(headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
         compute = compute_table(records)
+        devices = "; ".join(sorted(set(compute["device"]))) if len(compute) else ""
+        claims_df["device"] = claims_df["device"].replace("", devices)
+        write_csv(claims_df, self.out / "claims.csv")
+        tables = {}
+        for kind, name, what in (("seed claim", "claims", f"Claims of the seed of {self.title}"),
+                                 ("study check", "checks", f"The study's own checks of {self.title}")):
+            part = claims_df[claims_df["kind"] == kind]
+            plain = part[["claim", "seed", "study", "verdict", "rule", "evidence_profile"]].rename(columns={"evidence_profile": "evidence from"})
+            shown = part[["claim", "seed", "study", "verdict", "rule"]].assign(
+                evidence=[f"[{e}]({f}) ({p}, {d})" for e, f, p, d in
+                          zip(part["evidence"], part["evidence_file"], part["evidence_profile"], part["device"], strict=True)],
+                note=part["note"])
+            write_table(plain, self.out, name, f"{what} ({profile} profile)", formats=("tex",))
+            write_table(shown, self.out, name, f"{what} ({profile} profile)", formats=("md",))
+            tables[kind] = shown
+        write_table(headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
         compute_text = compute_summary(compute)
         total = pd.DataFrame([{"run": "total", "device": "", "wall_s": compute["wall_s"].sum(), "written_at": "",
                                "resumed_from_round": ""}])
@@ -117,10 +144,14 @@ class StudyReport:
         report.text(finding)
         report.table(headline, "Headline")
         report.heading("Claims")
-        tally = ", ".join(f"{n} {v}" for v, n in claims_df["verdict"].value_counts().items())
-        report.text(f"Every claim of the seed, judged by the claims engine (`fedpeft.reporting.claims`): {tally}. "
-                    "The rule of each verdict is in `claims.csv`.")
-        report.table(shown, "Claims checked")
+        report.text(claims_tally_text(claims_df, profile))
+        report.table(tables["seed claim"], "Claims of the seed")
+        if len(tables["study check"]):
+            report.heading("The study's own checks")
+            report.text("What the study adds to the seed's claims (a score above chance, a partition's sanity, comparisons "
+                        "the seed did not make), judged by the same engine and tallied apart: "
+                        + _counts(tally(claims_df, "study check", profile)) + ".")
+            report.table(tables["study check"], "The study's own checks")
         report.heading("Results")
         for kind, item, caption, float_format in self._sections:
             if kind == "table":

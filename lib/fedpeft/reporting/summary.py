@@ -14,21 +14,27 @@ import pandas as pd
 from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
 from fedpeft.core.files import atomic_write_text
 from fedpeft.reporting.claims import VERDICTS
+from fedpeft.reporting.claims import tally as count_verdicts
 
 
 def _claims_section(exp_dir: Path, claims: pd.DataFrame) -> str:
     """The experiment's claims with each verdict linked to its evidence (relative to the summary's folder)."""
     shown = claims[["claim", "seed", "study", "verdict"]].copy()
+    if "kind" in claims:
+        shown.insert(0, "kind", claims["kind"].map({"seed claim": "seed", "study check": "check"}))
     if "evidence_file" in claims:
         shown["evidence"] = [f"[{e}]({exp_dir.name}/{f})" for e, f in zip(claims["evidence"], claims["evidence_file"], strict=True)]
     shown = shown.fillna("")
     return "**Claims**\n\n" + shown.to_markdown(index=False) + "\n"
 
 
-def tally(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Verdict counts per experiment (rows) and in total, every verdict word of the engine a column."""
-    rows = [{"experiment": name, **{v: int((c["verdict"] == v).sum()) for v in VERDICTS}, "claims": len(c)}
-            for name, c in claims.items()]
+def tally(claims: Mapping[str, pd.DataFrame], kind: str = "seed claim", profile: str | None = None) -> pd.DataFrame:
+    """Verdict counts per experiment (rows) and in total, every verdict word of the engine a column: the rows of
+    ``kind`` (the seed's claims, or the study's own checks) whose evidence is ``profile``'s own (every row when None)."""
+    rows = []
+    for name, c in claims.items():
+        counts = count_verdicts(c, kind, profile)
+        rows.append({"experiment": name, **counts, "claims": sum(counts.values())})
     table = pd.DataFrame(rows, columns=["experiment", *VERDICTS, "claims"])
     total = {"experiment": "all", **{c: int(table[c].sum()) for c in [*VERDICTS, "claims"]}}
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
@@ -71,10 +77,19 @@ def collect(reports_dir: Path) -> str:
         raise FileNotFoundError(f"no experiment reports (headline.md) under {reports_dir}; run the pipeline first")
     profile = Path(reports_dir).name
     head = (f"# Study summary: profile `{profile}`\n\n{len(sections)} experiments. Every claim of every seed report is judged "
-            "by the claims engine (`fedpeft.reporting.claims`): *holds* or *does not hold* only when the interval over seeds "
-            "(or repeated timings) lies wholly on one side of the claim's threshold, *inconclusive* when it covers it, *not "
-            "testable here* when this profile cannot measure it (the row says why), *fact* for what is true by construction.\n\n"
-            + tally(claims).to_markdown(index=False) + "\n")
+            "by the claims engine (`fedpeft.reporting.claims`; its docstring and the README state the verdict policy): *holds* "
+            "or *does not hold* only when the interval lies wholly on one side of the claim's threshold (or inside / outside "
+            "the band of a stated figure), *inconclusive* when it covers it or there are too few runs, *not testable here* "
+            "when this profile cannot measure it (the row says why), *fact* for what the study's own construction makes "
+            "true.\n\n**The seeds' claims**, judged on this profile's own evidence:\n\n"
+            + tally(claims, "seed claim", profile).to_markdown(index=False) + "\n")
+    others = sorted({p for c in claims.values() for p in c.get("evidence_profile", pd.Series(dtype=str))} - {profile})
+    for other in others:
+        head += (f"\nSeed claims these reports judge on the `{other}` profile's committed measurements (tallied there, not "
+                 "here):\n\n" + tally(claims, "seed claim", other).to_markdown(index=False) + "\n")
+    head += ("\n**The study's own checks** (what the study adds: scores above chance, partition sanity, comparisons the "
+             "seeds did not make), judged by the same engine and tallied apart:\n\n"
+             + tally(claims, "study check", profile).to_markdown(index=False) + "\n")
     compute = compute_per_experiment(reports_dir)
     if not compute.empty:
         head += ("\n**Compute**: wall time of every run stage behind the reports (hours; the reports' *Compute* sections give "

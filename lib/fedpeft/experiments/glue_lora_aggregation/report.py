@@ -23,15 +23,19 @@ from fedpeft.reporting.claims import (
     above_chance,
     accuracy_above_chance,
     at_most,
+    beyond_one_run,
     fact,
-    faster,
-    greater,
-    less,
+    matches,
     not_testable,
+    paired_faster,
+    paired_greater,
+    paired_less,
+    says,
     signal_label,
+    stated,
     within,
 )
-from fedpeft.reporting.outputs import STUDY_PACKAGES, mean_spread
+from fedpeft.reporting.outputs import STUDY_PACKAGES, mean_spread, scale_gap
 
 TITLE = "GLUE: federated aggregation of LoRA adapters"
 SEED_REPORT = SEED_REPORT_FILE
@@ -86,6 +90,27 @@ def describe(s: Settings, records: Mapping[str, RunRecord]) -> tuple[str, float]
         text += (f" **Extra tasks** (IID shards, svd and naive aggregation over every seed): {sizes}. A regression task's "
                  "head predicts its largest training score times its output (STS-B: 5 x, `target_scale`), the same as "
                  "training on scores scaled to [0, 1].")
+    from fedpeft.reporting.compute import compute_table
+
+    devices = "; ".join(sorted(set(compute_table(records)["device"]))) or "not recorded"
+    base = roberta_counts("base", p["lora_rank"])
+    per_client = r["train_examples"] // p["num_clients"]
+    n = len(p["seeds"])
+    text += "\n\n" + scale_gap([
+        ("model", f"roberta-base, {base['total']:,} parameters with LoRA and head (counted), {base['trainable']:,} trainable",
+         f"`{p['model']}`, {total:,} parameters, {trainable:,} trainable"),
+        ("data (SST-2)", "all 67,349 training examples, the 872 validation examples",
+         f"{r['train_examples']:,} training examples, {r['eval_examples']:,} validation examples"),
+        ("clients, rounds", "3 clients, 5 rounds x 1 local epoch", f"{p['num_clients']} clients, {p['num_rounds']} rounds x "
+                                                                  f"{p['local_epochs']:g} local epochs"),
+        ("examples per client per round", "about 22,450", f"about {per_client:,}"),
+        ("LoRA", "r 8, alpha 8, dropout 0, query and value; SVD rank 8", f"r {p['lora_rank']} on {p['target_modules']}; SVD rank "
+                                                                          f"{p['svd_rank']}"),
+        ("optimizer, batch", "lr 2e-4, batch 32", f"lr {p['learning_rate']:g}, batch {p['batch_size']}"),
+        ("precision, device", "not stated (fp32 by default; a CUDA GPU implied)", f"fp32 on {devices}"),
+        ("runs", "no measured scores reported", f"{n} seed{'s' if n != 1 else ''} per aggregation on IID shards, one seed on the "
+                                                 "other shardings"),
+    ], s.profile)
     return text, trainable / total
 
 
@@ -168,14 +193,16 @@ def grid_table(scores: pd.DataFrame, task: str, seed: int) -> pd.DataFrame:
 def over_seeds(scores: pd.DataFrame) -> pd.DataFrame:
     """Final validation score (percent) of every setting (task, sharding, aggregation, client rank): mean, sample sd
     and number of seeds, beside the chance score (the constant majority predictor; 0 for STS-B's correlation) and
-    a signal label: ``no signal`` when the 95 % interval over seeds reaches chance, or with a single seed."""
+    a signal label: ``no signal`` when the 95 % interval over seeds reaches chance; a single run of an accuracy task
+    is judged on the Wilson interval over its evaluation examples, of another metric it has no interval."""
     rows = []
     for (task, sharding, method, rank), g in scores.groupby(["task", "sharding", "method", "client_rank"], sort=False):
         mean, spread = mean_spread(100 * g["score"])
         chance = 100 * float(g["chance_score"].iloc[0])
         rows.append({"task": task, "sharding": sharding, "method": method, "client_rank": int(rank), "seeds": len(g),
                      "score_mean_pct": mean, "score_std_pct": spread, "chance_pct": chance,
-                     "signal": signal_label(100 * g["score"], chance)})
+                     "signal": signal_label(100 * g["score"], chance, int(g["eval_examples"].iloc[0])
+                                            if len(g) == 1 and glue.TASKS[task].metrics[0] == "accuracy" else None)})
     return pd.DataFrame(rows)
 
 
@@ -219,62 +246,101 @@ def one_model_learns(task: str, score: float, chance: float, eval_examples: int,
     ``score`` and ``chance`` are fractions."""
     if glue.TASKS[task].metrics[0] == "accuracy":
         return accuracy_above_chance(score, chance, eval_examples, what)
-    return above_chance([100 * score], 100 * chance, f"{what} (%) vs chance {100 * chance:.1f}", "{:.2f}")
+    return above_chance([100 * score], 100 * chance, what, "{:.2f}", " %", "models")
+
+
+#: RoBERTa's published dimensions (the seed's models), to count their parameters on the meta device offline.
+ROBERTA = {"base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+           "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}}
+
+
+def roberta_counts(size: str, rank: int = 8, targets: tuple[str, ...] = ("query", "value"), num_labels: int = 2) -> dict[str, int]:
+    """Parameters of RoBERTa-``size`` for sequence classification (built on the meta device from its published
+    dimensions: vocabulary 50,265, 514 positions; ``model``), with the LoRA matrices (``total``), and the seed's trainable ones: LoRA r ``rank`` on ``targets`` of every
+    layer plus the classification head (its two linear layers). Exact counts; nothing is downloaded."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=50_265, max_position_embeddings=514, type_vocab_size=1, num_labels=num_labels, **ROBERTA[size])
+    with torch.device("meta"):
+        model = RobertaForSequenceClassification(config)
+    total = sum(p.numel() for p in model.parameters())
+    h = config.hidden_size
+    lora = config.num_hidden_layers * len(targets) * rank * (h + h)
+    head = sum(p.numel() for p in model.classifier.parameters())
+    return {"model": total, "total": total + lora, "trainable": lora + head, "lora": lora, "head": head}
 
 
 def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baselines: pd.DataFrame, merge: pd.DataFrame,
-                 trainable: float) -> ClaimsLedger:
-    """Every claim of the seed (``004_b0977eb72b9f505e.txt``), judged by the claims engine over every seed.
-    ``trainable``: the fraction of the model's parameters that LoRA trains. Scores are percent (F1 and
-    correlations x 100)."""
+                 trainable: float, warm: pd.DataFrame | None = None) -> ClaimsLedger:
+    """Every claim of the seed (``004_b0977eb72b9f505e.txt``) and the study's own checks, judged by the claims engine.
+
+    ``trainable``: the fraction of this profile's model's parameters that LoRA trains. Scores are percent (F1 and
+    correlations x 100). Aggregation methods of one seed share its shards and training, so they are compared paired
+    by seed; the error study's methods share each case's client adapters, so they are paired by case (a client count
+    x a sharding, one seed). The seed is a README: it states no measured score, so its claims are directions and
+    capabilities, and its model sizes are counted on RoBERTa's published architecture."""
     task, rank = s["main_task"], s["lora_rank"]
     ledger = ClaimsLedger(s.profile, EXPERIMENT)
-    ledger.add("LoRA trains < 1 % of the parameters", "< 1 %", at_most(100 * trainable, 1.0, "trainable share (%)", "{:.2f} %"), "setup",
-               f"`{s['model']}` with its classification head; the paper profile counts RoBERTa-base")
+    base, large = roberta_counts("base", rank), roberta_counts("large", rank)
+    ledger.add("roberta-base has ~125M parameters", "~125M", matches(base["model"], stated("125", 1e6), "parameters", "{:,.0f}",
+                                                                      " parameters"), "setup",
+               "for sequence classification (with its head); counted on the meta device", key="base_params")
+    ledger.add("roberta-large has ~355M parameters", "~355M", matches(large["model"], stated("355", 1e6), "parameters", "{:,.0f}",
+                                                                       " parameters"), "setup",
+               "for sequence classification (with its head); counted on the meta device")
+    ledger.add("LoRA trains < 1 % of the parameters", "< 1 %",
+               at_most(100 * base["trainable"] / base["total"], 1.0, "roberta-base's trainable share", "{:.2f}", " %"), "setup",
+               f"LoRA r {rank} on query and value ({base['lora']:,}) plus the head ({base['head']:,}); this profile's `{s['model']}` "
+               f"trains {100 * trainable:.2f} %", key="trainable_share")
     chance = 100 * float(scores.loc[scores["task"] == task, "chance_score"].iloc[0])
-    svd, naive = _scores(scores, task, "iid", "svd", rank), _scores(scores, task, "iid", "naive", rank)
-    if svd:
-        ledger.add(f"Federated LoRA learns {task.upper()} (study check: above the majority class)", "implicit",
-                   above_chance(svd, chance, f"svd, IID, score (%) vs chance {chance:.1f} %", "{:.2f}"), "over_seeds",
-                   "without it no aggregation comparison below means anything")
-    kr = errors[errors["method"].str.contains("=K r", regex=False)]
-    if len(kr):
-        ledger.add("delta-W averaging + SVD is exactly FedAvg of the clients' updates", "better aligned with FedAvg",
-                   fact(f"max relative error {kr['max_relative_error'].max():.1e} at rank K r",
-                        "the mean of K rank-r updates has rank at most K r, so an SVD kept at K r reproduces it"), "error_study")
-    svd_r = errors[errors["method"] == f"svd r={s['svd_rank']}"]
-    naive_e = errors[errors["method"] == "naive"]
+    n_eval = int(scores.loc[scores["task"] == task, "eval_examples"].iloc[0])
+
+    def per_seed(t: str, sharding: str, method: str, r: int) -> pd.Series:
+        sel = scores[(scores["task"] == t) & (scores["sharding"] == sharding) & (scores["method"] == method) & (scores["client_rank"] == r)]
+        return 100 * sel.set_index("seed")["score"]
+
+    svd, naive = per_seed(task, "iid", "svd", rank), per_seed(task, "iid", "naive", rank)
+    svd_r = errors[errors["method"] == f"svd r={s['svd_rank']}"].set_index(["clients", "sharding"])["mean_relative_error"]
+    naive_e = errors[errors["method"] == "naive"].set_index(["clients", "sharding"])["mean_relative_error"]
     if len(svd_r) and len(naive_e):
-        ledger.add(f"At the rank the runs keep (r = {s['svd_rank']}), SVD aggregation is closer to FedAvg than naive",
-                   "better aligned with FedAvg", less(svd_r["mean_relative_error"], naive_e["mean_relative_error"], 0.0,
-                                                     "svd - naive mean relative error", "{:.3f}"),
-                   "error_study", "over the error study's cases (client counts x shardings), one round each")
-    if svd and naive:
-        ledger.add("Therefore SVD aggregation trains a better global model than naive A/B averaging (IID)",
-                   "implied (better aligned)", greater(svd, naive, 0.0, "svd - naive score (points)", "{:+.2f}"), "over_seeds")
+        ledger.add(f"SVD aggregation (at the rank the runs keep, r = {s['svd_rank']}) is better aligned with FedAvg than naive",
+                   "better aligned with FedAvg", paired_less(svd_r, naive_e, 0.0, "svd - naive mean relative error of delta-W",
+                                                            "{:+.3f}", " relative error", "error-study cases (fixed client counts x shardings of one seed and one round), paired"),
+                   "error_study", "relative error = |aggregated delta-W - mean delta-W| / |mean delta-W|, mean over layers, one round",
+                   key="svd_aligned")
     for sharding in [sh for sh in s["shardings"] if sh != "iid"]:
-        a, b = _scores(scores, task, sharding, "svd", rank), _scores(scores, task, sharding, "naive", rank)
-        if a and b:
-            learned = signal_label(a + b, chance) == "above chance"
-            verdict = greater(a, b, 0.0, f"svd - naive score on {sharding} shards (points)", "{:+.2f}")
-            note = "" if learned else f"no signal: these runs stay at chance ({chance:.1f} %), so they cannot separate the methods"
+        a, b = per_seed(task, sharding, "svd", rank), per_seed(task, sharding, "naive", rank)
+        if len(a) and len(b):
+            one = len(a) == 1
+            learned = any(signal_label(x.tolist(), chance, n_eval if one and glue.TASKS[task].metrics[0] == "accuracy" else None)
+                          == "above chance" for x in (a, b))
+            verdict = paired_greater(a, b, 0.0, f"svd - naive final score on {sharding} shards", "{:+.2f}", " points",
+                                     "seeds, paired")
             ledger.add(f"Naive averaging is less stable with heterogeneous clients ({sharding} shards)", "may be less stable",
-                       verdict if learned else not_testable(note, verdict.measured), "over_seeds",
-                       f"{min(len(a), len(b))} seeds a side" if learned else "")
+                       verdict if learned else not_testable(f"both arms stay at chance ({chance:.1f} %) on these shards, so they "
+                                                            "cannot separate the methods", verdict.measured), "over_seeds",
+                       "judged on the final score (a less stable aggregation ends lower); " + (
+                           "one run a side: no interval" if one else f"{len(a)} seeds, paired"))
     times = scores[(scores["task"] == task) & (scores["sharding"] == "iid") & (scores["client_rank"] == rank)]
-    t_svd = times.loc[times["method"] == "svd", "mean_aggregate_ms"]
-    t_naive = times.loc[times["method"] == "naive", "mean_aggregate_ms"]
+    t_svd = times[times["method"] == "svd"].set_index("seed")["mean_aggregate_ms"]
+    t_naive = times[times["method"] == "naive"].set_index("seed")["mean_aggregate_ms"]
     if len(t_svd) and len(t_naive):
-        ledger.add("Naive averaging is faster (no SVD)", "faster", faster(1 / t_naive, 1 / t_svd, "naive / svd aggregations per s"),
-                   "communication_and_time", "server aggregation time per round, one value per run (IID, every seed)")
+        ledger.add("Naive averaging is faster (no SVD)", "faster", paired_faster(1 / t_naive, 1 / t_svd, "naive / svd aggregations per s",
+                                                                                 "runs (IID, paired by seed)"),
+                   "communication_and_time", "the server's aggregation time per round, mean over each run's rounds")
     ledger.add("Naive averaging keeps the exact rank and cannot compress it", "cannot compress rank",
                fact(f"naive global rank = client rank = {rank}", "averaging A and B separately keeps their shapes"), "setup")
     comp = s["compress_client_rank"]
-    compressed = _scores(scores, task, "iid", "svd", comp) if comp else []
-    if compressed and svd:
-        ledger.add(f"Clients can train at r = {comp} and the server compress to r = {s['svd_rank']} at no loss",
-                   "supported (e.g. r 16 -> 8)", greater(compressed, svd, -2.0, f"r {comp} compressed - r {rank} score (points)", "{:+.2f}"),
-                   "over_seeds", "non-inferiority: holds when the loss is surely under 2 points")
+    compressed = per_seed(task, "iid", "svd", comp) if comp else pd.Series(dtype=float)
+    if len(compressed) and len(svd):
+        ledger.add(f"Clients can train at r = {comp} and the server compress to r = {s['svd_rank']}", "supported (e.g. r 16 -> 8)",
+                   fact(f"{len(compressed)} runs trained at r {comp}, aggregated at r {s['svd_rank']}",
+                        "the server's SVD keeps the top s['svd_rank'] singular directions of the mean delta-W".replace(
+                            "s['svd_rank']", str(s["svd_rank"]))), "over_seeds")
+    ledger.add("The script averages both the LoRA adapters and the classification head", "adapters and head",
+               fact("every message carries the head", "the study's aggregation averages the head with the adapters "
+                    "(fedpeft.federated.lora_aggregation)"), "setup")
     ledger.add("SVD aggregation is more stable when clients have different ranks", "advantage",
                not_testable("every client trains at one rank in the round loop; a mixed-rank federation is not run here"), "setup")
     ledger.add("Rank guidance: r 4 may sacrifice accuracy, 8 is a good balance, 16 higher, 32 near full fine-tuning",
@@ -282,31 +348,62 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
     ledger.add("LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5)", "2e-4 vs 2e-5",
                not_testable(f"a recommendation, not a measurement; no learning-rate sweep (this profile: LoRA "
                             f"{s['learning_rate']:g}, full fine-tuning {s['full_finetune_lr']:g})"), "setup")
-    skews = scores.loc[(scores["task"] == task) & (scores["sharding"] == "iid"), "label_skew"]
-    ledger.add("IID shards keep the label distribution across clients", "stratified",
-               within(skews, 0.0, 0.05, "label skew (total variation)", "{:.3f}"), "shards")
+    present = sorted({task, *s["extra_tasks"]})
+    ledger.add("The code supports all 9 GLUE tasks", "9 tasks",
+               not_testable(f"the data here holds {', '.join(t.upper() for t in present)}; the study's code defines "
+                            f"{len(glue.TASKS)} tasks and the runs learn these (study checks)"), "setup")
+
+    # --- the study's own checks ---
+    if len(svd):
+        ledger.check(f"Federated LoRA learns {task.upper()} (above the majority class)",
+                     above_chance(svd.tolist(), chance, "svd, IID, validation score", "{:.2f}", " %"), "over_seeds",
+                     "without it no aggregation comparison means anything", key="learns")
+    kr = errors[errors["method"].str.contains("=K r", regex=False)]
+    if len(kr):
+        ledger.check("delta-W averaging + SVD at rank K r is exactly FedAvg of the clients' updates",
+                     fact(f"max relative error {kr['max_relative_error'].max():.1e} at rank K r",
+                          "the mean of K rank-r updates has rank at most K r, so an SVD kept at K r reproduces it"), "error_study")
+    if len(svd) and len(naive):
+        ledger.check("SVD aggregation trains a better global model than naive A/B averaging (IID)",
+                     paired_greater(svd, naive, 0.0, "svd - naive validation score", "{:+.2f}", " points", "seeds, paired"),
+                     "over_seeds", seed_figure="implied (better aligned)", key="svd_better")
+    if len(compressed) and len(svd):
+        ledger.check(f"Training at r = {comp} and compressing to r = {s['svd_rank']} loses less than 2 points",
+                     paired_greater(compressed, svd, -2.0, f"r {comp} compressed - r {rank} score", "{:+.2f}", " points",
+                                    "seeds, paired"), "over_seeds", "non-inferiority: holds when the loss is surely under 2 points")
+    skews = scores[(scores["task"] == task) & (scores["sharding"] == "iid")].drop_duplicates("seed")["label_skew"]
+    ledger.check("IID shards keep the label distribution across clients (label skew below 0.05)",
+                 within(skews.tolist(), 0.0, 0.05, "label skew (total variation distance)", "{:.3f}", " TV", "shardings (one per seed)"),
+                 "shards", seed_figure="stratified")
     for t in s["extra_tasks"]:
-        values = _scores(scores, t, "iid", "svd", rank)
-        if values:
+        values = per_seed(t, "iid", "svd", rank)
+        if len(values):
             c = 100 * float(scores.loc[scores["task"] == t, "chance_score"].iloc[0])
-            verdict = above_chance(values, c, f"svd, IID, score vs chance {c:.1f}", "{:.2f}")
-            ledger.add(f"Federated LoRA learns {t.upper()} (a task the seed supports)", "supported task", verdict,
-                       "over_seeds", "" if verdict.verdict == "holds" else still_rising(scores, t, rank))
+            verdict = above_chance(values.tolist(), c, "svd, IID, validation score", "{:.2f}", " %")
+            ledger.check(f"Federated LoRA learns {t.upper()} (a task the seed supports)", verdict,
+                         "over_seeds", "" if verdict.verdict == "holds" else still_rising(scores, t, rank), key=f"learns_{t}")
     cen = baselines.set_index("baseline")["score"]
-    n_eval = int(scores.loc[scores["task"] == task, "eval_examples"].iloc[0])
     seed_merge = merge[(merge["method"] == "svd") & merge["weighting"].str.startswith("manifest")]
     if len(merge) and not len(seed_merge):
         raise ValueError(f"the one-shot merge table has no svd merge with manifest weights (fedavg_merge.py's); it has "
                          f"{merge[['method', 'weighting']].to_dict('records')}")
     if len(seed_merge):
         alone = ", ".join(f"{100 * v:.1f}" for v in merge.attrs.get("client_scores", []))
-        ledger.add("A one-shot merge of independently trained adapters (fedavg_merge.py) gives a working global adapter",
-                   "use case", one_model_learns(task, float(seed_merge["score"].iloc[0]), chance / 100, n_eval,
-                                                "the merged adapter's score (svd, manifest weights, as fedavg_merge.py)"),
-                   "one_shot_merge", "one merge, one seed" + (f"; the clients' adapters alone score {alone} %" if alone else ""))
+        ledger.check("A one-shot merge of independently trained adapters (fedavg_merge.py) gives a working global adapter",
+                     one_model_learns(task, float(seed_merge["score"].iloc[0]), chance / 100, n_eval,
+                                      "the merged adapter's score (svd, manifest weights, as fedavg_merge.py)"),
+                     "one_shot_merge", "one merge, one seed" + (f"; the clients' adapters alone score {alone} %" if alone else ""),
+                     seed_figure="use case", key="merge")
     if "centralized LoRA" in cen.index:
-        ledger.add("Centralized LoRA learns the task (the upper reference)", "baseline",
-                   one_model_learns(task, float(cen["centralized LoRA"]), chance / 100, n_eval, "score"), "baselines", "one seed")
+        ledger.check("Centralized LoRA learns the task (the upper reference)",
+                     one_model_learns(task, float(cen["centralized LoRA"]), chance / 100, n_eval, "score"), "baselines", "one seed",
+                     seed_figure="baseline")
+    if warm is not None and len(svd):
+        ledger.check("A warm start from the centralized adapter ends above a cold start (the seed's --init_adapter)",
+                     beyond_one_run(float(warm["warm start (%)"].iloc[-1]), svd.tolist(), "warm-started final validation score",
+                                    "{:.2f}", " %", "cold-started seeds"), "warm_start",
+                     "one warm-started run (the grid seed) against the cold-started runs over seeds", seed_figure="optional",
+                     key="warm")
     return ledger
 
 
@@ -348,32 +445,60 @@ def extra_task_sentences(scores: pd.DataFrame, tasks, rank: int) -> list[str]:
 
 
 def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.DataFrame, merge: pd.DataFrame,
-            baselines: pd.DataFrame, runs_wall_s: float, trainable: float) -> str:
-    """The report's opening paragraph, written from the measured tables."""
+            baselines: pd.DataFrame, runs_wall_s: float, trainable: float, claims: ClaimsLedger) -> str:
+    """The report's opening paragraph, written from the measured tables and the ledger's verdicts."""
+    v = claims.verdicts
     main = scores[(scores["task"] == s["main_task"]) & (scores["client_rank"] == s["lora_rank"]) & (scores["seed"] == s["grid_seed"])]
     by = main.set_index(["method", "sharding"])["score"]
-    parts = [f"LoRA trains {100 * trainable:.2f} % of `{s['model']}`'s parameters."]
+    chance = 100 * float(scores.loc[scores["task"] == s["main_task"], "chance_score"].iloc[0])
+    parts = [f"LoRA trains {100 * trainable:.2f} % of `{s['model']}`'s parameters here; "
+             + says(v["trainable_share"], "on the seed's roberta-base it trains {measured}, under the seed's 1 %.",
+                    "on the seed's roberta-base it trains {measured}, over the seed's 1 %.", "", "")]
     if len(seeds):
         txt = ", ".join(f"{r['method']} {r['score_mean_pct']:.2f} ± {r['score_std_pct']:.2f} %" for _, r in seeds.iterrows())
         parts.append(f"On IID shards of {s['main_task']} after {s['num_rounds']} rounds ({int(seeds['seeds'].max())} seeds): {txt}.")
+    if "svd_better" in v:
+        parts.append(says(v["svd_better"], "SVD aggregation trains the better global model, paired by seed ({measured}).",
+                          "Naive A/B averaging trains the better global model, paired by seed ({measured}).",
+                          "SVD aggregation and naive A/B averaging cannot be told apart by their global models "
+                          "(paired by seed: {measured}).", ""))
     parts += extra_task_sentences(scores, s["extra_tasks"], s["lora_rank"])
     if ("svd", "category") in by.index and ("naive", "category") in by.index:
-        parts.append(f"With one label per client (category shards) svd reaches {100 * by[('svd', 'category')]:.2f} % and naive "
-                     f"{100 * by[('naive', 'category')]:.2f} %.")
+        cat = {m: 100 * by[(m, "category")] for m in ("svd", "naive")}
+        at_chance = all(abs(x - chance) < 0.005 for x in cat.values())
+        parts.append(f"With one label per client (category shards) svd reaches {cat['svd']:.2f} % and naive {cat['naive']:.2f} %"
+                     + (f": both exactly the majority-class rate ({chance:.2f} %), a global model that predicts one class."
+                        if at_chance else f" (chance {chance:.2f} %)."))
     naive = study[study["method"] == "naive"]
     if len(naive):
         worst = naive.loc[naive["mean_relative_error"].idxmax()]
+        exact_methods = sorted(m for m, g in study.groupby("method") if g["max_relative_error"].max() < 1e-6)
         parts.append(f"Naive A/B averaging misses the true mean delta-W by up to {100 * naive['mean_relative_error'].max():.1f} % "
-                     f"(mean over layers; {int(worst['clients'])} clients, {worst['sharding']} shards), while SVD at rank K r, "
-                     "FLoRA and FFA-LoRA are exact to rounding.")
+                     f"(mean over layers; {int(worst['clients'])} clients, {worst['sharding']} shards)"
+                     + (f"; {', '.join(exact_methods)} reproduce it to within 1e-6" if exact_methods else "")
+                     + (", and " + says(v["svd_aligned"], "SVD at the runs' rank is closer to it than naive, on average over the "
+                                        "error study's cases ({measured}).", "SVD at the runs' rank is further from it than naive ({measured}).",
+                                        "SVD at the runs' rank is not surely closer to it than naive ({measured}).", "")
+                        if "svd_aligned" in v else "."))
     cen = baselines.set_index("baseline")["score"]
     parts.append(f"Centralized LoRA reaches {100 * cen.get('centralized LoRA', float('nan')):.2f} % and full fine-tuning "
                  f"{100 * cen.get('full fine-tuning', float('nan')):.2f} % on the same data.")
-    best_merge = merge.loc[merge["score"].idxmax()]
-    parts.append(f"The best one-shot merge ({best_merge['method']}, {best_merge['weighting']}) reaches {100 * best_merge['score']:.2f} %.")
+    if len(merge):
+        top = merge[merge["score"] == merge["score"].max()]
+        names = "; ".join(f"{r['method']}, {r['weighting']}" for _, r in top.iterrows())
+        parts.append(f"The best one-shot merge{'s' if len(top) > 1 else ''} ({names}) reach{'' if len(top) > 1 else 'es'} "
+                     f"{100 * top['score'].iloc[0]:.2f} %" + (says(v["merge"], ", above chance.", ", below chance.",
+                                                                 f": no signal against chance ({chance:.2f} %).", ".")
+                                                            if "merge" in v else "."))
+    if "warm" in v:
+        parts.append(says(v["warm"], "Warm-starting the federated rounds from the centralized adapter ends above what one "
+                          "cold-started run gives ({measured}).", "Warm-starting ends below what one cold-started run gives "
+                          "({measured}).", "Warm-starting from the centralized adapter ends within what one cold-started run "
+                          "gives ({measured}).", ""))
+    main_svd = scores[(scores["method"] == "svd") & (scores["task"] == s["main_task"]) & (scores["client_rank"] == s["lora_rank"])]
     parts.append(f"The federated runs' training loops took {runs_wall_s / 60:.1f} min here (the compute table adds each "
-                 f"run stage's model loading and data setup); the SVD aggregation took "
-                 f"{scores[scores['method'] == 'svd']['mean_aggregate_ms'].mean():.1f} ms per round on average.")
+                 f"run stage's model loading and data setup); the SVD aggregation of the main task's runs took "
+                 f"{main_svd['mean_aggregate_ms'].mean():.1f} ms per round on average.")
     return " ".join(parts)
 
 
