@@ -170,8 +170,9 @@ def render_pipeline(profile: str) -> str:
                                           f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
     summary_deps = [f"reports/${{profile}}/{e}" for e in EXPERIMENTS] + _module_paths({"fedpeft.reporting.summary"})
     out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
-            *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"), ""]
-    site_deps = [*(f"reports/${{profile}}/{e}" for e in EXPERIMENTS), "reports/${profile}/SUMMARY.md",
+            *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"),
+            _persisting("reports/${profile}/verdicts.png").rstrip("\n"), _persisting("reports/${profile}/verdicts.pdf").rstrip("\n"), ""]
+    site_deps = [*(f"reports/${{profile}}/{e}" for e in EXPERIMENTS), "reports/${profile}/SUMMARY.md", "reports/${profile}/verdicts.png",
                  *(f"results/${{profile}}/{e}" for e in EXPERIMENTS), "site/style.css", "site/ledger.js",
                  *_module_paths({"fedpeft.experiments.site"})]
     # no outs: the site is a build (build/site/<profile>, ignored by git), so a fresh clone's pipeline stays up to date;

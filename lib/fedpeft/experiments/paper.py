@@ -170,6 +170,14 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
             t.columns = [latex_escape(str(c)) for c in t.columns]
             body = t.map(lambda v: latex_escape(str(v))).style.hide(axis="index").to_latex(hrules=True)
             tally += f"\\begin{{table}}[H]\\centering\\caption{{Verdicts per experiment: {latex_escape(title)}}}\n" + fit_table(body) + "\\end{table}\n"
+    from fedpeft.reporting.findings import findings_markdown
+
+    found = markdown_to_latex(findings_markdown(profile, reports))
+    if (reports / "verdicts.pdf").is_file():
+        (build / "figures").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(reports / "verdicts.pdf", build / "figures" / "verdicts.pdf")
+        found += ("\n\\begin{figure}[H]\\centering\\includegraphics[width=0.8\\linewidth]{figures/verdicts.pdf}"
+                  "\\caption{The seeds' claims by verdict, per experiment, on this profile's evidence.}\\end{figure}\n")
     profile_note = {"embedded": "generated data and tiny models: it tests the plumbing, its numbers are not findings",
                     "local": "real data at CPU scale: the study's findings",
                     "paper": "the seeds' own models and data"}[profile]
@@ -187,8 +195,8 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
 \begin{abstract}
 """ + latex_escape(QUESTION) + f" This paper is the \\texttt{{{profile}}} profile: {latex_escape(profile_note)}." + r"""
 \end{abstract}
-\section{Question}
-""" + latex_escape(QUESTION) + "\n\\section{Methods}\n" + METHODS + "\n" + tally]
+\section*{What the study found}
+""" + found + "\n\\section{Question}\n" + latex_escape(QUESTION) + "\n\\section{Methods}\n" + METHODS + "\n" + tally]
     parts += [experiment_section(e, reports / e, build) for e in EXPERIMENTS]
     if not ledger.empty:
         parts.append("\\section{The claims ledger}\nEvery claim of every seed report with its verdict, the rule it was judged by "

@@ -115,6 +115,13 @@ def ledger_html(ledger: pd.DataFrame) -> str:
 def front_page(profile: str, reports: Path) -> str:
     ledger = claims_ledger(reports)
     tally = tally_tables(ledger, profile) if not ledger.empty else ""
+    from fedpeft.reporting.findings import findings_markdown
+
+    # the findings' links point at the report files; on the site each experiment has its own page
+    findings_html = re.sub(r'href="([a-z_0-9]+)/report\.md"', r'href="\1.html"', markdown(findings_markdown(profile, reports)))
+    figure = ('<figure id="verdicts"><img src="assets/verdicts.png" alt="The seeds\' claims by verdict, per experiment">'
+              "<figcaption>The seeds' claims by verdict, per experiment, on this profile's evidence.</figcaption></figure>"
+              if (reports / "verdicts.png").is_file() else "")
     heads = []
     for e in EXPERIMENTS:
         headline = reports / e / "headline.md"
@@ -128,6 +135,7 @@ def front_page(profile: str, reports: Path) -> str:
             "<em>inconclusive</em> when it covers it or there are too few runs, <em>not testable here</em> when this profile "
             "cannot measure it, <em>fact</em> when the study's own construction makes it true. The seeds' claims and the "
             "study's own checks are tallied apart; each row names the profile and device of its evidence.</p>"
+            f"<h2>What the study found</h2>{findings_html}{figure}"
             f"<h2>Verdicts</h2>{tally}<h2>Every claim</h2>{ledger_html(ledger)}<h2>Headlines</h2>{''.join(heads)}")
     return _page(f"fedpeft study ({profile})", body, profile)
 
@@ -180,7 +188,8 @@ def report_html(experiment: str, folder: Path, out: Path, notebook: nbformat.Not
                 f'{html.escape(caption)} <span class="provenance">Drawn by {where} of <code>{notebook_name(folder)}</code> '
                 f'from the <a href="{records_page}">run records of {experiment}</a>.</span></figcaption></figure>\n\n')
 
-    text = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", figure, text)
+    # the figure and the italic caption line under it become one <figure> with one caption
+    text = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)(?:\n\n\*[^\n]*\*)?", figure, text)
     body = markdown(text)
     # evidence links: "name.md" -> the inlined table below; "name.png" -> the figure's anchor
     body = re.sub(r'href="([A-Za-z0-9_]+)\.(md|csv|png)"', lambda m: f'href="#{_anchor(m.group(1))}"', body)
@@ -298,6 +307,8 @@ def build(profile: str, out: Path | None = None) -> Path:
     try:
         for asset in ("style.css", "ledger.js"):
             shutil.copyfile(ASSETS / asset, staging / "assets" / asset)
+        if (reports / "verdicts.png").is_file():
+            shutil.copyfile(reports / "verdicts.png", staging / "assets" / "verdicts.png")
         (staging / "index.html").write_text(front_page(profile, reports))
         for e in EXPERIMENTS:
             (staging / f"{e}.html").write_text(experiment_page(profile, e, reports, staging))

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -227,10 +227,14 @@ def stated_range(low: float, high: float, text: str) -> Figure:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A verdict word, the measured text (with its unit), the rule, the interval it rests on and the threshold or
+    the seed figure's value the interval was set against (``target``; None where there is none)."""
+
     verdict: str
     measured: str
     rule: str
     interval: Interval | None = None
+    target: float | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -254,7 +258,7 @@ def greater(a: Sequence[float], b: Sequence[float], margin: float = 0.0, what: s
     share seeds, folds or data are compared with :func:`paired_greater`."""
     d = difference_interval(a, b)
     rule = f"{what} > {fmt.format(margin)}{unit} ({100 * d.level:.0f} % Welch interval, unpaired; {_n(d, n_counts)})"
-    return Verdict(_from_side(d.side_of(margin), +1), d.text(fmt, unit), rule, d)
+    return replace(Verdict(_from_side(d.side_of(margin), +1), d.text(fmt, unit), rule, d), target=margin)
 
 
 def less(a: Sequence[float], b: Sequence[float], margin: float = 0.0, what: str = "a - b", fmt: str = "{:.4g}",
@@ -262,7 +266,7 @@ def less(a: Sequence[float], b: Sequence[float], margin: float = 0.0, what: str 
     """Unpaired arms: holds when the whole Welch interval of mean(a) - mean(b) is below ``-margin``."""
     d = difference_interval(a, b)
     rule = f"{what} < {fmt.format(-margin if margin else 0.0)}{unit} ({100 * d.level:.0f} % Welch interval, unpaired; {_n(d, n_counts)})"
-    return Verdict(_from_side(d.side_of(-margin), -1), d.text(fmt, unit), rule, d)
+    return replace(Verdict(_from_side(d.side_of(-margin), -1), d.text(fmt, unit), rule, d), target=-margin)
 
 
 def paired_greater(a: Mapping[Any, float], b: Mapping[Any, float], margin: float = 0.0, what: str = "a - b",
@@ -272,7 +276,7 @@ def paired_greater(a: Mapping[Any, float], b: Mapping[Any, float], margin: float
     otherwise (one pair included)."""
     d = paired_difference_interval(a, b)
     rule = f"{what} > {fmt.format(margin)}{unit} ({100 * d.level:.0f} % paired t interval; {_n(d, n_counts)})"
-    return Verdict(_from_side(d.side_of(margin), +1), d.text(fmt, unit), rule, d)
+    return replace(Verdict(_from_side(d.side_of(margin), +1), d.text(fmt, unit), rule, d), target=margin)
 
 
 def paired_less(a: Mapping[Any, float], b: Mapping[Any, float], margin: float = 0.0, what: str = "a - b",
@@ -280,15 +284,15 @@ def paired_less(a: Mapping[Any, float], b: Mapping[Any, float], margin: float = 
     """Paired arms: holds when the whole t interval of the mean per-pair difference is below ``-margin``."""
     d = paired_difference_interval(a, b)
     rule = f"{what} < {fmt.format(-margin if margin else 0.0)}{unit} ({100 * d.level:.0f} % paired t interval; {_n(d, n_counts)})"
-    return Verdict(_from_side(d.side_of(-margin), -1), d.text(fmt, unit), rule, d)
+    return replace(Verdict(_from_side(d.side_of(-margin), -1), d.text(fmt, unit), rule, d), target=-margin)
 
 
 def faster(a_rates: Sequence[float], b_rates: Sequence[float], what: str = "rate a / rate b", n_counts: str = "runs a side") -> Verdict:
     """A direction claim on speed, unpaired: holds when the interval of the ratio of mean rates is wholly above 1.
     Each value is one run's rate (a replicate is a run, never a timed step)."""
     r = ratio_interval(a_rates, b_rates)
-    return Verdict(_from_side(r.side_of(1.0), +1), r.text("{:.3g}", "x"),
-                   f"{what} > 1x ({100 * r.level:.0f} % Welch interval of log rates; {_n(r, n_counts)})", r)
+    return replace(Verdict(_from_side(r.side_of(1.0), +1), r.text("{:.3g}", "x"),
+                   f"{what} > 1x ({100 * r.level:.0f} % Welch interval of log rates; {_n(r, n_counts)})", r), target=1.0)
 
 
 def paired_faster(a_rates: Mapping[Any, float], b_rates: Mapping[Any, float], what: str = "rate a / rate b",
@@ -296,8 +300,8 @@ def paired_faster(a_rates: Mapping[Any, float], b_rates: Mapping[Any, float], wh
     """A direction claim on speed where each run of ``a`` has a partner in ``b`` (same seed, same process): holds
     when the interval of the geometric mean of the per-pair ratios is wholly above 1."""
     r = paired_ratio_interval(a_rates, b_rates)
-    return Verdict(_from_side(r.side_of(1.0), +1), r.text("{:.3g}", "x"),
-                   f"{what} > 1x ({100 * r.level:.0f} % paired t interval of log ratios; {_n(r, n_counts)})", r)
+    return replace(Verdict(_from_side(r.side_of(1.0), +1), r.text("{:.3g}", "x"),
+                   f"{what} > 1x ({100 * r.level:.0f} % paired t interval of log ratios; {_n(r, n_counts)})", r), target=1.0)
 
 
 def within(values: Sequence[float], target: float, tolerance: float, what: str = "value", fmt: str = "{:.4g}",
@@ -308,14 +312,14 @@ def within(values: Sequence[float], target: float, tolerance: float, what: str =
     lo, hi = target - tolerance, target + tolerance
     rule = f"{what} within {fmt.format(target)} ± {fmt.format(tolerance)}{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})"
     if not m.defined:
-        return Verdict("inconclusive", m.text(fmt, unit), rule, m)
+        return replace(Verdict("inconclusive", m.text(fmt, unit), rule, m), target=target)
     if lo <= m.low and m.high <= hi:
         verdict = "holds"
     elif m.high < lo or m.low > hi:
         verdict = "does not hold"
     else:
         verdict = "inconclusive"
-    return Verdict(verdict, m.text(fmt, unit), rule, m)
+    return replace(Verdict(verdict, m.text(fmt, unit), rule, m), target=target)
 
 
 def matches(measured: float, figure: Figure, what: str = "value", fmt: str = "{:.4g}", unit: str = "") -> Verdict:
@@ -324,8 +328,9 @@ def matches(measured: float, figure: Figure, what: str = "value", fmt: str = "{:
     if measured is None or math.isnan(measured):
         raise ValueError(f"{what}: the measured value is missing (NaN); a claim needs it")
     band = f"[{fmt.format(figure.low)}, {fmt.format(figure.high)}]{unit}"
-    return Verdict("holds" if figure.covers(measured) else "does not hold", f"{fmt.format(measured)}{unit}",
-                   f"{what} in the seed's {figure.text} as stated: {band} (computed exactly)")
+    return replace(Verdict("holds" if figure.covers(measured) else "does not hold", f"{fmt.format(measured)}{unit}",
+                   f"{what} in the seed's {figure.text} as stated: {band} (computed exactly)",
+                   Interval(float(measured), float(measured), float(measured), 1)), target=figure.value)
 
 
 def exact(measured: int, claimed: int, what: str = "value", unit: str = "") -> Verdict:
@@ -349,11 +354,11 @@ def one_run_matches(values: Sequence[float], figure: Figure, what: str = "value"
     rule = (f"the seed's {what} ({figure.text}: [{fmt.format(figure.low)}, {fmt.format(figure.high)}]{unit}) inside the "
             f"{100 * p.level:.0f} % prediction interval of one study run ({_n(p, n_counts)})")
     if not p.defined:
-        return Verdict("inconclusive", p.text(fmt, unit).replace("no interval", "no prediction interval"), rule, p)
+        return replace(Verdict("inconclusive", p.text(fmt, unit).replace("no interval", "no prediction interval"), rule, p), target=figure.value)
     inside = figure.high >= p.low and figure.low <= p.high
     shown = (f"{fmt.format(p.estimate)}{unit}, one run in [{fmt.format(p.low)}, {fmt.format(p.high)}]{unit} "
              f"({_n(p, n_counts)}); the seed's {figure.text} {'inside' if inside else 'outside'}")
-    return Verdict("holds" if inside else "does not hold", shown, rule, p)
+    return replace(Verdict("holds" if inside else "does not hold", shown, rule, p), target=figure.value)
 
 
 def _one_run_contrast(a: Sequence[float], b: Sequence[float], figure: Figure, what: str, fmt: str, unit: str,
@@ -371,8 +376,8 @@ def _one_run_contrast(a: Sequence[float], b: Sequence[float], figure: Figure, wh
     rule = (f"the seed's {what} ({figure.text}: [{fmt.format(figure.low)}, {fmt.format(figure.high)}]{unit}) inside the "
             f"{100 * LEVEL:.0f} % prediction interval of one run's {kind} (n = {len(la)} and {len(lb)} {n_counts}, unpaired)")
     if len(la) < 2 or len(lb) < 2:
-        return Verdict("inconclusive", f"{fmt.format(est)}{unit} (too few runs for an interval)", rule,
-                       Interval(est, math.nan, math.nan, n))
+        return replace(Verdict("inconclusive", f"{fmt.format(est)}{unit} (too few runs for an interval)", rule,
+                       Interval(est, math.nan, math.nan, n)), target=figure.value)
     va, vb = la.var(ddof=1) * (1 + 1 / len(la)), lb.var(ddof=1) * (1 + 1 / len(lb))
     se = math.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / (len(la) - 1) + vb**2 / (len(lb) - 1)) if se > 0 else 1.0
@@ -380,9 +385,9 @@ def _one_run_contrast(a: Sequence[float], b: Sequence[float], figure: Figure, wh
     centre = float(la.mean() - lb.mean())
     i = Interval(est, back(centre - half), back(centre + half), n)
     inside = figure.high >= i.low and figure.low <= i.high
-    return Verdict("holds" if inside else "does not hold",
+    return replace(Verdict("holds" if inside else "does not hold",
                    f"{fmt.format(est)}{unit}, one run's {kind} in [{fmt.format(i.low)}, {fmt.format(i.high)}]{unit}; the seed's "
-                   f"{figure.text} {'inside' if inside else 'outside'}", rule, i)
+                   f"{figure.text} {'inside' if inside else 'outside'}", rule, i), target=figure.value)
 
 
 def one_run_ratio_matches(a: Sequence[float], b: Sequence[float], figure: Figure, what: str = "a / b",
@@ -458,14 +463,14 @@ def spread_matches(values: Sequence[float], figure: Figure, seed_runs: int, what
     rule = (f"the seed's {what} ({figure.text}, {seed_runs} runs) inside the {100 * LEVEL:.0f} % interval of a {seed_runs}-run "
             f"sd under the study's spread (F interval; {_n(Interval(math.nan, math.nan, math.nan, len(v)), n_counts)})")
     if k < 1 or k_seed < 1:
-        return Verdict("inconclusive", f"fewer than 2 runs: no spread{unit}", rule, Interval(math.nan, math.nan, math.nan, len(v)))
+        return replace(Verdict("inconclusive", f"fewer than 2 runs: no spread{unit}", rule, Interval(math.nan, math.nan, math.nan, len(v))), target=figure.value)
     sd = float(v.std(ddof=1))
     i = Interval(sd, sd * math.sqrt(stats.f.ppf(0.5 - LEVEL / 2, k_seed, k)), sd * math.sqrt(stats.f.ppf(0.5 + LEVEL / 2, k_seed, k)),
                  len(v))
     inside = figure.high >= i.low and figure.low <= i.high
-    return Verdict("holds" if inside else "does not hold",
+    return replace(Verdict("holds" if inside else "does not hold",
                    f"sd {fmt.format(sd)}{unit}; a {seed_runs}-run sd in [{fmt.format(i.low)}, {fmt.format(i.high)}]{unit}; "
-                   f"the seed's {figure.text} {'inside' if inside else 'outside'}", rule, i)
+                   f"the seed's {figure.text} {'inside' if inside else 'outside'}", rule, i), target=figure.value)
 
 
 def fact(measured: str, why: str) -> Verdict:
@@ -487,9 +492,9 @@ def above_chance(scores: Sequence[float], chance: float, what: str = "score", fm
     m = mean_interval(scores)
     rule = f"{what} above the chance baseline {fmt.format(chance)}{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})"
     if not m.defined:
-        return Verdict("inconclusive", m.text(fmt, unit) + "; no signal", rule, m)
+        return replace(Verdict("inconclusive", m.text(fmt, unit) + "; no signal", rule, m), target=chance)
     verdict = _from_side(m.side_of(chance), +1)
-    return Verdict(verdict, m.text(fmt, unit) + ("; no signal" if verdict != "holds" else ""), rule, m)
+    return replace(Verdict(verdict, m.text(fmt, unit) + ("; no signal" if verdict != "holds" else ""), rule, m), target=chance)
 
 
 def proportion_interval(successes: int, trials: int, level: float = LEVEL) -> Interval:
@@ -523,8 +528,8 @@ def positive(values: Sequence[float], what: str = "value", fmt: str = "{:.4g}", 
     """Holds when the t interval of the mean of ``values`` (one per run) is wholly above 0, does not hold when wholly
     below, inconclusive otherwise (one value included)."""
     m = mean_interval(values)
-    return Verdict(_from_side(m.side_of(0.0), +1), m.text(fmt, unit),
-                   f"{what} > 0{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})", m)
+    return replace(Verdict(_from_side(m.side_of(0.0), +1), m.text(fmt, unit),
+                   f"{what} > 0{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})", m), target=0.0)
 
 
 def signal_label(scores: Sequence[float], chance: float, eval_examples: int | None = None) -> str:
@@ -580,7 +585,9 @@ class ClaimsLedger:
                              "(MiB, MB, %, points, nats, x, parameters, seeds ...)")
         self.rows.append({"claim": claim, "seed": seed_figure, "study": verdict.measured, "verdict": verdict.verdict,
                           "rule": verdict.rule, "evidence": evidence, "note": note, "kind": kind,
-                          "evidence_profile": evidence_profile or self.profile, "device": device or self.device or ""})
+                          "evidence_profile": evidence_profile or self.profile, "device": device or self.device or "",
+                          "key": key or "", "estimate": verdict.interval.estimate if verdict.interval is not None else math.nan,
+                          "target": verdict.target if verdict.target is not None else math.nan})
         if key is not None:
             if key in self.verdicts:
                 raise ValueError(f"claim {claim!r}: key = {key!r} is already used by another row")
@@ -595,7 +602,7 @@ class ClaimsLedger:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["claim", "seed", "study", "verdict", "rule", "evidence", "note", "kind",
-                                                "evidence_profile", "device"]).assign(
+                                                "evidence_profile", "device", "key", "estimate", "target"]).assign(
             profile=self.profile, experiment=self.experiment)
 
 

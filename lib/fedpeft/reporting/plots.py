@@ -20,7 +20,8 @@ def metric_per_round(history: pd.DataFrame, y: str, ylabel: str, hue: str = "par
 
 
 def size_vs_accuracy(ptq: pd.DataFrame):
-    """Saved model size (MiB) against test accuracy, one point per quantization method."""
+    """Saved model size (MiB) against test accuracy, one point per quantization method. Both axes start at zero
+    (accuracy runs to 100 %), so a difference of a tenth of a point looks like one."""
     fig, ax = plt.subplots()
     sns.scatterplot(data=ptq, x="size_mib", y="accuracy_pct", hue="method", s=90, ax=ax, legend=False)
     for _, r in ptq.iterrows():
@@ -28,6 +29,7 @@ def size_vs_accuracy(ptq: pd.DataFrame):
     ax.set_xlabel("saved model size (MiB)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(0, ptq["size_mib"].max() * 1.25)
+    ax.set_ylim(0, 100)
     return fig
 
 
@@ -53,24 +55,39 @@ def score_per_round_by_group(history: pd.DataFrame, y: str, ylabel: str, hue: st
     return grid.figure
 
 
+#: Relative errors below this are drawn at it: they are rounding (float32 is exact to about 1e-7).
+ERROR_FLOOR = 1e-9
+
+
+def _error_axis(ax, what: str = "relative error of delta-W") -> None:
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=ERROR_FLOOR / 2)
+    ax.set_ylabel(f"{what}\n(log scale; exact methods at {ERROR_FLOOR:g})", fontsize=9)
+
+
 def aggregation_error_per_round(errors: pd.DataFrame):
-    """Relative Frobenius error of the aggregated delta-W per round (mean over layers), per method and sharding."""
-    fig, ax = plt.subplots()
-    sns.lineplot(data=errors, x="round", y="mean", hue="method", style="sharding", marker="o", errorbar=None, ax=ax)
-    ax.set_yscale("symlog", linthresh=1e-6)
+    """Relative Frobenius error of the aggregated delta-W per round (mean over layers), per method and sharding, on
+    a log axis (an error is never negative; exact methods are drawn at :data:`ERROR_FLOOR`), legend outside."""
+    df = errors.assign(mean=errors["mean"].clip(lower=ERROR_FLOOR))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    sns.lineplot(data=df, x="round", y="mean", hue="method", style="sharding", marker="o", errorbar=None, ax=ax)
+    _error_axis(ax, "relative error of the aggregated delta-W")
     ax.set_xlabel("round")
-    ax.set_ylabel("||mean dW - aggregated dW|| / ||mean dW||")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.tight_layout()
     return fig
 
 
 def error_vs_clients(study: pd.DataFrame):
-    """Mean relative aggregation error against the number of clients, one panel per sharding."""
-    grid = sns.relplot(data=study, x="clients", y="mean_relative_error", hue="method", col="sharding", kind="line",
+    """Mean relative aggregation error against the number of clients, one panel per sharding, on a log axis (exact
+    methods drawn at :data:`ERROR_FLOOR`)."""
+    df = study.assign(mean_relative_error=study["mean_relative_error"].clip(lower=ERROR_FLOOR))
+    grid = sns.relplot(data=df, x="clients", y="mean_relative_error", hue="method", col="sharding", kind="line",
                        marker="o", height=3.0, aspect=1.0)
-    grid.set_axis_labels("clients K", "mean relative error of delta-W")
+    grid.set_axis_labels("clients K", "")
     for ax in grid.axes.flat:
-        ax.set_yscale("symlog", linthresh=1e-6)
+        _error_axis(ax)
     return grid.figure
 
 
@@ -96,18 +113,31 @@ def loss_per_step(steps: pd.DataFrame):
     return fig
 
 
+def arm_bars(speed: pd.DataFrame, value: str) -> pd.DataFrame:
+    """What :func:`arms_speed_memory` draws for ``value``: per model and arm, the mean over runs (the bar) and the
+    sample sd over runs (the error bar; 0 with one run). A replicate is a run, never a step."""
+    g = speed.groupby(["model", "arm"], sort=False)[value]
+    return g.agg(mean="mean", sd="std", runs="count").reset_index().fillna({"sd": 0.0})
+
+
 def arms_speed_memory(speed: pd.DataFrame):
-    """Two panels: steps/s (with its spread) and peak memory (MiB), per model and arm."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    sns.barplot(data=speed, x="model", y="steps_per_s", hue="arm", ax=ax1)
-    for patch, (_, row) in zip(ax1.patches, speed.sort_values(["arm", "model"], key=lambda c: c.map(
-            {m: i for i, m in enumerate(speed[c.name].unique())})).iterrows(), strict=False):  # seaborn may add patches
-        ax1.errorbar(patch.get_x() + patch.get_width() / 2, row["steps_per_s"], yerr=row["steps_per_s_spread"], color="black", capsize=3)
-    ax1.set_ylabel("steps/s (median of warm steps)")
-    sns.barplot(data=speed, x="model", y="peak_memory_mib", hue="arm", ax=ax2, legend=False)
-    ax2.set_ylabel(f"peak memory (MiB, {speed['memory_kind'].iloc[0]})")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("")
+    """A panel per model and quantity (steps/s, peak memory in MiB): one bar per arm, its height the mean over runs
+    and its error bar +/- the sample sd over runs (:func:`arm_bars`), each drawn on its own bar. Each panel has its
+    own y-axis from zero (the models' speeds differ by orders of magnitude)."""
+    models = list(dict.fromkeys(speed["model"]))
+    quantities = (("steps_per_s", "steps/s (mean of runs)"),
+                  ("peak_memory_mib", f"peak memory (MiB, {speed['memory_kind'].iloc[0]})"))
+    fig, axes = plt.subplots(len(quantities), len(models), figsize=(3.6 * len(models), 5.6), squeeze=False)
+    palette = dict(zip(dict.fromkeys(speed["arm"]), sns.color_palette(n_colors=speed["arm"].nunique()), strict=True))
+    for row, (value, label) in enumerate(quantities):
+        bars = arm_bars(speed, value)
+        for col, model in enumerate(models):
+            ax, part = axes[row][col], bars[bars["model"] == model]
+            ax.bar(part["arm"], part["mean"], yerr=part["sd"], capsize=4, color=[palette[a] for a in part["arm"]])
+            ax.set_ylim(bottom=0)
+            ax.set_title(f"{model}: {label.split(' (')[0]}", fontsize=9)
+            ax.set_ylabel(label if col == 0 else "", fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -134,13 +164,17 @@ def image_grid(images, titles, columns: int = 6):
 
 
 def score_vs_bytes(runs: pd.DataFrame, x: str = "total_MiB", y: str = "test_macro_f1", hue: str = "label"):
-    """Test score against total traffic (MiB, log scale), one point per run (seed)."""
+    """Test score against total traffic (MiB, log scale), one point per run; the marker is the run's seed, which
+    also chooses its test fold, so the horizontal bands are the folds."""
     fig, ax = plt.subplots()
-    sns.scatterplot(data=runs, x=x, y=y, hue=hue, style=hue, s=70, ax=ax)
+    style = "seed (test fold)" if "seed" in runs else None
+    df = runs.assign(**{style: runs["seed"].astype(str)}) if style else runs
+    sns.scatterplot(data=df, x=x, y=y, hue=hue, style=style, s=70, ax=ax)
     ax.set_xscale("log")
     ax.set_xlabel("total traffic, both directions (MiB, log scale)")
     ax.set_ylabel("test macro F1")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     return fig
 
 
@@ -179,4 +213,25 @@ def scale_curve(scale: pd.DataFrame):
     for ax in (ax1, ax2):
         ax.set_xscale("log")
         ax.set_xlabel("farmers")
+    return fig
+
+
+#: The verdict words in the order a reader scans them, each with one colour used in every verdict figure.
+VERDICT_COLOURS = {"holds": "#1b9e77", "does not hold": "#d95f02", "inconclusive": "#7570b3", "not testable here": "#bdbdbd",
+                   "fact": "#e6ab02"}
+
+
+def verdict_overview(tally: pd.DataFrame):
+    """The seeds' claims per experiment, one horizontal bar each, split by verdict (counts; ``tally``: one row per
+    experiment, a column per verdict word, as :func:`fedpeft.reporting.summary.tally` makes it, without the total)."""
+    df = tally[tally["experiment"] != "all"].set_index("experiment")[[v for v in VERDICT_COLOURS if v in tally]]
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(df) + 1.4))
+    left = pd.Series(0.0, index=df.index)
+    for verdict in df.columns:
+        ax.barh(df.index, df[verdict], left=left, color=VERDICT_COLOURS[verdict], label=verdict)
+        left += df[verdict]
+    ax.invert_yaxis()
+    ax.set_xlabel("claims of the seed report (count)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
     return fig

@@ -76,7 +76,12 @@ def collect(reports_dir: Path) -> str:
     if not sections:
         raise FileNotFoundError(f"no experiment reports (headline.md) under {reports_dir}; run the pipeline first")
     profile = Path(reports_dir).name
-    head = (f"# Study summary: profile `{profile}`\n\n{len(sections)} experiments. Every claim of every seed report is judged "
+    from fedpeft.reporting.findings import findings_markdown
+
+    found = findings_markdown(profile, reports_dir)
+    figure = "\n![The seeds' claims by verdict, per experiment](verdicts.png)\n" if (Path(reports_dir) / "verdicts.png").is_file() else ""
+    head = (f"# Study summary: profile `{profile}`\n\n## What the study found\n\n{found}{figure}\n## Every verdict\n\n"
+            f"{len(sections)} experiments. Every claim of every seed report is judged "
             "by the claims engine (`fedpeft.reporting.claims`; its docstring and the README state the verdict policy): *holds* "
             "or *does not hold* only when the interval lies wholly on one side of the claim's threshold (or inside / outside "
             "the band of a stated figure), *inconclusive* when it covers it or there are too few runs, *not testable here* "
@@ -97,12 +102,32 @@ def collect(reports_dir: Path) -> str:
     return head + "\n" + "\n\n".join(sections)
 
 
+def claims_by_experiment(reports_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every experiment's ``claims.csv`` under ``reports_dir``."""
+    return {csv.parent.name: pd.read_csv(csv, keep_default_na=False) for csv in sorted(Path(reports_dir).glob("*/claims.csv"))}
+
+
+def write_verdict_figure(reports_dir: Path, profile: str) -> bool:
+    """``verdicts.png`` / ``.pdf``: the seeds' claims per experiment by verdict, on this profile's evidence. False
+    when no report has claims yet."""
+    from fedpeft.reporting import plots
+    from fedpeft.reporting.outputs import save_figure, use_study_style
+
+    claims = claims_by_experiment(reports_dir)
+    if not claims:
+        return False
+    use_study_style()
+    save_figure(plots.verdict_overview(tally(claims, "seed claim", profile)), Path(reports_dir), "verdicts")
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=PROFILES, default="embedded")
     args = parser.parse_args(argv)
     common = validate_section("common", load_raw(args.profile).get("common", {}), COMMON_SCHEMA)
     reports_dir = REPO_ROOT / common["reports_dir"]
+    write_verdict_figure(reports_dir, args.profile)
     atomic_write_text(reports_dir / "SUMMARY.md", collect(reports_dir))
     print(f"wrote {reports_dir / 'SUMMARY.md'}")
 
