@@ -77,3 +77,12 @@ def test_environment_overrides_paths(monkeypatch, tmp_path):
     s = exp.load("local")
     assert s.data_root == tmp_path / "data"
     assert s.report_dir == tmp_path / "reports" / exp.EXPERIMENT
+
+
+def test_a_notebook_run_by_hand_never_rewrites_the_committed_reports(monkeypatch):
+    from fedpeft.core.config import HAND_RUN_REPORTS, REPO_ROOT
+
+    monkeypatch.delenv("FEDPEFT_REPORTS_DIR", raising=False)
+    s = exp.load("local")
+    assert s.report_dir == HAND_RUN_REPORTS / "local" / exp.EXPERIMENT
+    assert s.report_dir.relative_to(REPO_ROOT).parts[0] == "build"  # git-ignored

@@ -201,12 +201,18 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
+#: Where a notebook run by hand writes its report (git ignores build/); the pipeline writes to reports/<profile>.
+HAND_RUN_REPORTS = REPO_ROOT / "build" / "notebook-runs"
+
+
 def load_settings(profile: str, experiment: str, schema: Mapping[str, Spec], overrides: Mapping[str, Any] | None = None) -> Settings:
     """Load ``params/<profile>.yaml``, validate its ``common`` and ``experiment`` sections, apply ``overrides``.
 
-    Environment variables adjust paths without editing the file: ``FEDPEFT_DATA_ROOT`` (the data root) and
-    ``FEDPEFT_REPORTS_DIR`` (a scratch reports root, used by the nbval check so it never rewrites the committed
-    reports) and ``FEDPEFT_CACHE_DIR`` (a scratch cache: checkpoints, decoded data, cached features).
+    Environment variables adjust paths without editing the file: ``FEDPEFT_DATA_ROOT`` (the data root),
+    ``FEDPEFT_REPORTS_DIR`` (where the reports go: the pipeline's report stages set it to a staging folder beside
+    ``common.reports_dir``, the nbval check to a scratch folder; without it, as in a notebook run by hand, reports go
+    to :data:`HAND_RUN_REPORTS`/<profile>, which git ignores) and ``FEDPEFT_CACHE_DIR`` (a scratch cache:
+    checkpoints, decoded data, cached features).
     """
     raw = load_raw(profile)
     common = validate_section("common", raw.get("common", {}), COMMON_SCHEMA)
@@ -224,7 +230,9 @@ def load_settings(profile: str, experiment: str, schema: Mapping[str, Spec], ove
         values[key] = value
     params = validate_section(experiment, values, schema)
     data_root = _resolve(os.environ.get("FEDPEFT_DATA_ROOT", common["data_root"]))
-    reports_root = _resolve(os.environ.get("FEDPEFT_REPORTS_DIR", common["reports_dir"]))
+    # The pipeline (notebook_stage, nbval, regenerate) always names where reports go; a notebook run by hand
+    # (JupyterLab, nbconvert) writes to a git-ignored scratch folder, so it never rewrites the committed reports.
+    reports_root = _resolve(os.environ.get("FEDPEFT_REPORTS_DIR", HAND_RUN_REPORTS / Path(common["reports_dir"]).name))
     return Settings(
         profile=profile,
         experiment=experiment,
