@@ -198,14 +198,69 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
 \section*{What the study found}
 """ + found + "\n\\section{Question}\n" + latex_escape(QUESTION) + "\n\\section{Methods}\n" + METHODS + "\n" + tally]
     parts += [experiment_section(e, reports / e, build) for e in EXPERIMENTS]
+    parts.append(discussion_and_conclusion(profile, reports, ledger))
     if not ledger.empty:
         parts.append("\\section{The claims ledger}\nEvery claim of every seed report with its verdict, the rule it was judged by "
                      "and where its evidence comes from (profile, device); the experiment's \\texttt{claims.csv} holds the same rows.\n\n"
                      + ledger_longtable(ledger[ledger["kind"] == "seed claim"])
                      + "\\section{The study's own checks}\nWhat the study adds to the seeds' claims, judged by the same engine and "
                      "tallied apart.\n\n" + ledger_longtable(ledger[ledger["kind"] == "study check"]))
+    parts.append(REFERENCES)
     parts.append("\\end{document}\n")
     return "\n".join(parts)
+
+
+def discussion_and_conclusion(profile: str, reports: Path, ledger: pd.DataFrame) -> str:
+    """The discussion across experiments and the conclusion, written from the ledgers: per experiment how its seed's
+    claims fared on this profile's evidence, then the findings that answer the study's question."""
+    from fedpeft.reporting.claims import tally
+    from fedpeft.reporting.findings import findings
+
+    if ledger.empty:
+        return "\\section{Discussion across experiments}\nNo claims have been judged in this profile yet.\n"
+    lines = []
+    for experiment, rows in ledger.groupby("experiment", sort=False):
+        counts = tally(rows, "seed claim", profile)
+        judged = counts["holds"] + counts["does not hold"] + counts["inconclusive"]
+        lines.append(f"\\item \\textbf{{{latex_escape(TITLES[experiment])}}}: of its seed's {sum(counts.values())} claims judged on "
+                     f"this profile's evidence, {judged} could be measured here: {counts['holds']} hold, {counts['does not hold']} do "
+                     f"not hold and {counts['inconclusive']} are inconclusive; {counts['not testable here']} cannot be tested at "
+                     f"this scale and {counts['fact']} are facts of construction.")
+    total = tally(ledger, "seed claim", profile)
+    found = findings(reports)
+    conclusion = (f"Across the five seed reports, {total['does not hold']} of the "
+                  f"{total['holds'] + total['does not hold'] + total['inconclusive']} claims this profile could measure do not "
+                  f"hold and {total['inconclusive']} cannot be decided with the study's runs. ")
+    if found:
+        conclusion += ("On the study's question, what each technique saves and what it costs, the verdicts say: "
+                       + " ".join(inline(text) for _, _, text in found))
+    return ("\\section{Discussion across experiments}\nHow the seeds' claims fared, experiment by experiment (the ledger below "
+            "gives every row with its rule):\n\\begin{itemize}\n" + "\n".join(lines) + "\n\\end{itemize}\n"
+            "\\section{Conclusion}\n" + conclusion + "\n")
+
+
+#: The works the study reproduces, the methods it uses and the tools it is built with.
+REFERENCES = r"""\begin{thebibliography}{99}
+\bibitem{seeds} The five seed reports, \texttt{../shared/seeds/} (TaniFi weeds with QLoRA across farmers; federated LoRA of
+OPT-350m with FedProx; LoRA vs QLoRA on Gemma-2-2B and SD 1.5; EuroSAT FedAvg with post-training quantization; federated
+LoRA aggregation on GLUE).
+\bibitem{fedavg} H. B. McMahan, E. Moore, D. Ramage, S. Hampson, B. Agüera y Arcas. Communication-efficient learning of deep
+networks from decentralized data. AISTATS, 2017.
+\bibitem{fedprox} T. Li, A. K. Sahu, M. Zaheer, M. Sanjabi, A. Talwalkar, V. Smith. Federated optimization in heterogeneous
+networks. MLSys, 2020.
+\bibitem{diloco} A. Douillard et al. DiLoCo: distributed low-communication training of language models. arXiv:2311.08105, 2023.
+\bibitem{lora} E. J. Hu et al. LoRA: low-rank adaptation of large language models. ICLR, 2022.
+\bibitem{qlora} T. Dettmers, A. Pagnoni, A. Holtzman, L. Zettlemoyer. QLoRA: efficient finetuning of quantized LLMs. NeurIPS, 2023.
+\bibitem{ffa} Y. Sun, Z. Li, Y. Li, B. Ding. Improving LoRA in privacy-preserving federated learning (FFA-LoRA). ICLR, 2024.
+\bibitem{flora} Z. Wang et al. FLoRA: federated fine-tuning large language models with heterogeneous low-rank adaptations.
+NeurIPS, 2024.
+\bibitem{flower} D. J. Beutel et al. Flower: a friendly federated learning research framework. arXiv:2007.14390, 2020.
+\bibitem{peft} S. Mangrulkar et al. PEFT: state-of-the-art parameter-efficient fine-tuning methods. Hugging Face, 2022.
+\bibitem{bnb} T. Dettmers et al. bitsandbytes: k-bit quantization for PyTorch. 2022.
+\bibitem{dvc} DVC: data version control. Iterative, \url{https://dvc.org}.
+\bibitem{papermill} papermill: parameterize and execute Jupyter notebooks. nteract, \url{https://papermill.readthedocs.io}.
+\end{thebibliography}
+"""
 
 
 def build(profile: str, build_dir: Path | None = None, pdf: Path | None = None) -> Path:
