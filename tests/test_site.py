@@ -105,3 +105,16 @@ def test_chromium_renders_the_pages_without_any_outside_request(built, tmp_path)
                          capture_output=True, text=True, timeout=120).stdout
     rows = len(re.findall(r'<tr data-verdict=', dom))
     assert f'<span id="ledger-count">{rows} of {rows} claims</span>' in dom  # the ledger's script ran
+
+
+def test_the_records_page_indexes_every_run_with_its_main_score_and_file(tmp_path):
+    from fedpeft.experiments import site
+
+    page = site.records_html("embedded", "eurosat_fedavg_ptq", tmp_path)
+    runs = site.record_ids("embedded", "eurosat_fedavg_ptq")
+    for run_id in runs:
+        assert f'<a href="#{run_id}">{run_id}</a>' in page
+        assert (tmp_path / "data" / "records" / "eurosat_fedavg_ptq" / run_id / "record.json").is_file()
+    first = __import__("json").loads((site.results_root("embedded") / "eurosat_fedavg_ptq" / runs[0] / "record.json").read_text())
+    assert f"{100 * first['scalars']['server_accuracy']:.4g}" in page and "test accuracy (%)" in page
+    assert site.main_score("embedded", "glue_lora_aggregation", "no-such-run", {}) is None

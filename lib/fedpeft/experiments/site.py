@@ -97,13 +97,14 @@ def ledger_html(ledger: pd.DataFrame) -> str:
     for _, r in ledger.iterrows():
         target = f'{r["experiment"]}.html#{_anchor(r["evidence"])}'
         rows.append(f'<tr data-verdict="{html.escape(r["verdict"])}" data-experiment="{html.escape(r["experiment"])}">'
-                    f'<td>{html.escape(r["experiment"])}</td><td>{html.escape(r["claim"])}</td><td>{html.escape(r["seed"])}</td>'
-                    f'<td>{html.escape(r["study"])}</td><td class="verdict {VERDICT_CLASS.get(r["verdict"], "")}">'
-                    f'<a href="{target}">{html.escape(r["verdict"])}</a></td><td>{html.escape(r["rule"])}</td>'
+                    f'<td>{html.escape(r["experiment"])}</td><td class="verdict {VERDICT_CLASS.get(r["verdict"], "")}">'
+                    f'<a href="{target}">{html.escape(r["verdict"])}</a></td><td>{html.escape(r["claim"])}</td>'
+                    f'<td>{html.escape(r["seed"])}</td><td>{html.escape(r["study"])}</td><td>{html.escape(r["rule"])}</td>'
                     f'<td>{html.escape(r.get("kind", "seed claim"))}</td><td>{html.escape(_where(r))}</td>'
                     f'<td>{html.escape(r["note"])}</td></tr>')
+    # the verdict comes right after the experiment, so a narrow screen (400 px) shows it without scrolling
     head = "".join(f'<th data-sort="{i}">{h}</th>' for i, h in
-                   enumerate(["experiment", "claim", "seed says", "study measured", "verdict", "rule", "kind", "evidence from",
+                   enumerate(["experiment", "verdict", "claim", "seed says", "study measured", "rule", "kind", "evidence from",
                               "note"]))
     return (f'<div class="filters"><input id="ledger-text" type="search" placeholder="filter claims">'
             f'<select id="ledger-verdict"><option value="">every verdict</option>{options(ledger["verdict"])}</select>'
@@ -191,6 +192,9 @@ def report_html(experiment: str, folder: Path, out: Path, notebook: nbformat.Not
     # the figure and the italic caption line under it become one <figure> with one caption
     text = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)(?:\n\n\*[^\n]*\*)?", figure, text)
     body = markdown(text)
+    # one verdict style everywhere: the reports' claims tables get the front page's verdict colours
+    verdicts = "|".join(re.escape(v) for v in VERDICT_CLASS)
+    body = re.sub(rf"<td>({verdicts})</td>", lambda m: f'<td class="verdict {VERDICT_CLASS[m.group(1)]}"><span>{m.group(1)}</span></td>', body)
     # evidence links: "name.md" -> the inlined table below; "name.png" -> the figure's anchor
     body = re.sub(r'href="([A-Za-z0-9_]+)\.(md|csv|png)"', lambda m: f'href="#{_anchor(m.group(1))}"', body)
     tables = []
@@ -222,10 +226,44 @@ def notebook_html(notebook: nbformat.NotebookNode) -> str:
     return re.sub(r"<script\b.*?</script>", "", body, flags=re.S)
 
 
-def records_html(profile: str, experiment: str) -> str:
-    rows = []
+#: Each experiment's main score, for the records page: where it is in a record (a scalar, or the last row of a
+#: table's column), its name and how to show it.
+MAIN_SCORES = {"eurosat_fedavg_ptq": ("scalar", "server_accuracy", "test accuracy (%)", 100.0),
+               "weeds_qlora_federated": ("scalar", "test_macro_f1", "test macro F1", 1.0),
+               "lora_vs_qlora": ("scalar", "eval_loss", "held-out loss after training", 1.0),
+               "glue_lora_aggregation": ("history", "server_score", "final validation score (%)", 100.0),
+               "code_lm_fedprox": ("history", "server_loss", "final held-out loss (nats/token)", 1.0)}
+
+
+def main_score(profile: str, experiment: str, run_id: str, rec: dict) -> float | None:
+    """A run's main score (:data:`MAIN_SCORES`), or None for a run without one (a set-up record, say)."""
+    where, name, _, scale = MAIN_SCORES[experiment]
+    if where == "scalar":
+        value = rec.get("scalars", {}).get(name)
+    else:
+        table = results_root(profile) / experiment / run_id / f"{where}.csv"
+        column = pd.read_csv(table).get(name, pd.Series(dtype=float)).dropna() if table.is_file() else pd.Series(dtype=float)
+        value = float(column.iloc[-1]) if len(column) else None
+    return None if value is None else scale * float(value)
+
+
+def records_html(profile: str, experiment: str, out: Path | None = None) -> str:
+    """Every run record of ``experiment``: an index (run, main score, wall time, a link to the record's file, copied
+    beside the page when ``out`` is given), then each record's spec and scalars."""
+    rows, index = [], []
+    label = MAIN_SCORES[experiment][2]
     for run_id in record_ids(profile, experiment):
-        rec = json.loads((results_root(profile) / experiment / run_id / "record.json").read_text())
+        path = results_root(profile) / experiment / run_id / "record.json"
+        rec = json.loads(path.read_text())
+        score = main_score(profile, experiment, run_id, rec)
+        link = ""
+        if out is not None:
+            target = Path("data") / "records" / experiment / run_id / "record.json"
+            (out / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / target)
+            link = f'<a href="{target.as_posix()}">record.json</a>'
+        index.append({"run": f'<a href="#{html.escape(run_id)}">{html.escape(run_id)}</a>', label: "" if score is None else f"{score:.4g}",
+                      "wall (s)": f"{rec.get('meta', {}).get('stage_wall_s', float('nan')):.0f}", "file": link})
         scalars = {k: v for k, v in rec.get("scalars", {}).items() if not isinstance(v, (list, dict))}
         meta = rec.get("meta", {})
         scalars |= {f"meta: {k}": meta[k] for k in ("stage_wall_s", "written_at", "identity") if k in meta}
@@ -233,7 +271,8 @@ def records_html(profile: str, experiment: str) -> str:
                     f'{html.escape(run_id)}/record.json</code>; tables: {", ".join(rec.get("tables", [])) or "none"}</p>'
                     f'<p>spec: <code>{html.escape(json.dumps(rec.get("spec", {})))}</code></p>'
                     f'{pd.Series(scalars, dtype=object).to_frame("value").to_html(border=0)}</section>')
-    return f"<h1>Run records of {experiment} ({profile})</h1><p>{len(rows)} records.</p>" + "".join(rows)
+    table = pd.DataFrame(index).to_html(border=0, index=False, escape=False) if index else ""
+    return f"<h1>Run records of {experiment} ({profile})</h1><p>{len(rows)} records.</p>{table}" + "".join(rows)
 
 
 def experiment_page(profile: str, experiment: str, reports: Path, out: Path) -> str:
@@ -312,7 +351,7 @@ def build(profile: str, out: Path | None = None) -> Path:
         (staging / "index.html").write_text(front_page(profile, reports))
         for e in EXPERIMENTS:
             (staging / f"{e}.html").write_text(experiment_page(profile, e, reports, staging))
-            (staging / f"{e}-records.html").write_text(_page(f"{e}: run records", records_html(profile, e), profile))
+            (staging / f"{e}-records.html").write_text(_page(f"{e}: run records", records_html(profile, e, staging), profile))
         problems = link_problems(staging)
         if problems:
             raise RuntimeError(f"the site of {profile} has {len(problems)} broken or outside links:\n" + "\n".join(problems[:20]))
