@@ -232,3 +232,21 @@ def test_table_structure_hides_trained_numbers_and_the_labels_drawn_from_them():
     text = table_structure(here)
     assert text.splitlines()[0] == "2 rows" and "dirichlet" in text and "above chance" not in text and "0.52" not in text
     assert table_structure(here.assign(runs=[3, 2])) != text  # counts and names are still compared exactly
+
+
+@pytest.mark.parametrize("column, shown", [
+    ("iid_mean_pct", "iid mean (%)"), ("total_bytes_mean", "total mean (bytes)"), ("steps_per_s", "steps/s"),
+    ("test_macro_f1_std", "test macro F1 sd"), ("aggregate_ms", "aggregate (ms)"), ("label", "label"), ("seeds", "seeds"),
+])
+def test_headline_columns_read_as_words_with_units(column, shown):
+    from fedpeft.reporting.outputs import readable_name
+
+    assert readable_name(column) == shown
+
+
+def test_headline_numbers_read_without_exponents():
+    from fedpeft.reporting.outputs import readable
+
+    table = readable(pd.DataFrame({"adapter_fp32_bytes": [19_590_000.0], "eval_loss": [2.90351], "seeds": [3], "ok": [True]}))
+    assert table.columns.tolist() == ["adapter fp32 (bytes)", "eval loss", "seeds", "ok"]
+    assert table.iloc[0].tolist() == ["19,590,000", "2.904", "3", True]

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from fedpeft.core.config import REPO_ROOT
@@ -218,3 +219,41 @@ def scale_gap(rows: Iterable[tuple[str, str, str]], profile: str) -> str:
     if table.empty or (table.iloc[:, 1:].map(lambda v: not str(v).strip())).any().any():
         raise ValueError("a scale-gap table needs every aspect filled on both sides")
     return "**The scale gap**: what the seed ran and what this profile ran.\n\n" + table.to_markdown(index=False) + "\n"
+
+
+_UNITS = {"pct": "%", "mib": "MiB", "gib": "GiB", "gb": "GB", "mb": "MB", "s": "s", "ms": "ms", "bytes": "bytes",
+          "usd": "USD", "idr": "IDR", "points": "points"}
+_STATS = {"mean": "mean", "std": "sd", "sd": "sd", "min": "min", "max": "max"}
+
+
+def readable_name(column: str) -> str:
+    """A table column's snake_case name as words with its unit: ``iid_mean_pct`` -> "iid mean (%)",
+    ``total_bytes_mean`` -> "total mean (bytes)", ``steps_per_s`` -> "steps/s", ``test_macro_f1_std`` -> "test macro F1 sd"."""
+    tokens = column.replace("_per_s", "/s").split("_")
+    stat = _STATS.get(tokens[-1].lower()) if len(tokens) > 1 else None
+    if stat:
+        tokens = tokens[:-1]
+    unit = _UNITS.get(tokens[-1].lower()) if len(tokens) > 1 else None
+    if unit:
+        tokens = tokens[:-1]
+    words = " ".join(tokens).replace("f1", "F1")
+    return words + (f" {stat}" if stat else "") + (f" ({unit})" if unit else "")
+
+
+def readable_number(value: Any) -> Any:
+    """Numbers as a reader writes them: thousands separators for large ones (19,590,000, not 1.959e+07), four
+    significant digits otherwise; anything else unchanged."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or pd.isna(value):
+        return value
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with readable column names and numbers, for the headline tables a reader sees first."""
+    out = table.copy()
+    for column in out.columns:
+        if pd.api.types.is_numeric_dtype(out[column]) and not pd.api.types.is_bool_dtype(out[column]):
+            out[column] = out[column].map(readable_number)
+    return out.rename(columns=readable_name)

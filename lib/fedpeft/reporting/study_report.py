@@ -23,6 +23,7 @@ from fedpeft.reporting.outputs import (
     STUDY_PACKAGES,
     MarkdownReport,
     package_versions,
+    readable,
     save_figure,
     use_study_style,
     write_csv,
@@ -122,7 +123,8 @@ class StudyReport:
             write_table(plain, self.out, name, f"{what} ({profile} profile)", formats=("tex",))
             write_table(shown, self.out, name, f"{what} ({profile} profile)", formats=("md",))
             tables[kind] = shown
-        write_table(headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
+        shown_headline = readable(headline)
+        write_table(shown_headline, self.out, "headline", f"{self.title} ({profile}): headline", "{:.4g}")
         compute_text = compute_summary(compute)
         total = pd.DataFrame([{"run": "total", "device": "", "wall_s": compute["wall_s"].sum(), "written_at": "",
                                "resumed_from_round": ""}])
@@ -142,7 +144,7 @@ class StudyReport:
         report.text(setup)
         report.heading("What this means")
         report.text(finding)
-        report.table(headline, "Headline")
+        report.table(shown_headline, "Headline")
         report.heading("Claims")
         report.text(claims_tally_text(claims_df, profile))
         report.table(tables["seed claim"], "Claims of the seed")
