@@ -143,6 +143,8 @@ def experiment_section(experiment: str, folder: Path, build: Path) -> str:
     target.mkdir(parents=True, exist_ok=True)
     for caption, png in re.findall(r"!\[([^\]]*)\]\(([^)]+)\.png\)", (folder / "report.md").read_text()):
         pdf = folder / f"{png}.pdf"
+        if "random base weights" in caption:  # a sample of a model with random weights shows noise: not a result
+            continue
         if pdf.is_file():
             shutil.copyfile(pdf, target / pdf.name)
             out.append("\\begin{figure}[H]\\centering\\includegraphics[width=0.72\\linewidth]{"
