@@ -129,7 +129,7 @@ def test_flower_matches_in_process_for_every_trainer(case, tiny_images, ray_clus
 @pytest.mark.slow
 def test_a_local_ray_instance_is_started_and_stopped_even_beside_a_running_cluster(tiny_images, ray_cluster):
     """Without an address, run_flower starts its own Ray instance and leaves no process of it behind. Ray alone would
-    join the cluster running here (or one a stale /tmp/ray/ray_current_cluster names) and refuse num_cpus: the run
+    join the cluster running here (or a stale one its session file still names) and refuse num_cpus: the run
     failed with "When connecting to an existing cluster, num_cpus and num_gpus must not be provided"."""
     from fedpeft.federated.flower_engine import run_flower
 

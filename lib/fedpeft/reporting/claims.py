@@ -420,36 +420,6 @@ def beyond_one_run(value: float, values: Sequence[float], what: str = "value", f
     return Verdict(_from_side(side, +1), shown, rule, p)
 
 
-def spread_greater(a: Sequence[float], b: Sequence[float], what: str = "sd a / sd b", n_counts: str = "seeds a side") -> Verdict:
-    """Holds when the F interval of the ratio of standard deviations sd(a) / sd(b) lies wholly above 1 (``a``
-    varies more between runs than ``b``), does not hold when wholly below, inconclusive otherwise."""
-    from scipy import stats
-
-    a, b = _values(a), _values(b)
-    if len(a) < 2 or len(b) < 2:
-        i = Interval(math.nan, math.nan, math.nan, min(len(a), len(b)))
-        return Verdict("inconclusive", "fewer than 2 runs a side: no spread", f"{what} > 1x ({_n(i, n_counts)})", i)
-    ratio = a.var(ddof=1) / b.var(ddof=1) if b.var(ddof=1) > 0 else math.inf
-    lo = ratio / stats.f.ppf(0.5 + LEVEL / 2, len(a) - 1, len(b) - 1)
-    hi = ratio / stats.f.ppf(0.5 - LEVEL / 2, len(a) - 1, len(b) - 1)
-    i = Interval(math.sqrt(ratio), math.sqrt(lo), math.sqrt(hi), min(len(a), len(b)))
-    return Verdict(_from_side(i.side_of(1.0), +1), i.text("{:.3g}", "x"),
-                   f"{what} > 1x ({100 * LEVEL:.0f} % F interval of the variance ratio; {_n(i, n_counts)})", i)
-
-
-def sd_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
-    """Chi-square interval of the standard deviation of ``values`` between runs (normal values)."""
-    from scipy import stats
-
-    v = _values(values)
-    sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
-    if len(v) < 2:
-        return Interval(sd, math.nan, math.nan, len(v), level)
-    k = len(v) - 1
-    return Interval(sd, sd * math.sqrt(k / stats.chi2.ppf(0.5 + level / 2, k)),
-                    sd * math.sqrt(k / stats.chi2.ppf(0.5 - level / 2, k)), len(v), level)
-
-
 def spread_matches(values: Sequence[float], figure: Figure, seed_runs: int, what: str = "sd between runs",
                    fmt: str = "{:.3g}", unit: str = "", n_counts: str = "seeds") -> Verdict:
     """A spread the seed reports (the sd of its ``seed_runs`` runs) against the study's runs: under one common sd, the

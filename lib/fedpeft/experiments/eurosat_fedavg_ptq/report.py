@@ -200,6 +200,12 @@ def _drops(by_seed: pd.DataFrame, method: str) -> list[float]:
     return by_seed.loc[by_seed["method"] == method, "drop_pct_points"].tolist()
 
 
+def _accuracy_by_seed(summary: pd.DataFrame, partition: str, rounds: int) -> pd.Series:
+    """Final server test accuracy (percent) of the runs of one partition and round count, indexed by seed."""
+    rows = summary[(summary["partition"] == partition) & (summary["rounds"] == rounds)]
+    return 100 * rows.set_index("seed")["server_accuracy"]
+
+
 def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm: pd.DataFrame, run: RunRecord) -> ClaimsLedger:
     """Every claim of the seed (``003_4ffed47dd2e2f732.txt``) and the study's own checks, judged by the claims engine.
 
@@ -338,13 +344,9 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
                  "mean total-variation distance of each client's labels to the pooled labels; 0.05 is the study's band",
                  seed_figure="similar distributions")
 
-    def accuracy(partition: str, rounds: int) -> pd.Series:
-        rows = summary[(summary["partition"] == partition) & (summary["rounds"] == rounds)]
-        return 100 * rows.set_index("seed")["server_accuracy"]
-
-    iid = accuracy(p["partition"], p["num_rounds"])
+    iid = _accuracy_by_seed(summary, p["partition"], p["num_rounds"])
     for other in p["compare_partitions"]:
-        skewed = accuracy(other, p["num_rounds"])
+        skewed = _accuracy_by_seed(summary, other, p["num_rounds"])
         seeds = iid.index.intersection(skewed.index)
         if len(seeds):
             ledger.check(f"{other} label skew lowers the final accuracy against {p['partition']} shards",
@@ -352,7 +354,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
                                      "seeds, paired: same seed, different shards") if real else not_testable(no_real),
                          "accuracy", key=f"{other}_lowers")
     if p["extra_rounds"]:
-        longer = accuracy(p["partition"], p["extra_rounds"])
+        longer = _accuracy_by_seed(summary, p["partition"], p["extra_rounds"])
         seeds = longer.index.intersection(iid.index)
         if len(seeds):
             ledger.check(f"{p['extra_rounds']} rounds reach a higher accuracy than {p['num_rounds']}",
@@ -380,16 +382,12 @@ def partitions_and_rounds(s: Settings, summary: pd.DataFrame, claims: ClaimsLedg
     p = s.params
     v = claims.verdicts
 
-    def accuracy(partition: str, rounds: int) -> pd.Series:
-        rows = summary[(summary["partition"] == partition) & (summary["rounds"] == rounds)]
-        return 100 * rows.set_index("seed")["server_accuracy"]
-
-    main = accuracy(p["partition"], p["num_rounds"])
+    main = _accuracy_by_seed(summary, p["partition"], p["num_rounds"])
     sentences = []
     for other in p["compare_partitions"]:
         if f"{other}_lowers" not in v:
             continue
-        skewed = accuracy(other, p["num_rounds"])
+        skewed = _accuracy_by_seed(summary, other, p["num_rounds"])
         seeds = main.index.intersection(skewed.index)
         skew = f"Dirichlet({p['dirichlet_alpha']:g})" if other == "dirichlet" else other
         means = f"{skewed[seeds].mean():.2f} % against {main[seeds].mean():.2f} %, paired by seed"
@@ -400,7 +398,7 @@ def partitions_and_rounds(s: Settings, summary: pd.DataFrame, claims: ClaimsLedg
                               f"interval that covers zero ({means}).",
                               f"{skew} label skew could not be judged here."))
     if "more_rounds" in v:
-        longer = accuracy(p["partition"], p["extra_rounds"])
+        longer = _accuracy_by_seed(summary, p["partition"], p["extra_rounds"])
         seeds = longer.index.intersection(main.index)
         runs = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {longer[seeds].mean():.2f} % against {main[seeds].mean():.2f} %"
         sentences.append(says(v["more_rounds"], f"{p['extra_rounds']} rounds beat {p['num_rounds']} ({runs}; {{measured}}).",
