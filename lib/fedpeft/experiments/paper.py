@@ -80,8 +80,8 @@ def markdown_to_latex(md: str) -> str:
 
     for line in md.splitlines():
         s = line.strip()
-        if not s or s.startswith("|") or s.startswith("!["):
-            flush()
+        if not s or s.startswith("|") or s.startswith("![") or re.fullmatch(r"\*\*[^*]+\*\*", s):
+            flush()  # tables, images and a table's bold title line are placed separately
         elif s.startswith("- "):
             if para:
                 flush()
@@ -110,23 +110,105 @@ def report_sections(report_md: str) -> dict[str, str]:
     return sections
 
 
-def fit_table(tex: str) -> str:
-    """A booktabs table scaled to the text width (the study's tables are wide) and kept where it is written."""
-    tex = tex.replace(r"\begin{table}[htbp]", r"\begin{table}[H]")
-    return tex.replace(r"\begin{tabular}", r"\resizebox{\linewidth}{!}{\begin{tabular}").replace(r"\end{tabular}", r"\end{tabular}}")
+#: At most this many value columns per printed table (beside the key columns, repeated in each part).
+VALUE_COLUMNS_PER_TABLE = 5
+#: A header cell wraps onto a new line after about this many characters.
+HEADER_WRAP = 12
+
+
+def parse_tabular(tex: str) -> tuple[str, list[str], list[list[str]]]:
+    """The caption, header cells and body rows of a one-tabular booktabs table as pandas' ``to_latex`` writes it."""
+    caption = re.search(r"\\caption\{(.*)\}", tex)
+    body = tex[tex.index(r"\midrule") + len(r"\midrule"):tex.index(r"\bottomrule")]
+    head = tex[tex.index(r"\toprule") + len(r"\toprule"):tex.index(r"\midrule")]
+    split = lambda line: [c.strip() for c in re.split(r"(?<!\\)&", line.strip().removesuffix(r"\\").strip())]  # noqa: E731
+    rows = [split(line) for line in body.strip().splitlines() if line.strip()]
+    return (caption.group(1) if caption else ""), split(head), rows
+
+
+def is_number(cell: str) -> bool:
+    return re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?", cell.replace(r"\%", "").strip()) is not None
+
+
+def wrap_header(cell: str, width: int = HEADER_WRAP) -> str:
+    """A header cell broken at spaces into lines of about ``width`` characters (``\\makecell``), so a narrow numeric
+    column does not take the width of its name."""
+    lines: list[str] = []
+    for word in cell.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return r"\makecell[br]{" + r" \\ ".join(lines) + "}" if len(lines) > 1 else cell
+
+
+def fit_table(tex: str, per_table: int = VALUE_COLUMNS_PER_TABLE, caption: str | None = None) -> str:
+    """A headline table set for the page: numbers right-aligned, headers wrapped, and a table wider than
+    ``per_table`` value columns split into parts that each repeat the key columns (the leading columns of words,
+    such as the arm or the method), so no table is shrunk below the text size. ``adjustbox`` scales a part down
+    only where it would still overflow the text width."""
+    found, header, rows = parse_tabular(tex)
+    caption = found if caption is None else caption
+    keys = 0
+    while keys < len(header) - 1 and rows and not any(is_number(r[keys]) for r in rows if len(r) > keys and r[keys]):
+        keys += 1
+    keys = max(keys, 1)
+    values = list(range(keys, len(header)))
+    chunks = [values[i:i + per_table] for i in range(0, len(values), per_table)] or [[]]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:  # no part of one column: share the columns out evenly instead
+        size = -(-len(values) // (len(chunks) - 1))
+        chunks = [values[i:i + size] for i in range(0, len(values), size)]
+    out = []
+    for n, chunk in enumerate(chunks, start=1):
+        columns = list(range(keys)) + chunk
+        spec = "l" * keys + "r" * len(chunk)
+        part = f" (part {n} of {len(chunks)})" if len(chunks) > 1 else ""
+        lines = [" & ".join(wrap_header(header[c]) for c in columns) + r" \\", r"\midrule"]
+        lines += [" & ".join(r[c] if c < len(r) else "" for c in columns) + r" \\" for r in rows]
+        out.append(f"\\begin{{table}}[H]\n\\centering\\small\n\\caption{{{caption}{part}}}\n"
+                   f"\\begin{{adjustbox}}{{max width=\\linewidth}}\n\\begin{{tabular}}{{{spec}}}\n\\toprule\n"
+                   + "\n".join(lines) + "\n\\bottomrule\n\\end{tabular}\n\\end{adjustbox}\n\\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def evidence_of(row: pd.Series) -> str:
+    return ", ".join(str(x) for x in (row.get("evidence_profile", ""), row.get("device", "")) if x and str(x) != "nan")
 
 
 def ledger_longtable(ledger: pd.DataFrame) -> str:
-    """Every row with its claim, the seed's figure, the study's (with its unit), the verdict and the rule it was judged
-    by, and where the evidence comes from (profile, device)."""
-    where = lambda r: ", ".join(str(x) for x in (r.get("evidence_profile", ""), r.get("device", "")) if x)  # noqa: E731
-    rows = [" & ".join([inline(str(r["experiment"])), inline(str(r["claim"])), inline(str(r["seed"])), inline(str(r["study"])),
-                        inline(str(r["verdict"])), inline(str(r["rule"])), inline(where(r))]) + r" \\"
-            for _, r in ledger.iterrows()]
-    head = r"experiment & claim & seed says & study measured & verdict & rule & evidence from \\"
-    return ("{\\scriptsize\n\\begin{longtable}{p{0.09\\linewidth}p{0.2\\linewidth}p{0.09\\linewidth}p{0.14\\linewidth}"
-            "p{0.07\\linewidth}p{0.22\\linewidth}p{0.08\\linewidth}}\n"
-            f"\\toprule\n{head}\n\\midrule\n\\endhead\n" + "\n".join(rows) + "\n\\bottomrule\n\\end{longtable}}\n")
+    """The ledger one experiment at a time: each row with its claim, the seed's figure, the study's (with its unit),
+    the verdict and the rule it was judged by. Where the evidence comes from (profile, device) is said once per
+    experiment, and on a row only where it differs (a GPU row beside CPU rows)."""
+    column = lambda width: f">{{\\raggedright\\arraybackslash}}p{{{width}\\linewidth}}"  # noqa: E731
+    spec = "".join(column(w) for w in (0.25, 0.11, 0.19, 0.1, 0.23))
+    head = r"claim & seed says & study measured & verdict & rule \\"
+    out = []
+    for experiment, rows in ledger.groupby("experiment", sort=False):
+        evidence = rows.apply(evidence_of, axis=1)
+        usual = evidence.mode().iloc[0] if not evidence.empty else ""
+        body = []
+        for (_, r), where in zip(rows.iterrows(), evidence, strict=True):
+            rule = inline(str(r["rule"])) + (f" \\emph{{(evidence: {inline(where)})}}" if where != usual else "")
+            verdict = r"\mbox{" + inline(str(r["verdict"])) + "}" if len(str(r["verdict"])) <= 14 else inline(str(r["verdict"]))
+            body.append(" & ".join([inline(str(r["claim"])), inline(str(r["seed"])), inline(str(r["study"])), verdict, rule])
+                        + r" \\")
+        title = TITLES.get(str(experiment), str(experiment))
+        out.append(f"\\subsection*{{{latex_escape(title)}}}\nEvidence: {inline(usual) or 'not recorded'}.\n\n"
+                   f"{{\\scriptsize\n\\begin{{longtable}}{{{spec}}}\n\\toprule\n{head}\n\\midrule\n\\endhead\n"
+                   + "\n".join(body) + "\n\\bottomrule\n\\end{longtable}}\n")
+    return "\n".join(out)
+
+
+def figure_width(png: Path) -> float:
+    """The printed width of a figure, as a fraction of the text width, from its shape: a wide multi-panel figure gets
+    the full width (its panels stay readable at print size), a single plot about two thirds."""
+    if not png.is_file():
+        return 0.72
+    from PIL import Image
+
+    with Image.open(png) as image:
+        aspect = image.width / image.height
+    return 1.0 if aspect >= 2.2 else 0.85 if aspect >= 1.6 else 0.68
 
 
 def experiment_section(experiment: str, folder: Path, build: Path) -> str:
@@ -147,7 +229,7 @@ def experiment_section(experiment: str, folder: Path, build: Path) -> str:
             continue
         if pdf.is_file():
             shutil.copyfile(pdf, target / pdf.name)
-            out.append("\\begin{figure}[H]\\centering\\includegraphics[width=0.72\\linewidth]{"
+            out.append(f"\\begin{{figure}}[H]\\centering\\includegraphics[width={figure_width(folder / f'{png}.png')}\\linewidth]{{"
                        f"figures/{experiment}/{pdf.name}}}\\caption{{{inline(caption)}}}\\end{{figure}}")
     compute = sections.get("Compute, machine and versions", "").strip().split("\n\n")[0]
     if compute and not compute.startswith("|"):
@@ -171,7 +253,7 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
             t = tally_table(by_experiment, kind, profile)
             t.columns = [latex_escape(str(c)) for c in t.columns]
             body = t.map(lambda v: latex_escape(str(v))).style.hide(axis="index").to_latex(hrules=True)
-            tally += f"\\begin{{table}}[H]\\centering\\caption{{Verdicts per experiment: {latex_escape(title)}}}\n" + fit_table(body) + "\\end{table}\n"
+            tally += fit_table(body, per_table=len(t.columns), caption=f"Verdicts per experiment: {latex_escape(title)}")
     from fedpeft.reporting.findings import findings_markdown
 
     found = markdown_to_latex(findings_markdown(profile, reports))
@@ -187,7 +269,7 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
 \usepackage[a4paper,margin=2cm]{geometry}
 \usepackage[T1]{fontenc}
 \usepackage{lmodern}
-\usepackage{booktabs,longtable,graphicx,float}
+\usepackage{booktabs,longtable,graphicx,float,array,makecell,adjustbox}
 \usepackage[hidelinks]{hyperref}
 \title{What do federated learning, LoRA/QLoRA and quantization really save?\\\large Profile \texttt{""" + profile + r"""}}
 \author{The fedpeft study}

@@ -6,6 +6,28 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+
+def readable_log_axis(axis) -> None:
+    """A log axis labelled at 1, 2 and 5 times each power of ten, written as plain numbers ("20", "0.5"), with
+    unlabelled minor ticks: matplotlib's default labels every minor tick of a short range as "3x10^1", and they
+    run into each other at print size."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def axis_note(fig) -> str:
+    """What a caption must say of a figure whose linear y-axis does not start at zero (a loss curve, say, zoomed so
+    that its lines' differences show): "" when every such axis starts at zero or is a log axis."""
+    starts = [min(ax.get_ylim()) for ax in fig.axes  # an image's axes are hidden; a horizontal bar chart's y is categories
+              if ax.axison and not ax.images and ax.get_yscale() == "linear" and ax.has_data() and min(ax.get_ylim()) > 0]
+    if not starts:
+        return ""
+    if len(starts) == 1:
+        return f"The y-axis starts at {starts[0]:.3g}, not at zero, so that the differences between the lines show."
+    return "The y-axes start above zero, so that the differences between the lines show."
 
 
 def metric_per_round(history: pd.DataFrame, y: str, ylabel: str, hue: str = "partition", scale: float = 1.0):
@@ -20,12 +42,12 @@ def metric_per_round(history: pd.DataFrame, y: str, ylabel: str, hue: str = "par
 
 
 def size_vs_accuracy(ptq: pd.DataFrame):
-    """Saved model size (MiB) against test accuracy, one point per quantization method. Both axes start at zero
+    """Saved model size (MiB) against test accuracy, one point per quantization method, named in the legend (points
+    of nearly equal accuracy sit side by side, where labels beside them would overlap). Both axes start at zero
     (accuracy runs to 100 %), so a difference of a tenth of a point looks like one."""
     fig, ax = plt.subplots()
-    sns.scatterplot(data=ptq, x="size_mib", y="accuracy_pct", hue="method", s=90, ax=ax, legend=False)
-    for _, r in ptq.iterrows():
-        ax.annotate(r["method"], (r["size_mib"], r["accuracy_pct"]), textcoords="offset points", xytext=(6, 4))
+    sns.scatterplot(data=ptq, x="size_mib", y="accuracy_pct", hue="method", style="method", s=90, ax=ax)
+    ax.legend(title="method", loc="lower right")
     ax.set_xlabel("saved model size (MiB)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(0, ptq["size_mib"].max() * 1.25)
@@ -36,7 +58,7 @@ def size_vs_accuracy(ptq: pd.DataFrame):
 def traffic_and_cost(comm: pd.DataFrame):
     """Total traffic (MiB, both directions, all rounds) per precision, with the cost on a second axis."""
     fig, ax = plt.subplots()
-    sns.barplot(data=comm, x="precision", y="total_mib", hue="precision", ax=ax, legend=False)
+    sns.barplot(data=comm, x="precision", y="total_mib", hue="precision", errorbar=None, ax=ax, legend=False)
     ax.set_ylabel("total traffic (MiB)")
     ax.set_xlabel("")
     for patch, usd in zip(ax.patches, comm["cost_usd"], strict=False):
@@ -84,7 +106,7 @@ def error_vs_clients(study: pd.DataFrame):
     methods drawn at :data:`ERROR_FLOOR`)."""
     df = study.assign(mean_relative_error=study["mean_relative_error"].clip(lower=ERROR_FLOOR))
     grid = sns.relplot(data=df, x="clients", y="mean_relative_error", hue="method", col="sharding", kind="line",
-                       marker="o", height=3.0, aspect=1.0)
+                       marker="o", errorbar=None, height=3.0, aspect=1.0)
     grid.set_axis_labels("clients K", "")
     for ax in grid.axes.flat:
         _error_axis(ax)
@@ -104,9 +126,9 @@ def runtime_breakdown(split: pd.DataFrame, label: str = "arm"):
 
 
 def loss_per_step(steps: pd.DataFrame):
-    """Training loss per optimizer step, one line per arm."""
+    """Training loss per optimizer step, one line per arm: the mean over seeds with a +/- 1 standard deviation band."""
     fig, ax = plt.subplots()
-    sns.lineplot(data=steps, x="step", y="loss", hue="arm", marker="o", ax=ax)
+    sns.lineplot(data=steps, x="step", y="loss", hue="arm", marker="o", errorbar="sd", ax=ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -171,6 +193,7 @@ def score_vs_bytes(runs: pd.DataFrame, x: str = "total_MiB", y: str = "test_macr
     df = runs.assign(**{style: runs["seed"].astype(str)}) if style else runs
     sns.scatterplot(data=df, x=x, y=y, hue=hue, style=style, s=70, ax=ax)
     ax.set_xscale("log")
+    readable_log_axis(ax.xaxis)
     ax.set_xlabel("total traffic, both directions (MiB, log scale)")
     ax.set_ylabel("test macro F1")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -203,8 +226,8 @@ def scale_curve(scale: pd.DataFrame):
     """Two panels against the number of farmers (log scale): seconds per round and peak memory (MiB), per engine;
     the farmers' own data (MiB) drawn as a dashed line on the memory panel."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    sns.lineplot(data=scale, x="farmers", y="s_per_round", hue="engine", marker="o", ax=ax1)
-    sns.lineplot(data=scale, x="farmers", y="peak_mib", hue="engine", marker="o", ax=ax2, legend=False)
+    sns.lineplot(data=scale, x="farmers", y="s_per_round", hue="engine", marker="o", errorbar=None, ax=ax1)
+    sns.lineplot(data=scale, x="farmers", y="peak_mib", hue="engine", marker="o", errorbar=None, ax=ax2, legend=False)
     data = scale.drop_duplicates("farmers")
     ax2.plot(data["farmers"], data["farmer_data_mib"], "k--", label="farmers' data")
     ax2.legend(loc="upper left")
@@ -212,7 +235,9 @@ def scale_curve(scale: pd.DataFrame):
     ax2.set_ylabel("peak memory (MiB, process tree)")
     for ax in (ax1, ax2):
         ax.set_xscale("log")
+        readable_log_axis(ax.xaxis)
         ax.set_xlabel("farmers")
+    fig.tight_layout()
     return fig
 
 

@@ -30,6 +30,7 @@ from fedpeft.reporting.outputs import (
     write_metrics,
     write_table,
 )
+from fedpeft.reporting.plots import axis_note
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -76,7 +77,10 @@ class StudyReport:
         return df
 
     def figure(self, fig, name: str, caption: str) -> None:
-        """Save ``<name>.png`` and ``<name>.pdf`` and add the figure to the report."""
+        """Save ``<name>.png`` and ``<name>.pdf`` and add the figure to the report; a caption says where a y-axis does
+        not start at zero (:func:`fedpeft.reporting.plots.axis_note`)."""
+        note = axis_note(fig)
+        caption = f"{caption.rstrip('.')}. {note}" if note else caption
         save_figure(fig, self.out, name)
         self._sections.append(("figure", f"{name}.png", caption, ""))
         self._files[name] = f"{name}.png"
