@@ -7,11 +7,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
 
 from fedpeft.reporting import plots  # noqa: E402
 
