@@ -71,8 +71,8 @@ $(UV):
 # pins of the file it writes); `make lock UPGRADE=--upgrade` moves everything to the newest allowed versions.
 lock: | $(UV)
 	cp $(LOCK) $(LOCK).tmp 2>/dev/null || true
-	$(UV) pip compile pyproject.toml --python-version 3.11.5 --generate-hashes --no-header --quiet $(UPGRADE) -o $(LOCK).tmp
-	$(PYTHON) tests/lockfile.py --stamp $(LOCK).tmp
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11.5 --generate-hashes --no-header --quiet $(UPGRADE) -o $(LOCK).tmp
+	$(PYTHON) tools/lockfile.py --stamp $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 
 repro: env
@@ -81,7 +81,7 @@ repro: env
 # Render dvc.yaml and pipelines/*/dvc.yaml from the run plans in params/ and the modules each stage imports. Needed
 # after adding or removing runs (seeds, partitions) or modules; tests/test_environment.py fails until it is done.
 pipelines: env
-	$(BIN)/python tests/module_deps.py
+	$(BIN)/python -m fedpeft.experiments.pipelines
 
 # Every run and report of a profile afresh, one process per experiment (`dvc repro -f` starts one per run), then
 # the result recorded in the profile's dvc.lock. For the embedded profile, whose runs take seconds.

@@ -1,7 +1,6 @@
 """One source of truth for dependencies, and the pipeline files kept in step."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import yaml
@@ -10,11 +9,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dependencies_are_pinned_in_pyproject():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert deps, "pyproject.toml lists no dependencies"
-    deps += tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["fedpeft"]["install-without-dependencies"]
-    unpinned = [d for d in deps if not re.search(r"==\d", d)]
+    from lockfile import pyproject_dependencies
+
+    lists = pyproject_dependencies()
+    assert lists["dependencies"] and lists["dev"], "pyproject.toml lists no dependencies or no dev extra"
+    unpinned = [d for deps in lists.values() for d in deps if not re.search(r"==\d", d)]
     assert not unpinned, f"unpinned dependencies: {unpinned}"
+
+
+def test_development_tools_are_an_extra_the_library_never_imports():
+    from lockfile import normalize, pyproject_dependencies
+
+    lists = pyproject_dependencies()
+    name = lambda r: normalize(re.match(r"[A-Za-z0-9._-]+", r).group())  # noqa: E731
+    dev = {name(r) for r in lists["dev"]}
+    assert {"pytest", "nbval", "ruff"} <= dev and not dev & {name(r) for r in lists["dependencies"]}
+    imports = [p for p in (ROOT / "lib").rglob("*.py") if re.search(r"^\s*(import|from) (pytest|nbval|ruff)\b", p.read_text(), re.M)]
+    assert not imports, f"the library imports a development tool, which `pip install .` does not give: {imports}"
 
 
 def test_environment_yml_installs_the_lock_and_pins_nothing_else():
@@ -36,7 +47,7 @@ def test_lock_pins_every_direct_dependency_at_its_pyproject_version():
     from lockfile import locked_versions, normalize, pyproject_dependencies
 
     locked = locked_versions()
-    for requirement in pyproject_dependencies()["dependencies"]:
+    for requirement in pyproject_dependencies()["dependencies"] + pyproject_dependencies()["dev"]:
         name, version = re.match(r"([A-Za-z0-9._-]+)(?:\[[^]]*\])?==([^\s;]+)", requirement).groups()
         assert locked.get(normalize(name)) == version, f"{requirement} is locked at {locked.get(normalize(name))}"
 
@@ -63,7 +74,7 @@ def test_environment_holds_exactly_the_locked_versions():
 
 
 def test_pipelines_are_rendered_from_the_run_plans_and_module_imports():
-    from module_deps import PIPELINES, render_pipeline
+    from fedpeft.experiments.pipelines import PIPELINES, render_pipeline
 
     for profile, rel in PIPELINES.items():
         assert (ROOT / rel).read_text() == render_pipeline(profile), (
@@ -71,8 +82,8 @@ def test_pipelines_are_rendered_from_the_run_plans_and_module_imports():
 
 
 def test_run_stages_never_reach_the_reporting_layer():
+    from fedpeft.experiments.pipelines import run_stage_dependencies
     from fedpeft.experiments.runs import split_experiments
-    from module_deps import run_stage_dependencies
 
     assert split_experiments()
     for experiment in split_experiments():
@@ -95,7 +106,7 @@ def test_every_notebook_has_a_stage_and_a_parameters_cell():
 
 
 def test_each_stage_depends_on_every_module_its_notebook_and_command_reach():
-    from module_deps import stage_dependencies
+    from fedpeft.experiments.pipelines import stage_dependencies
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
@@ -106,7 +117,7 @@ def test_each_stage_depends_on_every_module_its_notebook_and_command_reach():
 
 
 def test_module_closure_follows_relative_imports():
-    from module_deps import closure
+    from fedpeft.experiments.pipelines import closure
 
     files = {p.name for p in closure({"fedpeft.experiments.code_lm_fedprox.runs"})}
     assert {"runs.py", "settings.py", "code_corpus.py", "causal_lm.py", "loop.py", "ledger.py", "contract.py"} <= files

@@ -1,6 +1,7 @@
 """The environment lock (requirements.lock): the stamp tying it to pyproject.toml, and reading its pins.
 
-``python tests/lockfile.py --stamp requirements.lock`` writes the stamp line after ``make lock`` has resolved it.
+``python tools/lockfile.py --stamp requirements.lock`` writes the stamp line after ``make lock`` has resolved it (with
+the system's Python, before the environment exists: this file uses the standard library only).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ STAMP = "# pyproject-dependencies-sha256: "
 def pyproject_dependencies(path: Path = ROOT / "pyproject.toml") -> dict[str, list[str]]:
     data = tomllib.loads(path.read_text())
     return {"dependencies": sorted(data["project"]["dependencies"]),
+            "dev": sorted(data["project"]["optional-dependencies"]["dev"]),
             "install-without-dependencies": sorted(data["tool"]["fedpeft"]["install-without-dependencies"])}
 
 
 def dependencies_digest(path: Path = ROOT / "pyproject.toml") -> str:
-    """sha256 of pyproject's dependency lists (order-free): what the lock was resolved from."""
+    """sha256 of pyproject's dependency lists, the dev extra's included (order-free): what the lock was resolved from."""
     return hashlib.sha256(json.dumps(pyproject_dependencies(path), sort_keys=True).encode()).hexdigest()
 
 
@@ -55,5 +57,5 @@ def locked_versions(lock: Path = LOCK) -> dict[str, str]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--stamp"] or len(sys.argv) != 3:
-        sys.exit("usage: python tests/lockfile.py --stamp requirements.lock")
+        sys.exit("usage: python tools/lockfile.py --stamp requirements.lock")
     stamp(Path(sys.argv[2]))

@@ -1,15 +1,21 @@
-"""The fedpeft modules a notebook needs: its own imports and everything they import in turn (read from the source,
-not by importing). Used to check that each DVC stage lists exactly what can change its results."""
+"""The study's DVC pipelines, one per profile, rendered from the experiment registry and the run plans in
+``params/``: ``python -m fedpeft.experiments.pipelines`` (``make pipelines``) writes ``dvc.yaml`` and ``pipelines/<profile>/dvc.yaml``.
+
+Each stage lists exactly the fedpeft source files that can change its results: the modules its notebook and its
+command import, and everything they import in turn, read from the source (not by importing), so an edit to a figure
+function reruns no training and an edit to a trainer reruns every run that reaches it."""
 
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LIB = ROOT / "lib"
+from fedpeft.core import registry
+from fedpeft.core.config import REPO_ROOT
+
+ROOT = REPO_ROOT
+LIB = Path(__file__).resolve().parents[2]
 
 
 def _module_file(dotted: str) -> Path | None:
@@ -98,14 +104,6 @@ def stage_dependencies(stage: dict) -> set[str]:
     return deps
 
 
-#: Each experiment's notebook and the y axis of its per-round plot, in pipeline order.
-EXPERIMENTS = {
-    "eurosat_fedavg_ptq": ("notebooks/04_eurosat_fedavg_ptq.ipynb", "round", "server_accuracy"),
-    "glue_lora_aggregation": ("notebooks/05_glue_lora_aggregation.ipynb", "round", "server_score"),
-    "code_lm_fedprox": ("notebooks/02_code_lm_fedprox_lora.ipynb", "round", "eval_loss"),
-    "lora_vs_qlora": ("notebooks/03_lora_vs_qlora.ipynb", "round", "loss"),
-    "weeds_qlora_federated": ("notebooks/01_weeds_qlora_federated.ipynb", "farmer_steps", "server_macro_f1"),
-}
 PIPELINES = {"embedded": "dvc.yaml", "local": "pipelines/local/dvc.yaml", "paper": "pipelines/paper/dvc.yaml"}
 RUN_STAGE_CMD = "python -m fedpeft.experiments.runs"
 
@@ -120,7 +118,7 @@ def _persisting(path: str, extra: str = "") -> str:
 
 def run_stage_dependencies(experiment: str) -> list[str]:
     """The fedpeft files an experiment's run stages reach: the run-stage command and the experiment's runs module."""
-    return _module_paths({"fedpeft.experiments.runs", f"fedpeft.experiments.{experiment}.runs"})
+    return _module_paths({"fedpeft.experiments.runs", f"{registry.get(experiment).package}.runs"})
 
 
 def render_pipeline(profile: str) -> str:
@@ -128,38 +126,36 @@ def render_pipeline(profile: str) -> str:
     (``foreach``) and a report stage that reads their records; the other experiments as one notebook stage; then
     the summary. Rendered from the run plans in params/<profile>.yaml, so it must be rendered again
     (``make pipelines``) after a change that adds or removes runs (seeds, partitions)."""
-    import sys
-
-    sys.path.insert(0, str(LIB))
     from fedpeft.experiments import runs as run_stages
 
     root = "." if profile == "embedded" else "../.."
     where = "The default: `dvc repro` (or `make repro`) runs it." if profile == "embedded" else (
         f"Run it with `make repro PROFILE={profile}` (= `dvc repro {PIPELINES[profile]}`).")
     out = [f"# The {profile} profile's pipeline. {where}",
-           "# Rendered by `make pipelines` (tests/module_deps.py) from the run plans in params/ and the modules each stage",
+           "# Rendered by `make pipelines` (python -m fedpeft.experiments.pipelines) from the run plans in params/ and the modules each stage",
            "# reaches; tests/test_environment.py fails when this file and a fresh rendering differ. Do not edit by hand.",
            "vars:", f"  - profile: {profile}", f"    root: {root}", "", "stages:"]
-    for experiment, (notebook, x, y) in EXPERIMENTS.items():
+    experiments = registry.experiments()
+    for declared in experiments:
+        experiment, notebook, (x, y) = declared.name, declared.notebook, declared.history
         report_deps = [notebook]
-        if experiment in run_stages.split_experiments():
-            settings = run_stages.settings_module(experiment).load(profile)
-            specs = run_stages.runs_module(experiment).run_specs(settings)
-            for kind in dict.fromkeys(spec.kind for spec in specs):
-                ids = [spec.run_id for spec in specs if spec.kind == kind]
-                keys = run_stages.run_keys(experiment, settings.params, kind)
-                out += [f"  {experiment}_{kind}:", "    foreach:", *[f"      - {i}" for i in ids], "    do:", "      wdir: ${root}",
-                        "      cmd: >-", f"        exec {RUN_STAGE_CMD} --profile ${{profile}} --experiment {experiment}",
-                        "        --run ${item} --no-progress", "      deps:",
-                        *[f"        - {d}" for d in run_stage_dependencies(experiment)],
-                        "      params:", "        - params/${profile}.yaml:", "            - common.data_root",
-                        *[f"            - {experiment}.{k}" for k in keys],
-                        "      outs:", f"        - results/${{profile}}/{experiment}/${{item}}:", "            cache: false",
-                        "            persist: true", ""]
-            report_deps += [f"results/${{profile}}/{experiment}/{spec.run_id}" for spec in specs]
+        settings = declared.load(profile)
+        specs = declared.run_specs(settings)
+        for kind in dict.fromkeys(spec.kind for spec in specs):
+            ids = [spec.run_id for spec in specs if spec.kind == kind]
+            keys = run_stages.run_keys(experiment, settings.params, kind)
+            out += [f"  {experiment}_{kind}:", "    foreach:", *[f"      - {i}" for i in ids], "    do:", "      wdir: ${root}",
+                    "      cmd: >-", f"        exec {RUN_STAGE_CMD} --profile ${{profile}} --experiment {experiment}",
+                    "        --run ${item} --no-progress", "      deps:",
+                    *[f"        - {d}" for d in run_stage_dependencies(experiment)],
+                    "      params:", "        - params/${profile}.yaml:", "            - common.data_root",
+                    *[f"            - {experiment}.{k}" for k in keys],
+                    "      outs:", f"        - results/${{profile}}/{experiment}/${{item}}:", "            cache: false",
+                    "            persist: true", ""]
+        report_deps += [f"results/${{profile}}/{experiment}/{spec.run_id}" for spec in specs]
         stage = {"cmd": "exec python -m fedpeft.reporting.notebook_stage", "deps": report_deps}
         report_deps += sorted(stage_dependencies(stage))
-        report_deps += list(getattr(importlib.import_module(f"fedpeft.experiments.{experiment}.report"), "INPUTS", ()))
+        report_deps += list(declared.report_inputs)
         out += [f"  {experiment}:", "    wdir: ${root}", "    cmd: >-",
                 "      exec python -m fedpeft.reporting.notebook_stage --profile ${profile}",
                 f"      --experiment {experiment} --notebook {notebook}", "    deps:", *[f"      - {d}" for d in report_deps],
@@ -168,12 +164,12 @@ def render_pipeline(profile: str) -> str:
                 "    metrics:", _persisting(f"reports/${{profile}}/metrics/{experiment}.json").rstrip("\n"),
                 "    plots:", _persisting(f"reports/${{profile}}/plots/{experiment}_history.csv",
                                           f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
-    summary_deps = [f"reports/${{profile}}/{e}" for e in EXPERIMENTS] + _module_paths({"fedpeft.reporting.summary"})
+    summary_deps = [f"reports/${{profile}}/{e}" for e in registry.names()] + _module_paths({"fedpeft.reporting.summary"})
     out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
             *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"),
             _persisting("reports/${profile}/verdicts.png").rstrip("\n"), _persisting("reports/${profile}/verdicts.pdf").rstrip("\n"), ""]
-    site_deps = [*(f"reports/${{profile}}/{e}" for e in EXPERIMENTS), "reports/${profile}/SUMMARY.md", "reports/${profile}/verdicts.png",
-                 *(f"results/${{profile}}/{e}" for e in EXPERIMENTS), "site/style.css", "site/ledger.js",
+    site_deps = [*(f"reports/${{profile}}/{e}" for e in registry.names()), "reports/${profile}/SUMMARY.md", "reports/${profile}/verdicts.png",
+                 *(f"results/${{profile}}/{e}" for e in registry.names()), "site/style.css", "site/ledger.js",
                  *_module_paths({"fedpeft.experiments.site"})]
     # no outs: the site is a build (build/site/<profile>, ignored by git), so a fresh clone's pipeline stays up to date;
     # `make site` builds it directly
@@ -182,10 +178,14 @@ def render_pipeline(profile: str) -> str:
     return "\n".join(out) + "\n"
 
 
-if __name__ == "__main__":
+def main() -> None:
     for profile, rel in PIPELINES.items():
         path = ROOT / rel
         text = render_pipeline(profile)
         changed = not path.is_file() or path.read_text() != text
         path.write_text(text)
         print(rel, "updated" if changed else "unchanged")
+
+
+if __name__ == "__main__":
+    main()
