@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedpeft.core import registry
 from fedpeft.core.config import REPO_ROOT
 from fedpeft.core.profiling import machine_description
-from fedpeft.experiments import runs as run_stages
 from fedpeft.reporting.outputs import MarkdownReport
 
 OUT = REPO_ROOT / "reports" / "benchmarks" / "report_change_rerun.md"
@@ -49,7 +49,7 @@ def stale_stages(worktree: Path, profile: str, env: dict) -> list[str]:
 
 
 def change_param(worktree: Path, profile: str, experiment: str) -> str:
-    keys = sorted(run_stages.settings_module(experiment).REPORT_KEYS)
+    keys = sorted(registry.get(experiment).report_keys)
     if not keys:
         raise SystemExit(f"{experiment} has no report-only parameter; use --change code")
     path = worktree / "params" / f"{profile}.yaml"
@@ -72,7 +72,7 @@ def change_code(worktree: Path, experiment: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="embedded")
-    parser.add_argument("--experiment", required=True, choices=run_stages.split_experiments())
+    parser.add_argument("--experiment", required=True, choices=registry.names())
     parser.add_argument("--change", choices=("param", "code"), default="param")
     parser.add_argument("--forced", action="store_true", help="also time a forced regeneration of the whole profile")
     args = parser.parse_args()

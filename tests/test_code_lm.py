@@ -12,10 +12,9 @@ from fedpeft.data import code_corpus
 from fedpeft.data.code_corpus import Document, TokenBlocks
 from fedpeft.experiments.code_lm_fedprox import report as exp
 from fedpeft.experiments.code_lm_fedprox import runs as code_runs
-from fedpeft.experiments.code_lm_fedprox import settings as code_settings
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, run_federated
-from fedpeft.federated.strategies import FedAvg, FedProx
+from fedpeft.federated.strategies import FedAvg, FedProx, fedprox_or_fedavg
 from fedpeft.models import causal_lm
 from fedpeft.models.causal_lm import byte_level_tokenizer, check_sequence_length, tiny_opt
 from fedpeft.models.counting import count_parameters
@@ -174,7 +173,7 @@ def test_fedprox_with_mu_zero_equals_fedavg_on_lora_adapters(tokenizer):
         assert torch.equal(avg.final_state[k], prox.final_state[k]), k
     _, strong = _federate(tokenizer, FedProx(10.0))
     assert any(not torch.equal(avg.final_state[k], strong.final_state[k]) for k in avg.final_state)
-    assert isinstance(code_settings.strategy_for(0.0), FedAvg) and not isinstance(code_settings.strategy_for(0.0), FedProx)
+    assert type(fedprox_or_fedavg(0.0)) is FedAvg and fedprox_or_fedavg(0.5).mu == 0.5
 
 
 def test_only_adapters_travel_and_the_ledger_counts_their_serialized_bytes(tokenizer):

@@ -10,9 +10,9 @@ import shutil
 import pandas as pd
 import pytest
 
+from fedpeft.core import registry
 from fedpeft.core.config import REPO_ROOT
 from fedpeft.experiments import paper
-from fedpeft.experiments.site import EXPERIMENTS
 
 
 def test_latex_escaping_and_inline_markdown():
@@ -45,7 +45,7 @@ def test_the_paper_has_every_experiment_and_every_claim(tmp_path):
     reports = REPO_ROOT / "reports" / "embedded"
     tex = paper.paper_tex("embedded", reports, tmp_path)
     claims = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted(reports.glob("*/claims.csv"))])
-    assert all(f"\\label{{sec:{e}}}" in tex for e in EXPERIMENTS)
+    assert all(f"\\label{{sec:{e}}}" in tex for e in registry.names())
     ledger = tex[tex.index("\\section{The claims ledger}"):tex.index("\\section{The study's own checks}")]
     checks = tex[tex.index("\\section{The study's own checks}"):]
     # per experiment a header row, then one row per claim with its verdict and rule; the evidence said once above it
@@ -55,8 +55,8 @@ def test_the_paper_has_every_experiment_and_every_claim(tmp_path):
         assert part.count("verdict & rule") == part.count("Evidence: ") == rows["experiment"].nunique()
     figures = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\}", tex)
     assert figures and all((tmp_path / f).is_file() for f in figures)
-    assert tex.count("\\begin{table}[H]") >= len(EXPERIMENTS)  # the tally and each headline
-    assert tex.count("\\subsection*{Compute}") == len(EXPERIMENTS)  # each report's run-stage wall time and device
+    assert tex.count("\\begin{table}[H]") >= len(registry.names())  # the tally and each headline
+    assert tex.count("\\subsection*{Compute}") == len(registry.names())  # each report's run-stage wall time and device
 
 
 @pytest.mark.skipif(shutil.which("latexmk") is None, reason="Debian's TeX Live is not installed (`make paper-deps`)")

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fedpeft.core import registry
 from fedpeft.core.records import RecordError, RunRecord, RunSpec, record_dir
 from fedpeft.experiments import runs
 from fedpeft.experiments.eurosat_fedavg_ptq import settings as eurosat
@@ -82,7 +83,7 @@ def test_unknown_run_and_experiment_are_refused_with_the_allowed_values():
     s = eurosat.load("embedded")
     with pytest.raises(ValueError, match=r"--run 'iid-s9-r3' is not in the embedded plan .*planned runs: \['iid-s0-r3'"):
         runs.find_spec(s, "iid-s9-r3")
-    with pytest.raises(ValueError, match=r"experiment = 'nope' has no run stages; experiments with run stages: \[.code_lm_fedprox"):
+    with pytest.raises(ValueError, match=r"experiment = 'nope' is not an experiment of this study; experiments: \['weeds"):
         runs.runs_module("nope")
 
 
@@ -159,13 +160,13 @@ def test_a_killed_run_stage_keeps_the_committed_record_and_its_rerun_resumes(res
     assert record.meta["identity"] == runs.identity(s, runs.find_spec(s, "iid-s1-r3"))
 
 
-@pytest.mark.parametrize("experiment", runs.split_experiments())
+@pytest.mark.parametrize("experiment", registry.names())
 def test_committed_embedded_records_are_the_current_plan_and_settings(experiment, monkeypatch):
     """Every planned embedded run has a committed record made with today's settings (else `make repro` would not
     be a no-op on a fresh clone), and each record read only the keys its stage declares."""
     monkeypatch.delenv("FEDPEFT_RESULTS_DIR", raising=False)
-    s = runs.settings_module(experiment).load("embedded")
-    for spec in runs.runs_module(experiment).run_specs(s):
+    s = registry.get(experiment).load("embedded")
+    for spec in registry.get(experiment).run_specs(s):
         record = RunRecord.read(record_dir("embedded", experiment, spec.run_id))
         assert record.meta["identity"] == runs.identity(s, spec), f"{experiment} {spec.run_id}: stale record"
         assert set(record.meta["params_read"]) <= set(runs.run_keys(experiment, s.params, spec.kind))

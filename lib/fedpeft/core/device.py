@@ -19,6 +19,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def apply_torch_threads(threads: int) -> None:
+    """Set torch's intra-op threads for this process (``threads`` = 0 leaves torch's default: one per core). The run
+    harness (:func:`fedpeft.experiments.runs.execute`) applies an experiment's ``torch_threads`` before every run."""
+    if threads < 0:
+        raise ValueError(f"torch_threads = {threads!r} is not allowed; it must be 0 (torch's default) or a positive count")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock timings cover it (a no-op on the CPU)."""
     if device.type == "cuda":

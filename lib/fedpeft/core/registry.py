@@ -50,7 +50,8 @@ class Experiment:
     ``name`` is its package's last part, its section in ``params/<profile>.yaml`` and its folder in ``results/`` and
     ``reports/``. ``notebook`` (repository-relative) is its report notebook; the study orders experiments by it.
     ``history`` is the (x, y) of the per-round table the report stage writes for ``dvc plots``. ``package`` is the
-    importable package holding its settings, runs and report modules (default ``fedpeft.experiments.<name>``)."""
+    importable package holding its settings, runs and report modules (default ``fedpeft.experiments.<name>``).
+    ``packages``: the distributions beyond the study's common ones whose versions its report lists."""
 
     name: str
     title: str
@@ -58,6 +59,7 @@ class Experiment:
     notebook: str
     history: tuple[str, str]
     main_score: MainScore
+    packages: tuple[str, ...] = ()
     package: str = ""
 
     def __post_init__(self) -> None:

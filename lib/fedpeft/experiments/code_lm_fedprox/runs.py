@@ -20,10 +20,11 @@ from fedpeft.core.config import Settings
 from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import code_corpus
-from fedpeft.experiments.code_lm_fedprox.settings import EXPERIMENT, arm_name, strategy_for
+from fedpeft.experiments.code_lm_fedprox.settings import EXPERIMENT, arm_name
 from fedpeft.experiments.runs import reused_in_process
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.strategies import fedprox_or_fedavg
 from fedpeft.models.causal_lm import check_sequence_length, load_causal_lm
 from fedpeft.models.counting import count_parameters
 from fedpeft.models.text import attach_lora
@@ -134,7 +135,7 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     payload = len(serialize_state(trainable, s["transport"]))
     ckpt = s.cache_dir / "checkpoints" / s.profile / EXPERIMENT / f"{spec.run_id}.pt"
     with measure(trainer.torch_device) as m:
-        result = run_federated(model, clients, strategy_for(a["mu"]), trainer, config, server_test=data.eval_blocks,
+        result = run_federated(model, clients, fedprox_or_fedavg(a["mu"]), trainer, config, server_test=data.eval_blocks,
                                checkpoint_path=ckpt, progress=progress, description=spec.run_id)
     ckpt.unlink(missing_ok=True)
     rates = trainer.meter.rates()

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fedpeft.core.config import Settings, Spec, load_settings
 from fedpeft.data import code_corpus
-from fedpeft.federated.strategies import FedAvg, FedProx
 
 EXPERIMENT = "code_lm_fedprox"
-SEED_REPORT_FILE = "001_b400fdb76fdfd447.txt"
 
 SCHEMA: dict[str, Spec] = {
     "source": Spec(str, choices=("stdlib", "hub"), doc="Python's own standard library, or a hub code dataset"),
@@ -61,14 +57,7 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
     if any(mu < 0 for mu in s["prox_mus"]):
         raise ValueError(f"prox_mus = {s['prox_mus']} is not allowed; every FedProx mu must be >= 0")
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     return s
-
-
-def strategy_for(mu: float) -> FedAvg:
-    """FedAvg for mu = 0 (the same algorithm: the proximal term vanishes), FedProx(mu) otherwise."""
-    return FedAvg() if mu == 0 else FedProx(mu)
 
 
 def arm_name(mu: float) -> str:

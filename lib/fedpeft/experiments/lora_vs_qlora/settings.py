@@ -13,7 +13,6 @@ import torch
 from fedpeft.core.config import Settings, Spec, load_settings
 
 EXPERIMENT = "lora_vs_qlora"
-SEED_REPORT_FILE = "002_831372d6abfe4dd9.txt"
 ARMS = ("lora", "qlora")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

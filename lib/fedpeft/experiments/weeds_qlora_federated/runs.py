@@ -63,8 +63,6 @@ def fold_of(s: Settings, seed: int) -> int:
 
 
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     fold = 0 if spec.kind == "setup" else fold_of(s, spec.args["seed"])
     samples = load_samples(s)
     splits = split_samples(s, samples, fold)

@@ -14,7 +14,6 @@ from fedpeft.models.backbones import BACKBONES
 from fedpeft.models.head import ARMS, COMPUTE_DTYPES
 
 EXPERIMENT = "weeds_qlora_federated"
-SEED_REPORT_FILE = "000_9acb0cb5a4275956.txt"
 SOURCES = ("generated", "cwfid", "weedsgalore")
 SCENARIOS = ("centralized", "fedavg", "diloco", "diloco_nesterov")
 ENGINES = ("inprocess", "flower", "deployment")
