@@ -5,13 +5,14 @@ with today's, on this machine, each into its own scratch results and cache folde
     python benchmarks/records_unchanged.py --old <commit> --profile local --runs code_lm_fedprox:lora-iid-mu0.1-n3-s0-r4
 
 ``--sample kinds`` takes, for every experiment and every kind of run stage, its planned run with the shortest
-committed wall time (``stage_wall_s`` of its committed record). A refactor stales every run stage it reaches (DVC
+committed wall time (``stage_wall_s`` of its committed record); ``--runs`` adds runs that take other code paths
+within a kind (another scenario, engine or arm). A refactor stales every run stage it reaches (DVC
 hashes the source); when this check finds each sampled record identical, the stages can be recorded with
 ``dvc commit`` instead of rerun for hours. Both sides run on this machine, so a trained number must match exactly:
 the committed records may come from another CPU, whose kernels give other floats.
 
-What may differ: wall times, speeds and memory (fields named like ``*_s``, ``*seconds*``, ``*per_s*``, ``*_ms``,
-``*wall*``, ``*peak*``, ``*memory*``, ``*rss*``, listed in the output as skipped) and the record's ``meta`` (machine,
+What may differ: wall times, speeds and peak memory (:func:`volatile` says which fields, by their names; the output
+lists every field it skipped) and the record's ``meta`` (machine,
 written_at, params_read). Everything else (spec, scalars, every table cell, every array) must be equal. The result
 is printed as a markdown table and, with ``--out``, written there.
 """
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,14 @@ from fedpeft.core import registry
 from fedpeft.core.config import REPO_ROOT, load_raw
 from fedpeft.core.records import RESULTS_ENV, RecordError, RunRecord, record_dir
 
-VOLATILE = re.compile(r"(_s$|_s_|seconds|per_s|_ms$|wall|peak|memory|rss|^time|_time)", re.I)
+
+def volatile(name: str) -> bool:
+    """A wall time, speed or memory field, by its name's words: ``*_s`` and ``*_ms`` (seconds, milliseconds),
+    ``*_per_s*`` (a rate), ``ms_per_*``, and any name with the word seconds, wall, peak, rss or overhead (a ratio of
+    times)."""
+    words = re.split(r"[_.]", name.lower())
+    rate = any(a == "per" and b == "s" for a, b in zip(words, words[1:], strict=False))
+    return words[-1] in ("s", "ms") or rate or words[0] == "ms" or bool({"seconds", "wall", "peak", "rss", "overhead"} & set(words))
 
 
 def sample_kinds(profile: str) -> list[tuple[str, str]]:
@@ -66,12 +75,15 @@ def run(repo: Path, profile: str, experiment: str, run_id: str, results: Path, c
 
 
 def differences(old: RunRecord, new: RunRecord) -> tuple[list[str], list[str]]:
-    """(what differs, what was skipped as a timing or memory field)."""
+    """(what differs, what was skipped as a timing or memory field). Of the meta, the identity is compared (the digest
+    of the run's settings: a record kept by ``dvc commit`` must still be current for the report stage)."""
     diffs, skipped = [], []
+    if old.meta.get("identity") != new.meta.get("identity"):
+        diffs.append(f"identity {old.meta.get('identity')} != {new.meta.get('identity')}")
     if old.spec != new.spec:
         diffs.append(f"spec {old.spec} != {new.spec}")
     for key in sorted(set(old.scalars) | set(new.scalars)):
-        if VOLATILE.search(key):
+        if volatile(key):
             skipped.append(key)
         elif old.scalars.get(key) != new.scalars.get(key):
             diffs.append(f"scalar {key}: {old.scalars.get(key)!r} != {new.scalars.get(key)!r}")
@@ -81,7 +93,7 @@ def differences(old: RunRecord, new: RunRecord) -> tuple[list[str], list[str]]:
             diffs.append(f"table {name}: shape or columns differ")
             continue
         for column in a.columns:
-            if VOLATILE.search(str(column)):
+            if volatile(str(column)):
                 skipped.append(f"{name}.{column}")
             elif not a[column].equals(b[column]):
                 diffs.append(f"table {name}.{column} differs")
@@ -102,6 +114,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "fedpeft-records-check",
                         help="scratch folder (outside the repository: a worktree inside it would add pipelines to DVC's view)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--compare-only", action="store_true", help="compare the records already in the scratch folder")
     args = parser.parse_args()
     pairs = sample_kinds(args.profile) if args.sample else []
     pairs += [tuple(p.split(":", 1)) for p in args.runs]
@@ -111,14 +124,20 @@ def main() -> None:
     old_tree = args.scratch / "old-code"
     if not old_tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.old], cwd=REPO_ROOT, check=True)
+    else:  # a worktree left by an earlier check: move it to the commit asked for
+        subprocess.run(["git", "checkout", "--quiet", "--detach", args.old], cwd=old_tree, check=True)
+    if not args.compare_only:  # fresh results and caches: no cached preparation or checkpoint of an earlier check
+        for side in ("old", "new"):
+            shutil.rmtree(args.scratch / side / "results" / args.profile, ignore_errors=True)
+            shutil.rmtree(args.scratch / side / f"cache-{args.profile}", ignore_errors=True)
     common = load_raw(args.profile)["common"]
     data_root = Path(os.environ.get("FEDPEFT_DATA_ROOT") or (REPO_ROOT / common["data_root"])).resolve()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     old_rev = subprocess.run(["git", "rev-parse", "--short", args.old], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
     for experiment, run_id in pairs:
-        walls = {}
-        for side, repo in (("old", old_tree), ("new", REPO_ROOT)):  # the same run back to back: interleaved timings
+        walls = {"old": float("nan"), "new": float("nan")}
+        for side, repo in () if args.compare_only else (("old", old_tree), ("new", REPO_ROOT)):  # back to back: interleaved
             walls[side] = run(repo, args.profile, experiment, run_id, args.scratch / side / "results",
                               args.scratch / side / f"cache-{args.profile}", data_root)
         old = RunRecord.read(args.scratch / "old" / "results" / args.profile / experiment / run_id)

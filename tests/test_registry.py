@@ -5,6 +5,7 @@ report reaches the summary, the site and the paper, with no other list to edit."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,16 @@ def test_the_registry_finds_every_experiment_package_in_notebook_order():
     for e in found:
         assert (REPO_ROOT / e.notebook).is_file() and e.name == e.settings.EXPERIMENT
         assert e.run_specs(e.load("embedded")), f"{e.name} plans no run"
+
+
+def test_a_declaration_imports_only_the_registry():
+    import ast
+
+    for e in registry.experiments():
+        tree = ast.parse((REPO_ROOT / "lib" / Path(*e.package.split("."), "experiment.py")).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert imported <= {"fedpeft.core.registry", "__future__"}, f"{e.name}/experiment.py imports {imported}"
 
 
 def test_an_unknown_experiment_is_a_clear_error():
@@ -59,6 +70,7 @@ def test_a_registered_toy_experiment_reaches_the_pipeline_summary_site_and_paper
 
     settings = toy.load("embedded")
     records = run_stages.collect(settings, progress=False)
+    assert records["s0"].meta["memory_kind"] == "cpu_process_peak_rss" and records["s0"].meta["peak_memory_mib"] > 10
     assert sorted(records) == ["s0", "s1"] and all((tmp_path / "results" / "embedded" / "toy_means" / r / "record.json").is_file()
                                                    for r in records)
     toy.report.build(settings, records)

@@ -13,7 +13,8 @@ from elsewhere, such as a test's toy experiment) with
 
 The registry imports an experiment's ``experiment.py`` only, never its runs or report, so listing experiments is
 cheap, and the run stages' dependencies (read from the imports in the source) do not include any declaration: a new
-title reruns nothing.
+title reruns no run stage (the report, summary and site stages, which print it, list the declarations). A
+declaration imports nothing but this module (a test checks), so it cannot pull a layer into another.
 """
 
 from __future__ import annotations

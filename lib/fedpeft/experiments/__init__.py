@@ -1,3 +1,3 @@
-"""The top layer: one module per experiment, each holding its parameter schema and the functions its notebook
-composes (``eurosat_fedavg_ptq``, ``weeds_qlora_federated``, ``code_lm_fedprox``, ``lora_vs_qlora``,
-``glue_lora_aggregation``). May import every layer below."""
+"""The top layer: one package per experiment (found through :mod:`fedpeft.core.registry`: each declares itself in its
+``experiment.py``, and holds its settings, runs and report), the run harness (``runs``), the pipeline renderer
+(``pipelines``), the site, the paper and the command line. May import every layer below."""

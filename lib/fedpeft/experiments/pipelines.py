@@ -164,13 +164,16 @@ def render_pipeline(profile: str) -> str:
                 "    metrics:", _persisting(f"reports/${{profile}}/metrics/{experiment}.json").rstrip("\n"),
                 "    plots:", _persisting(f"reports/${{profile}}/plots/{experiment}_history.csv",
                                           f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
-    summary_deps = [f"reports/${{profile}}/{e}" for e in registry.names()] + _module_paths({"fedpeft.reporting.summary"})
+    # the registry imports each experiment's declaration by name (not seen in the imports): its order and titles
+    declarations = _module_paths({f"{e.package}.experiment" for e in experiments})
+    summary_deps = ([f"reports/${{profile}}/{e}" for e in registry.names()]
+                    + sorted(set(_module_paths({"fedpeft.reporting.summary"})) | set(declarations)))
     out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
             *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"),
             _persisting("reports/${profile}/verdicts.png").rstrip("\n"), _persisting("reports/${profile}/verdicts.pdf").rstrip("\n"), ""]
     site_deps = [*(f"reports/${{profile}}/{e}" for e in registry.names()), "reports/${profile}/SUMMARY.md", "reports/${profile}/verdicts.png",
                  *(f"results/${{profile}}/{e}" for e in registry.names()), "site/style.css", "site/ledger.js",
-                 *_module_paths({"fedpeft.experiments.site"})]
+                 *sorted(set(_module_paths({"fedpeft.experiments.site"})) | set(declarations))]
     # no outs: the site is a build (build/site/<profile>, ignored by git), so a fresh clone's pipeline stays up to date;
     # `make site` builds it directly
     out += ["  site:", "    wdir: ${root}", "    cmd: python -m fedpeft.experiments.site --profile ${profile}", "    deps:",

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import time
 from datetime import datetime, timezone
 from types import ModuleType
@@ -162,8 +163,19 @@ def execute(settings: Settings, spec: RunSpec, progress: bool = True) -> RunReco
     record.meta.update(
         identity=identity(settings, spec), params_read=sorted(tracked.read), machine=machine_description(),
         stage_wall_s=round(time.perf_counter() - start, 3), written_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **process_peak_memory(),
     )
     return record
+
+
+def process_peak_memory() -> dict[str, Any]:
+    """The process's peak memory so far, in MiB (2**20 bytes), and which peak it is: CUDA's largest allocation when a
+    GPU was used, else the peak resident set size (a run stage is a process of its own, so this is the run's peak,
+    imports included; runs made one after another in a notebook share one process, whose peak only grows)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_kind": "cuda_process_max_allocated"}
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_memory_mib": round(kib / 1024, 1), "memory_kind": "cpu_process_peak_rss"}
 
 
 def run_and_write(settings: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:

@@ -256,7 +256,8 @@ def records_html(profile: str, experiment: str, out: Path | None = None) -> str:
                       "wall (s)": f"{rec.get('meta', {}).get('stage_wall_s', float('nan')):.0f}", "file": link})
         scalars = {k: v for k, v in rec.get("scalars", {}).items() if not isinstance(v, (list, dict))}
         meta = rec.get("meta", {})
-        scalars |= {f"meta: {k}": meta[k] for k in ("stage_wall_s", "written_at", "identity") if k in meta}
+        scalars |= {f"meta: {k}": meta[k] for k in ("stage_wall_s", "peak_memory_mib", "memory_kind", "written_at", "identity")
+                   if k in meta}
         rows.append(f'<section id="{html.escape(run_id)}"><h3>{html.escape(run_id)}</h3><p><code>results/{profile}/{experiment}/'
                     f'{html.escape(run_id)}/record.json</code>; tables: {", ".join(rec.get("tables", [])) or "none"}</p>'
                     f'<p>spec: <code>{html.escape(json.dumps(rec.get("spec", {})))}</code></p>'

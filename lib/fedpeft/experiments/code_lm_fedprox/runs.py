@@ -121,8 +121,6 @@ def full_model(data: CodeData) -> nn.Module:
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     """One federated run of ``spec`` as a record."""
     a = spec.args
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     data = prepare(s, seed=a["base_seed"])
     clients = [Client(f"client{c}", blocks) for c, blocks in enumerate(shards(s, data, a["split"], a["samples_per_client"]))]
     model = adapter_model(s, data, a["seed"]) if a["adapter"] == "lora" else full_model(data)

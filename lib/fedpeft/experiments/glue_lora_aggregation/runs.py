@@ -66,8 +66,6 @@ def run_specs(s: Settings) -> list[RunSpec]:
 
 
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     data = prepare_task(s, spec.args["task"], seed=s["grid_seed"])
     kind = {"run": _federated_record, "error_study": _error_study_record, "merge": _merge_record,
             "centralized": _centralized_record}[spec.kind]

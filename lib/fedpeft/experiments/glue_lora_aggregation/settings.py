@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fedpeft.core.config import Settings, Spec, load_settings
 from fedpeft.data import glue
 from fedpeft.federated.lora_aggregation import ROUND_METHODS
@@ -81,8 +79,6 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
                          "does not run")
     if s["source"] == "generated" and (s["main_task"] != "sst2" or s["extra_tasks"]):
         raise ValueError("source = 'generated' makes SST-2-like sentences only: set main_task: sst2, extra_tasks: []")
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     return s
 
 

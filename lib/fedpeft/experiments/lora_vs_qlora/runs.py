@@ -41,8 +41,6 @@ def run_specs(s: Settings) -> list[RunSpec]:
 
 
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:  # noqa: ARG001 - no progress bars here
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     arm, seed = spec.args["arm"], spec.args["seed"]
     if spec.kind == "lm":
         data = prepare_lm(s)

@@ -67,8 +67,6 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     if s["warm_steps"] >= s["lm_steps"] or s["warm_steps"] >= s["diffusion_steps"]:
         raise ValueError(f"warm_steps = {s['warm_steps']} leaves no timed step; it must be below lm_steps "
                          f"({s['lm_steps']}) and diffusion_steps ({s['diffusion_steps']})")
-    if s["torch_threads"]:
-        torch.set_num_threads(s["torch_threads"])
     return s
 
 
