@@ -37,6 +37,10 @@ from fedpeft.core import registry
 from fedpeft.core.config import REPO_ROOT, load_raw
 from fedpeft.core.records import RESULTS_ENV, RecordError, RunRecord, record_dir
 
+#: Tables measured on the wire rather than computed: they vary from run to run like a timing.
+VOLATILE_TABLES = {"link_bytes": "bytes counted on the Deployment Engine's shaped sockets, its polls and heartbeats "
+                                 "included, so they vary with timing (message_bytes, the messages themselves, is compared)"}
+
 
 def volatile(name: str) -> bool:
     """A wall time, speed or memory field, by its name's words: ``*_s`` and ``*_ms`` (seconds, milliseconds),
@@ -91,6 +95,9 @@ def differences(old: RunRecord, new: RunRecord) -> tuple[list[str], list[str]]:
         a, b = old.tables.get(name), new.tables.get(name)
         if a is None or b is None or list(a.columns) != list(b.columns) or len(a) != len(b):
             diffs.append(f"table {name}: shape or columns differ")
+            continue
+        if name in VOLATILE_TABLES:
+            skipped.append(f"{name} (all: {VOLATILE_TABLES[name]})")
             continue
         for column in a.columns:
             if volatile(str(column)):

@@ -71,6 +71,21 @@ def _tally_rows(text: str, heading: str) -> dict[str, list[str]]:
             if line.startswith("| exp_") or line.startswith("| all ")}
 
 
+@pytest.fixture
+def two_registered_experiments():
+    """exp_a and exp_b in the registry (the summary reads the report folders of registered experiments only)."""
+    from fedpeft.core import registry
+
+    for name in ("exp_a", "exp_b"):
+        registry.register(registry.Experiment(name=name, title=name, seed_report="none", notebook=f"{name}.ipynb",
+                                              history=("round", "score"), main_score=registry.MainScore("scalar", "score", "score"),
+                                              package=f"tests_{name}"))
+    yield
+    for name in ("exp_a", "exp_b"):
+        registry.unregister(name)
+
+
+@pytest.mark.usefixtures("two_registered_experiments")
 def test_summary_tallies_each_experiment_and_links_claims_to_evidence(tmp_path):
     tmp_path = tmp_path / "local"
     tmp_path.mkdir()
@@ -81,9 +96,10 @@ def test_summary_tallies_each_experiment_and_links_claims_to_evidence(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "headline.md").write_text(f"**headline {name}**\n")
         _claims_csv(tmp_path / name, verdicts, kinds, where)
-    (tmp_path / "not_a_report").mkdir()
+    (tmp_path / "not_a_report").mkdir()  # a folder of no registered experiment, even with a headline, is no report
+    (tmp_path / "not_a_report" / "headline.md").write_text("**stray**\n")
     text = collect(tmp_path)
-    assert "## exp_a" in text and "**headline exp_b**" in text and "not_a_report" not in text
+    assert "## exp_a" in text and "**headline exp_b**" in text and "not_a_report" not in text and "stray" not in text
     # columns: holds, does not hold, inconclusive, not testable here, fact, claims; seed claims on local evidence only
     rows = _tally_rows(text, "**The seeds' claims**")
     assert rows["exp_a"] == ["1", "1", "0", "0", "0", "2"]
