@@ -335,3 +335,13 @@ def test_a_study_cell_with_its_unit_is_kept():
     for measured in ("0.1884x", "5,128 parameters", "+0.002 F1 [-0.039, +0.042] (95 %, n=3)", "3 of 3 seeds", "not measured"):
         ledger.add("x", "y", c.Verdict("holds", measured, "rule"), "setup")
     assert len(ledger.frame()) == 5
+
+
+def test_evidence_source_names_profile_and_device_and_drops_empty_parts():
+    import pandas as pd
+
+    from fedpeft.reporting.claims import evidence_source
+
+    assert evidence_source({"evidence_profile": "paper", "device": "NVIDIA H100"}) == "paper, NVIDIA H100"
+    assert evidence_source({"evidence_profile": "local", "device": ""}) == "local"
+    assert evidence_source(pd.Series({"evidence_profile": "local", "device": float("nan")})) == "local"

@@ -19,7 +19,7 @@ def _ledger(folder, experiment: str, key: str, verdict: str, study: str, estimat
 
 @pytest.mark.parametrize("verdict, estimate, words", [
     ("holds", -0.31, "QLoRA saves Gemma-2-2B the GPU memory its seed reported"),
-    ("does not hold", -3.1, "save Gemma-2-2B far more GPU memory than its seed reported"),
+    ("does not hold", -3.1, "save Gemma-2-2B more GPU memory than its seed reported"),
     ("does not hold", 0.5, "QLoRA saves Gemma-2-2B less GPU memory than its seed reported"),
     ("inconclusive", -0.5, "is undecided"),
 ])

@@ -21,6 +21,7 @@ import pandas as pd
 from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
 from fedpeft.experiments.site import QUESTION, claims_ledger
+from fedpeft.reporting.claims import evidence_source
 
 METHODS = r"""
 Every experiment is a parameterised notebook that imports the study's helper library (\texttt{fedpeft}); a DVC pipeline
@@ -167,10 +168,6 @@ def fit_table(tex: str, per_table: int = VALUE_COLUMNS_PER_TABLE, caption: str |
     return "\n".join(out) + "\n"
 
 
-def evidence_of(row: pd.Series) -> str:
-    return ", ".join(str(x) for x in (row.get("evidence_profile", ""), row.get("device", "")) if x and str(x) != "nan")
-
-
 def ledger_longtable(ledger: pd.DataFrame) -> str:
     """The ledger one experiment at a time: each row with its claim, the seed's figure, the study's (with its unit),
     the verdict and the rule it was judged by. Where the evidence comes from (profile, device) is said once per
@@ -180,7 +177,7 @@ def ledger_longtable(ledger: pd.DataFrame) -> str:
     head = r"claim & seed says & study measured & verdict & rule \\"
     out = []
     for experiment, rows in ledger.groupby("experiment", sort=False):
-        evidence = rows.apply(evidence_of, axis=1)
+        evidence = rows.apply(evidence_source, axis=1)
         usual = evidence.mode().iloc[0] if not evidence.empty else ""
         body = []
         for (_, r), where in zip(rows.iterrows(), evidence, strict=True):
@@ -308,7 +305,7 @@ def discussion_and_conclusion(profile: str, reports: Path, ledger: pd.DataFrame)
                      f"this scale and {counts['fact']} are facts of construction.")
     total = tally(ledger, "seed claim", profile)
     found = findings(reports)
-    conclusion = (f"Across the five seed reports, {total['does not hold']} of the "
+    conclusion = (f"Across the {ledger['experiment'].nunique()} seed reports, {total['does not hold']} of the "
                   f"{total['holds'] + total['does not hold'] + total['inconclusive']} claims this profile could measure do not "
                   f"hold and {total['inconclusive']} cannot be decided with the study's runs. ")
     if found:

@@ -32,6 +32,7 @@ from markdown_it import MarkdownIt
 from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
 from fedpeft.core.records import results_root
+from fedpeft.reporting.claims import evidence_source
 
 ASSETS = REPO_ROOT / "site"
 QUESTION = ("Federated learning, LoRA/QLoRA adapters and post-training quantization promise to make fine-tuning cheap "
@@ -69,11 +70,6 @@ def claims_ledger(reports: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _where(row: pd.Series) -> str:
-    """The profile and device a row's evidence comes from."""
-    return ", ".join(x for x in (row.get("evidence_profile", ""), row.get("device", "")) if x)
-
-
 def tally_tables(ledger: pd.DataFrame, profile: str) -> str:
     """The verdict tallies as HTML: the seeds' claims on this profile's evidence, those judged on another profile's
     evidence, and the study's own checks, each a table (experiments as rows, verdicts as columns)."""
@@ -100,7 +96,7 @@ def ledger_html(ledger: pd.DataFrame) -> str:
                     f'<td>{html.escape(r["experiment"])}</td><td class="verdict {VERDICT_CLASS.get(r["verdict"], "")}">'
                     f'<a href="{target}">{html.escape(r["verdict"])}</a></td><td>{html.escape(r["claim"])}</td>'
                     f'<td>{html.escape(r["seed"])}</td><td>{html.escape(r["study"])}</td><td>{html.escape(r["rule"])}</td>'
-                    f'<td>{html.escape(r.get("kind", "seed claim"))}</td><td>{html.escape(_where(r))}</td>'
+                    f'<td>{html.escape(r.get("kind", "seed claim"))}</td><td>{html.escape(evidence_source(r))}</td>'
                     f'<td>{html.escape(r["note"])}</td></tr>')
     # the verdict comes right after the experiment, so a narrow screen (400 px) shows it without scrolling
     head = "".join(f'<th data-sort="{i}">{h}</th>' for i, h in

@@ -197,8 +197,6 @@ def stated(text: str, scale: float = 1.0) -> Figure:
     [0.405, 0.415], "45" (for "45 %") -> [44.5, 45.5], "8,460" -> [8459.5, 8460.5], "9.4" with scale 1e6 -> [9.35e6,
     9.45e6]. Pass the figure as the seed wrote it (a string: "2.00", not ``str(2.0)``). A leading "~" or "about" adds
     nothing: the seed's precision is what it wrote. A figure the seed computed from other rounded figures: :func:`derived`."""
-    import re
-
     m = re.fullmatch(r"\s*(?:~|about\s+)?([-+]?[\d,]*\.?\d+)\s*", text)
     if not m:
         raise ValueError(f"seed figure = {text!r} is not a number (write it as the seed states it: '0.41', '45', '8,460')")
@@ -574,6 +572,12 @@ class ClaimsLedger:
         return pd.DataFrame(self.rows, columns=["claim", "seed", "study", "verdict", "rule", "evidence", "note", "kind",
                                                 "evidence_profile", "device", "key", "estimate", "target"]).assign(
             profile=self.profile, experiment=self.experiment)
+
+
+def evidence_source(row: Mapping[str, Any]) -> str:
+    """Where a ledger row's evidence comes from, for a reader: its profile and device ("local, CPU: AMD EPYC, 2
+    threads"); empty parts left out."""
+    return ", ".join(str(row.get(k, "")) for k in ("evidence_profile", "device") if str(row.get(k, "")) not in ("", "nan"))
 
 
 def tally(claims: pd.DataFrame, kind: str = "seed claim", profile: str | None = None) -> dict[str, int]:

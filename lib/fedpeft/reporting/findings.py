@@ -19,6 +19,7 @@ from typing import Mapping
 import pandas as pd
 
 from fedpeft.core.config import REPO_ROOT
+from fedpeft.reporting.claims import evidence_source
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -38,7 +39,7 @@ class FindingSpec:
 FINDINGS: tuple[FindingSpec, ...] = (
     FindingSpec("lora_vs_qlora", "gpu_memory_768", {
         "holds": "**QLoRA saves Gemma-2-2B the GPU memory its seed reported** ({seed}): {study}.",
-        "does not hold/below": "**QLoRA's 4-bit weights save Gemma-2-2B far more GPU memory than its seed reported** "
+        "does not hold/below": "**QLoRA's 4-bit weights save Gemma-2-2B more GPU memory than its seed reported** "
                                "({seed}): {study}.",
         "does not hold/above": "**QLoRA saves Gemma-2-2B less GPU memory than its seed reported** ({seed}): {study}.",
         "inconclusive": "**Whether QLoRA saves Gemma-2-2B the memory its seed reported is undecided** ({seed}): {study}."}),
@@ -57,7 +58,7 @@ FINDINGS: tuple[FindingSpec, ...] = (
         "inconclusive": "**Federated QLoRA (FedAvg) does not beat centralized training on field images**, its seed's main "
                         "claim: {study} (test macro F1, paired by fold; the interval covers zero)."}),
     FindingSpec("weeds_qlora_federated", "diloco_near_fedavg", {
-        "holds": "**DiLoCo reaches near-FedAvg quality with the seed's tenfold fewer syncs** (the seed: {seed}): {study} "
+        "holds": "**DiLoCo reaches near-FedAvg quality with fewer syncs, as its seed says** (the seed: {seed}): {study} "
                  "(DiLoCo - FedAvg test macro F1, paired by fold, above the rule's margin).",
         "does not hold": "**DiLoCo falls short of FedAvg's quality** (the seed: {seed}): {study} (paired by fold).",
         "inconclusive": "**Whether DiLoCo reaches near-FedAvg quality is undecided** (the seed: {seed}): {study} (paired by "
@@ -78,7 +79,7 @@ FINDINGS: tuple[FindingSpec, ...] = (
                         "seed)."}),
     FindingSpec("code_lm_fedprox", "traffic", {
         "holds": "**LoRA halves the messages of federated fine-tuning, as its seed says**: {study} of the full model's.",
-        "does not hold/below": "**LoRA cuts the messages of federated fine-tuning far below the seed's 'half'**: {study} "
+        "does not hold/below": "**LoRA cuts the messages of federated fine-tuning below the seed's 'half'**: {study} "
                                "of the full model's.",
         "does not hold/above": "**LoRA's messages are more than half the full model's**: {study}."}),
     FindingSpec("glue_lora_aggregation", "svd_better", {
@@ -125,8 +126,7 @@ def findings_markdown(profile: str, reports_dir: Path | None = None, link_prefix
     reports_dir = Path(reports_dir) if reports_dir is not None else REPO_ROOT / "reports" / profile
     items = []
     for spec, row, text in findings(reports_dir):
-        where = ", ".join(x for x in (str(row.get("evidence_profile", "")), str(row.get("device", ""))) if x)
-        items.append(f"- {text} *Evidence: {where}; [{spec.experiment}]({link_prefix}{spec.experiment}/report.md).*")
+        items.append(f"- {text} *Evidence: {evidence_source(row)}; [{spec.experiment}]({link_prefix}{spec.experiment}/report.md).*")
     if not items:
         return f"No findings yet in the `{profile}` profile: run its pipeline first (`make repro PROFILE={profile}`).\n"
     return "\n".join(items) + "\n"
