@@ -12,7 +12,7 @@ hashes the source); when this check finds each sampled record identical, the sta
 the committed records may come from another CPU, whose kernels give other floats.
 
 What may differ: wall times, speeds and peak memory (:func:`volatile` says which fields, by their names; the output
-lists every field it skipped) and the record's ``meta`` (machine,
+lists every field it skipped; they live in :mod:`fedpeft.core.records`) and the record's ``meta`` (machine,
 written_at, params_read). Everything else (spec, scalars, every table cell, every array) must be equal. The result
 is printed as a markdown table and, with ``--out``, written there.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,25 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fedpeft.core import registry
 from fedpeft.core.config import REPO_ROOT, load_raw
-from fedpeft.core.records import RESULTS_ENV, RecordError, RunRecord, record_dir
-
-#: Tables measured on the wire rather than computed: they vary from run to run like a timing.
-VOLATILE_TABLES = {"link_bytes": "bytes counted on the Deployment Engine's shaped sockets, its polls and heartbeats "
-                                 "included, so they vary with timing (message_bytes, the messages themselves, is compared)"}
-
-
-def volatile(name: str) -> bool:
-    """A wall time, speed or memory field, by its name's words: ``*_s`` and ``*_ms`` (seconds, milliseconds),
-    ``*_per_s*`` (a rate), ``ms_per_*``, and any name with the word seconds, wall, peak, rss or overhead (a ratio of
-    times)."""
-    words = re.split(r"[_.]", name.lower())
-    rate = any(a == "per" and b == "s" for a, b in zip(words, words[1:], strict=False))
-    return words[-1] in ("s", "ms") or rate or words[0] == "ms" or bool({"seconds", "wall", "peak", "rss", "overhead"} & set(words))
+from fedpeft.core.records import RESULTS_ENV, RecordError, RunRecord, differences, record_dir
 
 
 def sample_kinds(profile: str) -> list[tuple[str, str]]:
@@ -76,39 +61,6 @@ def run(repo: Path, profile: str, experiment: str, run_id: str, results: Path, c
     subprocess.run([sys.executable, "-m", "fedpeft.experiments.runs", "--profile", profile, "--experiment", experiment,
                     "--run", run_id, "--no-progress"], cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def differences(old: RunRecord, new: RunRecord) -> tuple[list[str], list[str]]:
-    """(what differs, what was skipped as a timing or memory field). Of the meta, the identity is compared (the digest
-    of the run's settings: a record kept by ``dvc commit`` must still be current for the report stage)."""
-    diffs, skipped = [], []
-    if old.meta.get("identity") != new.meta.get("identity"):
-        diffs.append(f"identity {old.meta.get('identity')} != {new.meta.get('identity')}")
-    if old.spec != new.spec:
-        diffs.append(f"spec {old.spec} != {new.spec}")
-    for key in sorted(set(old.scalars) | set(new.scalars)):
-        if volatile(key):
-            skipped.append(key)
-        elif old.scalars.get(key) != new.scalars.get(key):
-            diffs.append(f"scalar {key}: {old.scalars.get(key)!r} != {new.scalars.get(key)!r}")
-    for name in sorted(set(old.tables) | set(new.tables)):
-        a, b = old.tables.get(name), new.tables.get(name)
-        if a is None or b is None or list(a.columns) != list(b.columns) or len(a) != len(b):
-            diffs.append(f"table {name}: shape or columns differ")
-            continue
-        if name in VOLATILE_TABLES:
-            skipped.append(f"{name} (all: {VOLATILE_TABLES[name]})")
-            continue
-        for column in a.columns:
-            if volatile(str(column)):
-                skipped.append(f"{name}.{column}")
-            elif not a[column].equals(b[column]):
-                diffs.append(f"table {name}.{column} differs")
-    for name in sorted(set(old.arrays) | set(new.arrays)):
-        a, b = old.arrays.get(name), new.arrays.get(name)
-        if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
-            diffs.append(f"array {name} differs")
-    return diffs, skipped
 
 
 def main() -> None:

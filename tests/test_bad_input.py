@@ -263,11 +263,12 @@ def test_time_limited_eurosat_run_reports_its_rounds_and_stays_resumable(tmp_pat
     from fedpeft.experiments.eurosat_fedavg_ptq import report
 
     monkeypatch.setenv("FEDPEFT_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("FEDPEFT_RESULTS_DIR", str(tmp_path / "results"))
     settings = eurosat.load("embedded", {"time_limit_s": 1.0, "num_rounds": 2, "generated_images_per_class": 8})
     settings.cache_dir = tmp_path / "cache"
     settings.params["time_limit_s"] = 1e-6  # below the smallest allowed setting, so that the limit hits after round 1
     spec = runs.find_spec(settings, "iid-s0-r2")
-    first = runs.execute(settings, spec, progress=False)
+    first = runs.run_and_write(settings, spec, progress=False)
     summary = report.run_summary({spec.run_id: first})
     assert first["stopped_by_time_limit"] and summary["rounds_completed"].tolist() == [1]
     acc = report.accuracy_by_partition(summary)
@@ -277,7 +278,7 @@ def test_time_limited_eurosat_run_reports_its_rounds_and_stays_resumable(tmp_pat
     no_verdicts = ClaimsLedger("embedded", "eurosat_fedavg_ptq")
     assert "stopped at the time limit" in report.finding(settings, acc, _ptq_stub(), _comm_stub(), first, summary, no_verdicts)
     settings.params["time_limit_s"] = None
-    resumed = runs.execute(settings, spec, progress=False)
+    resumed = runs.run_and_write(settings, spec, progress=False)
     assert resumed["resumed_from_round"] == 1 and resumed["rounds_completed"] == 2
 
 

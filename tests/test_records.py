@@ -140,7 +140,7 @@ def test_a_killed_run_stage_keeps_the_committed_record_and_its_rerun_resumes(res
     s.cache_dir = tmp_path / "cache"
     folder = record_dir("embedded", eurosat.EXPERIMENT, "iid-s1-r3")
     RunRecord(eurosat.EXPERIMENT, "iid-s1-r3", {}, {"marker": "committed"}, meta={"identity": "old"}).write(folder)
-    ckpt = s.cache_dir / "checkpoints" / "embedded" / eurosat.EXPERIMENT / "iid-s1-r3.pt"
+    ckpt = runs.run_checkpoints(s, runs.find_spec(s, "iid-s1-r3")).path("rounds")
     ckpt.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "fedpeft.experiments.runs", "--profile", "embedded", "--experiment", eurosat.EXPERIMENT,
            "--run", "iid-s1-r3", "--no-progress"]

@@ -3,9 +3,13 @@ when a GPU is visible) and ``precision`` (``auto`` picks bf16 only where it is n
 
 from __future__ import annotations
 
+import os
+from typing import Any, Mapping
+
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_ENV = "FEDPEFT_DEVICE"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -17,6 +21,21 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device = 'cuda' is not allowed here: no GPU is visible; use 'cpu' or 'auto'")
     return torch.device(device)
+
+
+def run_device(params: Mapping[str, Any] | None = None) -> str:
+    """The device every trainer of a run uses: ``FEDPEFT_DEVICE`` when set (``auto``, ``cpu`` or ``cuda``), else the
+    experiment's own ``device`` setting where it has one (the code LM's, kept so that its records stay valid), else
+    ``auto`` (CUDA when a GPU is visible). Not part of a record's identity: like the machine, it is recorded in the
+    record's ``meta`` (``device``)."""
+    chosen = os.environ.get(DEVICE_ENV)
+    where = DEVICE_ENV
+    if not chosen and params is not None and "device" in params:  # ``in``: not a tracked read when the key is absent
+        chosen, where = params["device"], "device"
+    chosen = chosen or "auto"
+    if chosen not in DEVICES:
+        raise ValueError(f"{where} = {chosen!r} is not allowed; it must be one of {list(DEVICES)}")
+    return chosen
 
 
 def apply_torch_threads(threads: int) -> None:

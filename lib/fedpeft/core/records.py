@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +134,52 @@ class RunRecord:
         except (OSError, ValueError, KeyError) as err:
             raise RecordError(f"the result record in {folder} is damaged ({err}); delete the folder and rerun its stage") from err
         return cls(body["experiment"], body["run_id"], body["spec"], body["scalars"], tables, arrays, body["meta"])
+
+
+#: Tables measured on the wire rather than computed: they vary from run to run like a timing.
+VOLATILE_TABLES = {"link_bytes": "bytes counted on the Deployment Engine's shaped sockets, its polls and heartbeats "
+                                 "included, so they vary with timing (message_bytes, the messages themselves, is compared)"}
+
+
+def volatile(name: str) -> bool:
+    """A wall time, speed or memory field, by its name's words: ``*_s`` and ``*_ms`` (seconds, milliseconds),
+    ``*_per_s*`` (a rate), ``ms_per_*``, and any name with the word seconds, wall, peak, rss or overhead (a ratio of
+    times)."""
+    words = re.split(r"[_.]", name.lower())
+    rate = any(a == "per" and b == "s" for a, b in zip(words, words[1:], strict=False))
+    return words[-1] in ("s", "ms") or rate or words[0] == "ms" or bool({"seconds", "wall", "peak", "rss", "overhead"} & set(words))
+
+
+def differences(old: RunRecord, new: RunRecord, ignore: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Two records of one run compared: (what differs, what was skipped as a timing or memory field, or named in
+    ``ignore``). Of the meta, the identity is compared (the digest of the run's settings: a record kept by
+    ``dvc commit`` must still be current for the report stage). Used by ``benchmarks/records_unchanged.py`` (a refactor
+    leaves records unchanged) and ``tests/test_resume.py`` (a killed and resumed run equals an uninterrupted one)."""
+    diffs, skipped = [], []
+    if old.meta.get("identity") != new.meta.get("identity"):
+        diffs.append(f"identity {old.meta.get('identity')} != {new.meta.get('identity')}")
+    if old.spec != new.spec:
+        diffs.append(f"spec {old.spec} != {new.spec}")
+    for key in sorted(set(old.scalars) | set(new.scalars)):
+        if volatile(key) or key in ignore:
+            skipped.append(key)
+        elif old.scalars.get(key) != new.scalars.get(key):
+            diffs.append(f"scalar {key}: {old.scalars.get(key)!r} != {new.scalars.get(key)!r}")
+    for name in sorted(set(old.tables) | set(new.tables)):
+        a, b = old.tables.get(name), new.tables.get(name)
+        if a is None or b is None or list(a.columns) != list(b.columns) or len(a) != len(b):
+            diffs.append(f"table {name}: shape or columns differ")
+            continue
+        if name in VOLATILE_TABLES:
+            skipped.append(f"{name} (all: {VOLATILE_TABLES[name]})")
+            continue
+        for column in a.columns:
+            if volatile(str(column)):
+                skipped.append(f"{name}.{column}")
+            elif not a[column].equals(b[column]):
+                diffs.append(f"table {name}.{column} differs")
+    for name in sorted(set(old.arrays) | set(new.arrays)):
+        a, b = old.arrays.get(name), new.arrays.get(name)
+        if a is None or b is None or not np.array_equal(a, b, equal_nan=True):
+            diffs.append(f"array {name} differs")
+    return diffs, skipped

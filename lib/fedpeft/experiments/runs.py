@@ -16,8 +16,13 @@ the keys it reads are tracked, and reading a plan or report key is an error that
 dependencies cannot silently fall short).
 
 ``python -m fedpeft.experiments.runs --profile P --experiment E --run ID`` is the run stage: it executes one run and
-writes its record atomically. A killed run resumes from its last completed round through the round loop's
-checkpoint, which starts afresh (and says why) when the run's settings, data or code changed.
+writes its record atomically. The harness owns each run's runtime: torch's threads (``torch_threads``), the device of
+every trainer (:func:`fedpeft.core.device.run_device`: ``auto``, CUDA when present), the checkpoints
+(:mod:`fedpeft.core.checkpoints`: a folder per run, removed only once the record is written, cleared when the run's
+settings or the code changed) and the peak memory in the record's ``meta``. A killed run of any kind resumes exactly
+where its last checkpoint left it: after a round (the in-process round loop), a step (the LoRA-vs-QLoRA trainers) or a
+finished part (a GLUE baseline, error-study case or merge client); ``tests/test_resume.py`` kills one run of every
+kind and compares its resumed record with an uninterrupted one. Runs on Flower's engines restart from round 0.
 """
 
 from __future__ import annotations
@@ -28,20 +33,19 @@ import functools
 import hashlib
 import json
 import os
-import random
 import resource
 import time
 from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedpeft.core import registry
+from fedpeft.core import checkpoints, registry
+from fedpeft.core.checkpoints import RunCheckpoints, rng_states, set_rng_states
 from fedpeft.core.config import Settings
-from fedpeft.core.device import apply_torch_threads
+from fedpeft.core.device import apply_torch_threads, resolve_device, run_device
 from fedpeft.core.profiling import machine_description
 from fedpeft.core.records import RecordError, RunRecord, RunSpec, record_dir
 
@@ -64,21 +68,6 @@ class TrackedParams(dict):
 
 
 _PREPARED: dict[str, tuple[str, Any, frozenset[str], dict[str, Any]]] = {}
-
-
-def _rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def reused_in_process(prepare: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,13 +94,13 @@ def reused_in_process(prepare: Callable[..., Any]) -> Callable[..., Any]:
             _, result, read, states = kept
             if isinstance(settings.params, TrackedParams):
                 settings.params.read |= read
-            _set_rng_states(states)
+            set_rng_states(states)
             return result
         _PREPARED.pop(name, None)  # free the previous result before computing the next
         before = set(getattr(settings.params, "read", ()))
         result = prepare(settings, *args, **kwargs)
         read = frozenset(set(getattr(settings.params, "read", ())) - before)
-        _PREPARED[name] = (key, result, read, _rng_states())
+        _PREPARED[name] = (key, result, read, rng_states())
         return result
 
     return wrapper
@@ -153,6 +142,7 @@ def execute(settings: Settings, spec: RunSpec, progress: bool = True) -> RunReco
     """Run one spec with tracked parameters and return its record, identity and provenance filled in."""
     module = runs_module(settings.experiment)
     apply_torch_threads(int(settings.params.get("torch_threads", 0)))  # the harness owns the runtime, not each experiment
+    device = resolve_device(run_device(settings.params))
     tracked = TrackedParams(settings.params)
     start = time.perf_counter()
     record = module.execute(dataclasses.replace(settings, params=tracked), spec, progress)
@@ -163,7 +153,7 @@ def execute(settings: Settings, spec: RunSpec, progress: bool = True) -> RunReco
     record.meta.update(
         identity=identity(settings, spec), params_read=sorted(tracked.read), machine=machine_description(),
         stage_wall_s=round(time.perf_counter() - start, 3), written_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **process_peak_memory(),
+        device=device.type, **process_peak_memory(),
     )
     return record
 
@@ -178,9 +168,39 @@ def process_peak_memory() -> dict[str, Any]:
     return {"peak_memory_mib": round(kib / 1024, 1), "memory_kind": "cpu_process_peak_rss"}
 
 
+#: Run keys a checkpoint does not depend on: a run stopped by its time limit resumes under a longer one.
+RESUME_NEUTRAL_KEYS = ("time_limit_s",)
+
+
+def run_checkpoints(settings: Settings, spec: RunSpec) -> RunCheckpoints:
+    """The run's checkpoint folder, ``<cache>/checkpoints/<profile>/<experiment>/<run id>/``, valid for its identity
+    (but :data:`RESUME_NEUTRAL_KEYS`) and the library's code."""
+    folder = settings.cache_dir / "checkpoints" / settings.profile / settings.experiment / spec.run_id
+    params = {k: v for k, v in dict(settings.params).items() if k not in RESUME_NEUTRAL_KEYS}
+    return RunCheckpoints(folder, f"{identity(dataclasses.replace(settings, params=params), spec)}-{checkpoints.code_digest()}")
+
+
 def run_and_write(settings: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
-    record = execute(settings, spec, progress)
-    record.write(record_dir(settings.profile, settings.experiment, spec.run_id))
+    """Execute one run with its checkpoints active and write its record; the checkpoints are removed only once the
+    record is written, so a failed write (a full disk, a read-only folder) costs no completed work."""
+    ckpt = run_checkpoints(settings, spec)
+    why = ckpt.open()
+    if why:
+        print(f"{spec.run_id}: its checkpoints in {ckpt.folder} were cleared ({why}); starting afresh")
+    resumed = ckpt.resumed_parts()
+    if resumed:
+        print(f"{spec.run_id}: resuming from the checkpoints in {ckpt.folder} ({', '.join(resumed)})")
+    with checkpoints.activated(ckpt):
+        record = execute(settings, spec, progress)
+    record.meta["resumed_from"] = resumed
+    folder = record_dir(settings.profile, settings.experiment, spec.run_id)
+    try:
+        record.write(folder)
+    except OSError as err:
+        raise OSError(err.errno, f"the record of {settings.experiment} run {spec.run_id} could not be written to {folder} "
+                      f"({err.strerror}); its checkpoints in {ckpt.folder} are kept, so rerunning it after freeing the "
+                      "folder resumes where it ended") from err
+    ckpt.close()
     return record
 
 

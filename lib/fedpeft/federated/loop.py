@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import json
 import time
@@ -28,6 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fedpeft.core.checkpoints import code_digest
+from fedpeft.core.checkpoints import load as load_checkpoint
 from fedpeft.core.files import atomic_torch_save
 from fedpeft.core.seeding import seed_global_rng, seeded_generator
 from fedpeft.federated.ledger import CommunicationLedger, deserialize_state, serialize_state
@@ -218,17 +219,6 @@ def data_digest(obj: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """sha256 of the fedpeft library's source: a checkpoint written by other code is not resumed."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def run_identity(cfg: RoundConfig, strategy: FedAvg, trainer: Trainer, clients: Sequence[Client],
                  keys: Sequence[str]) -> dict[str, str]:
     """What a resumed run must share with the run that wrote the checkpoint, one digest per part: the round
@@ -307,11 +297,7 @@ def run_federated(
     first_round = 1
     trainer.reset_state()
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        try:
-            ckpt = torch.load(checkpoint_path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a cut-off or foreign file: say which and what to do
-            raise ValueError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
-                             "not a fedpeft checkpoint. Delete it to start the run afresh.") from exc
+        ckpt = load_checkpoint(checkpoint_path)
         changed = [part for part in identity if ckpt.get("identity", {}).get(part) != identity[part]]
         if changed:
             warnings.warn(f"checkpoint {checkpoint_path} was written by a run with other {', '.join(changed)}; "

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedpeft.core import checkpoints
 from fedpeft.core.device import synchronize
 from fedpeft.core.integrity import decoding, require_data_file
 from fedpeft.models.lora_settings import lora_config
@@ -206,7 +207,9 @@ class DiffusionTrainer(Trainer):
     """``steps`` AdamW steps of the noise-prediction loss on random batches of ``batch_size`` (images, timesteps
     and noise drawn from the generator); the UNet stays where it is. ``records`` keeps one row per step of the last
     ``train`` call (loss, seconds). ``evaluate`` is the mean loss over every image at ``eval_repeats`` fixed random
-    timesteps (seed ``eval_seed``: the same draws for every arm)."""
+    timesteps (seed ``eval_seed``: the same draws for every arm). Batches go to the UNet's device.
+    ``checkpoint_path``, ``checkpoint_every_s``: as :class:`fedpeft.training.sft.SFTTrainer`'s (the generator's state
+    is part of the checkpoint)."""
 
     scheduler: Any
     steps: int
@@ -215,6 +218,8 @@ class DiffusionTrainer(Trainer):
     eval_seed: int = 1234
     eval_repeats: int = 4
     records: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)
+    checkpoint_path: Path | None = field(default=None, repr=False, compare=False)
+    checkpoint_every_s: float = field(default=60.0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive_int(self, "steps", "batch_size", "eval_repeats")
@@ -229,16 +234,24 @@ class DiffusionTrainer(Trainer):
             raise ValueError(f"client {client_id}: cannot train on an empty data set")
         self.torch_device = next(p for p in model.parameters()).device
         optimizer = torch.optim.AdamW(params, lr=self.lr)
+        done, extra = checkpoints.resume_steps(self.checkpoint_path, model, {"optimizer": optimizer})
+        if done:
+            generator.set_state(extra["generator"])
         model.train()
-        self.records = []
-        start_all = time.perf_counter()
-        for step in range(1, self.steps + 1):
+        self.records = list(extra.get("records", []))
+        start_all = saved_at = time.perf_counter()
+        for step in range(done + 1, self.steps + 1):
             start = time.perf_counter()
             idx = torch.randint(0, len(data), (self.batch_size,), generator=generator)
-            loss = noise_prediction_loss(model, self.scheduler, data.latents[idx], data.text[idx], generator)
+            loss = noise_prediction_loss(model, self.scheduler, data.latents[idx].to(self.torch_device),
+                                         data.text[idx].to(self.torch_device), generator)
             optimizer_step(optimizer, model, loss, extra_loss)
             synchronize(self.torch_device)
             self.records.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
+            if self.checkpoint_path is not None and step < self.steps and time.perf_counter() - saved_at >= self.checkpoint_every_s:
+                checkpoints.save_steps(self.checkpoint_path, model, step, {"optimizer": optimizer},
+                                       {"generator": generator.get_state(), "records": self.records})
+                saved_at = time.perf_counter()
         mean_loss = float(np.mean([r["loss"] for r in self.records]))
         return TrainStats(loss=mean_loss, examples=self.steps * self.batch_size, seconds=time.perf_counter() - start_all)
 
@@ -247,7 +260,9 @@ class DiffusionTrainer(Trainer):
         start = time.perf_counter()
         model.eval()
         g = torch.Generator().manual_seed(self.eval_seed)
-        losses = [float(noise_prediction_loss(model, self.scheduler, data.latents, data.text, g)) for _ in range(self.eval_repeats)]
+        device = next(p for p in model.parameters()).device
+        latents, text = data.latents.to(device), data.text.to(device)
+        losses = [float(noise_prediction_loss(model, self.scheduler, latents, text, g)) for _ in range(self.eval_repeats)]
         return EvalResult(loss=float(np.mean(losses)), examples=len(data), seconds=time.perf_counter() - start)
 
 
@@ -258,15 +273,17 @@ def sample_image(components: Components, unet: nn.Module, caption: str, latent_s
 
     ddim = DDIMScheduler.from_config(components.scheduler.config)
     ddim.set_timesteps(steps)
-    text = encode_captions(components, [caption])
+    device = next(p for p in unet.parameters()).device
+    text = encode_captions(components, [caption]).to(device)
     g = torch.Generator().manual_seed(seed)
-    latents = torch.randn((1, 4, latent_size, latent_size), generator=g)
+    latents = torch.randn((1, 4, latent_size, latent_size), generator=g).to(device)
     unet.eval()
     for t in ddim.timesteps:
         pred = unet(latents, t, encoder_hidden_states=text).sample
         latents = ddim.step(pred, t, latents).prev_sample
     vae = components.vae
-    image = vae.decode((latents / components.latent_scale).to(next(vae.parameters()).dtype)).sample.float()
+    vae_param = next(vae.parameters())
+    image = vae.decode((latents / components.latent_scale).to(vae_param.device, vae_param.dtype)).sample.float().cpu()
     image = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return image
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedpeft.core import checkpoints
 from fedpeft.core.device import synchronize
 from fedpeft.training.contract import EvalResult, ExtraLoss, Trainer, TrainStats, check_learning_rate, check_positive_int
 
@@ -50,18 +51,20 @@ def tiny_gemma2(tokenizer):
     return Gemma2ForCausalLM(config)
 
 
-def load_for_arm(source_dir: Path, arm: str, compute_dtype: torch.dtype, base_dtype: torch.dtype, double_quant: bool = True):
-    """The base model of ``source_dir`` for one arm: ``lora`` in ``base_dtype``; ``qlora`` with NF4 linear layers
-    (bitsandbytes through transformers, ``device_map`` CPU or the GPU) computing in ``compute_dtype``."""
+def load_for_arm(source_dir: Path, arm: str, compute_dtype: torch.dtype, base_dtype: torch.dtype, double_quant: bool = True,
+                 device: torch.device | str = "cpu"):
+    """The base model of ``source_dir`` for one arm on ``device``: ``lora`` in ``base_dtype``; ``qlora`` with NF4 linear
+    layers (bitsandbytes through transformers, placed by its ``device_map``) computing in ``compute_dtype``."""
     from transformers import AutoModelForCausalLM
 
     from fedpeft.quantization.nf4 import from_pretrained_4bit
 
+    device = torch.device(device)
     if arm == "lora":
-        return AutoModelForCausalLM.from_pretrained(source_dir, dtype=base_dtype)
+        return AutoModelForCausalLM.from_pretrained(source_dir, dtype=base_dtype).to(device)
     if arm != "qlora":
         raise ValueError(f"arm = {arm!r} is not allowed; it must be 'lora' or 'qlora'")
-    device_map = {"": 0} if torch.cuda.is_available() else "cpu"
+    device_map = {"": device.index or 0} if device.type == "cuda" else "cpu"
     return from_pretrained_4bit(AutoModelForCausalLM, source_dir, compute_dtype, double_quant, device_map=device_map)
 
 
@@ -83,7 +86,10 @@ class SFTTrainer(Trainer):
     """``steps`` optimizer updates of ``grad_accum`` examples each (batch 1, as the seed), examples drawn in an order
     shuffled from the generator's seed; AdamW (no weight decay) with a cosine schedule after ``warmup_ratio`` of
     warm-up. The model stays where its loader put it (a 4-bit model is placed by bitsandbytes), and its batches go
-    there too. ``records`` keeps one row per update of the last ``train`` call: mean loss and wall seconds."""
+    there too. ``records`` keeps one row per update of the last ``train`` call: mean loss and wall seconds.
+    ``checkpoint_path``: written every ``checkpoint_every_s`` seconds of training (adapter, optimizer, schedule, draw
+    order, random states); a ``train`` call that finds it resumes after its step, with the same result as without the
+    interruption (the resumed steps' rows keep the seconds measured when they ran)."""
 
     steps: int
     grad_accum: int
@@ -91,6 +97,8 @@ class SFTTrainer(Trainer):
     warmup_ratio: float = 0.03
     autocast_dtype: torch.dtype | None = None
     records: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)
+    checkpoint_path: Path | None = field(default=None, repr=False, compare=False)
+    checkpoint_every_s: float = field(default=60.0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive_int(self, "steps", "grad_accum")
@@ -114,11 +122,15 @@ class SFTTrainer(Trainer):
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(self.warmup_ratio * self.steps), self.steps)
         rng = np.random.default_rng(generator.initial_seed())
-        order: list[int] = []
+        stateful = {"optimizer": optimizer, "scheduler": scheduler}
+        done, extra = checkpoints.resume_steps(self.checkpoint_path, model, stateful)
+        order: list[int] = list(extra.get("order", []))
+        if done:
+            rng.bit_generator.state = extra["draws"]
         model.train()
-        self.records = []
-        start_all = time.perf_counter()
-        for step in range(1, self.steps + 1):
+        self.records = list(extra.get("records", []))
+        start_all = saved_at = time.perf_counter()
+        for step in range(done + 1, self.steps + 1):
             start = time.perf_counter()
             total = 0.0
             for _ in range(self.grad_accum):
@@ -135,6 +147,10 @@ class SFTTrainer(Trainer):
             optimizer.zero_grad(set_to_none=True)
             synchronize(device)
             self.records.append({"step": step, "loss": total / self.grad_accum, "seconds": time.perf_counter() - start})
+            if self.checkpoint_path is not None and step < self.steps and time.perf_counter() - saved_at >= self.checkpoint_every_s:
+                checkpoints.save_steps(self.checkpoint_path, model, step, stateful,
+                                       {"order": order, "draws": rng.bit_generator.state, "records": self.records})
+                saved_at = time.perf_counter()
         mean_loss = float(np.mean([r["loss"] for r in self.records]))
         return TrainStats(loss=mean_loss, examples=self.steps * self.grad_accum, seconds=time.perf_counter() - start_all)
 

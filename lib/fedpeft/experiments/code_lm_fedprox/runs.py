@@ -16,7 +16,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from fedpeft.core import checkpoints
 from fedpeft.core.config import Settings
+from fedpeft.core.device import run_device
 from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import code_corpus
@@ -92,7 +94,7 @@ def pretrain_base(s: Settings, model: nn.Module, tokenizer, exclude_groups: set[
     others = [d for d in code_corpus.stdlib_documents() if d.group not in exclude_groups]
     blocks = code_corpus.pack_blocks(code_corpus.shuffled(others, seed), tokenizer, s["max_length"],
                                      s["pretrain_samples"], tokenizer.eos_token_id, what="pretrain_samples")
-    trainer = CausalLMTrainer(lr=s["full_model_lr"], batch_size=s["batch_size"], epochs=1, precision=s["precision"], device="cpu")
+    trainer = CausalLMTrainer(lr=s["full_model_lr"], batch_size=s["batch_size"], epochs=1, precision=s["precision"], device=run_device(s.params))
     trainer.train(model, blocks, torch.Generator().manual_seed(seed))
     model.eval()
 
@@ -126,16 +128,14 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     model = adapter_model(s, data, a["seed"]) if a["adapter"] == "lora" else full_model(data)
     lr = s["learning_rate"] if a["adapter"] == "lora" else s["full_model_lr"]
     trainer = CausalLMTrainer(lr=lr, batch_size=s["batch_size"], epochs=s["local_epochs"],
-                              eval_batch_size=s["eval_batch_size"], precision=s["precision"], device=s["device"])
+                              eval_batch_size=s["eval_batch_size"], precision=s["precision"], device=run_device(s.params))
     config = RoundConfig(num_rounds=a["rounds"], seed=a["seed"], exchange="trainable", transport=s["transport"],
                          evaluate_clients=False)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     payload = len(serialize_state(trainable, s["transport"]))
-    ckpt = s.cache_dir / "checkpoints" / s.profile / EXPERIMENT / f"{spec.run_id}.pt"
     with measure(trainer.torch_device) as m:
         result = run_federated(model, clients, fedprox_or_fedavg(a["mu"]), trainer, config, server_test=data.eval_blocks,
-                               checkpoint_path=ckpt, progress=progress, description=spec.run_id)
-    ckpt.unlink(missing_ok=True)
+                               checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id)
     rates = trainer.meter.rates()
     probe = adapter_model(s, data, a["seed"])
     scalars: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """EuroSAT FedAvg + PTQ: the planned runs, each one DVC stage writing one result record.
 
-A run trains the report's CNN with FedAvg from a seeded initial model (resuming from its checkpoint if it was
-killed) and records its per-round history, its communication ledger, its timing, the chance (majority-class)
+A run trains the report's CNN with FedAvg from a seeded initial model (resuming from the round loop's checkpoint
+if it was killed) and records its per-round history, its communication ledger, its timing, the chance (majority-class)
 accuracy of the server's test set and the bytes of a training checkpoint (model + Adam state). Every main run (each
 seed of the main partition at the main number of rounds) also quantizes its final model with every ``ptq_methods``
 entry and records accuracy and saved bytes, so that each quantization claim is judged over every seed and the report
@@ -16,15 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedpeft.core import checkpoints
 from fedpeft.core.baselines import majority_baseline
 from fedpeft.core.config import Settings
-from fedpeft.core.device import resolve_precision
+from fedpeft.core.device import resolve_precision, run_device
 from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import eurosat as fdata
 from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT
+from fedpeft.federated.engines import run_rounds
 from fedpeft.federated.ledger import MIB
-from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.loop import Client, RoundConfig
 from fedpeft.federated.partition import label_skew, partition
 from fedpeft.federated.strategies import build_strategy
 from fedpeft.models.cnn import EuroSATCNN
@@ -84,6 +86,7 @@ def make_trainer(s: Settings) -> ClassifierTrainer:
         precision=resolve_precision(p["train_precision"]),
         channels_last=p["channels_last"],
         eval_batch_size=p["eval_batch_size"],
+        device=run_device(p),
     )
 
 
@@ -107,17 +110,11 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
     config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
     strategy = build_strategy("fedavg")
-    ckpt = s.cache_dir / "checkpoints" / s.profile / EXPERIMENT / f"{spec.run_id}.pt"
-    with measure() as m:
-        if p["engine"] == "flower":
-            from fedpeft.federated.flower_engine import run_flower
-
-            result = run_flower(model, clients, strategy, trainer, config, server_test=server_test)
-        else:
-            result = run_federated(model, clients, strategy, trainer, config, server_test=server_test, checkpoint_path=ckpt,
-                                   progress=progress, description=spec.run_id)
-    if not result.stopped_by_time_limit:
-        ckpt.unlink(missing_ok=True)  # finished: the next run starts afresh; a time-limited one resumes from it
+    with measure(trainer.torch_device) as m:
+        result = run_rounds(p["engine"], model, clients, strategy, trainer, config, server_test=server_test,
+                            checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id).result
+    if result.stopped_by_time_limit and checkpoints.active() is not None:
+        checkpoints.active().keep()  # a time-limited run resumes from its last round when it is run again
     model.load_state_dict(result.final_state)
     h = result.history
     train_s = float(h["train_s"].sum())

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedpeft.core import checkpoints
 from fedpeft.core.config import Settings
+from fedpeft.core.device import run_device
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.core.seeding import seeded_generator
 from fedpeft.data import glue
@@ -127,7 +129,7 @@ def prepare_task(s: Settings, task: str, seed: int = 0) -> TaskData:
     texts = None if pretrain is None else pretrain["text_a"].tolist() + train_table["text_a"].tolist()
     model, tokenizer = load_text_model(s["model"], spec.num_labels, seed, tokenizer_texts=texts)
     if pretrain is not None:
-        warmup = TextClassifierTrainer(task, lr=1e-3, batch_size=16, epochs=3)
+        warmup = TextClassifierTrainer(task, lr=1e-3, batch_size=16, epochs=3, device=run_device(s.params))
         warmup.train(model, glue.tokenize(tokenizer, pretrain, s["max_length"]), seeded_generator(seed, 10_000))
         torch.manual_seed(seed)
         model.classifier.apply(model._init_weights)
@@ -177,7 +179,7 @@ def target_scale(data: TaskData) -> float:
 def make_trainer(s: Settings, data: TaskData, epochs: float | None = None, lr: float | None = None) -> TextClassifierTrainer:
     return TextClassifierTrainer(data.task, lr=lr or s["learning_rate"], batch_size=s["batch_size"],
                                  epochs=epochs if epochs is not None else s["local_epochs"], eval_batch_size=s["eval_batch_size"],
-                                 target_scale=target_scale(data))
+                                 target_scale=target_scale(data), device=run_device(s.params))
 
 
 def adapter_model(s: Settings, data: TaskData, method: str, rank: int, seed: int):
@@ -209,9 +211,10 @@ class FederatedRun:
 
 
 def run_federated_lora(s: Settings, data: TaskData, method: str, sharding: str, seed: int, client_rank: int | None = None,
-                       progress: bool = True, init_adapter: Path | None = None) -> FederatedRun:
+                       progress: bool = True, init_adapter: Path | None = None, checkpoint: str = "rounds") -> FederatedRun:
     """One multi-round FedAvg run of adapters with the given aggregation and sharding; ``init_adapter``: a peft
-    adapter folder to start from (the report's warm start) instead of a fresh adapter."""
+    adapter folder to start from (the report's warm start) instead of a fresh adapter; ``checkpoint``: the name of
+    the round loop's checkpoint in the run's checkpoint folder (when the run harness executes it)."""
     client_rank = client_rank or s["lora_rank"]
     parts = shard(s, data, sharding, s["num_clients"], seed)
     clients = [Client(str(i + 1), data.train.subset(p), data.train.subset(p) if s["evaluate_clients"] else None) for i, p in enumerate(parts)]
@@ -223,7 +226,8 @@ def run_federated_lora(s: Settings, data: TaskData, method: str, sharding: str, 
                                global_alpha=s["lora_alpha"] * global_rank / s["lora_rank"], frozen=frozen_lora_a(model))
     config = RoundConfig(num_rounds=s["num_rounds"], seed=seed, exchange="trainable", evaluate_clients=s["evaluate_clients"])
     result = run_federated(model, clients, strategy, make_trainer(s, data), config, server_test=data.dev,
-                           progress=progress, description=f"{data.task} {method}/{sharding} r{client_rank} seed {seed}")
+                           checkpoint_path=checkpoints.path(checkpoint), progress=progress,
+                           description=f"{data.task} {method}/{sharding} r{client_rank} seed {seed}")
     return FederatedRun(result, strategy, parts, model)
 
 
@@ -269,27 +273,37 @@ def train_centralized(s: Settings, data: TaskData, seed: int, full: bool, save_t
 
 
 def _centralized_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool) -> RunRecord:
-    """Centralized LoRA (its adapter kept for the warm start) and full fine-tuning; then the warm start."""
+    """Centralized LoRA (its adapter kept for the warm start) and full fine-tuning; then the warm start. Each
+    baseline is a checkpointed part of the run, and the warm start's round loop writes its own checkpoint; the
+    centralized adapter is kept in the run's checkpoint folder (a temporary one outside the harness)."""
     seed = spec.args["seed"]
+    ckpt = checkpoints.active()
     with tempfile.TemporaryDirectory() as tmp:
-        adapter_dir = Path(tmp) / "centralized_adapter"
-        baselines = pd.DataFrame([train_centralized(s, data, seed, full=full, save_to=None if full else adapter_dir)
+        adapter_dir = (ckpt.folder if ckpt is not None else Path(tmp)) / "centralized_adapter"
+        baselines = pd.DataFrame([checkpoints.part("full-fine-tuning" if full else "centralized-lora",
+                                                   lambda full=full: train_centralized(s, data, seed, full=full, save_to=None if full else adapter_dir))
                                   for full in (False, True)])
         tables = {"baselines": baselines}
         if spec.args["warm_start"]:
-            warm = run_federated_lora(s, data, "svd", "iid", seed, init_adapter=adapter_dir, progress=progress)
+            warm = run_federated_lora(s, data, "svd", "iid", seed, init_adapter=adapter_dir, progress=progress, checkpoint="warm-rounds")
             tables["warm_history"] = warm.result.history
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, {"seed": seed, "chance_score": chance_score(data)}, tables)
 
 
-def train_clients_once(s: Settings, data: TaskData, parts: list[np.ndarray], seed: int, rank: int) -> tuple[list[dict], float, Any]:
+def train_clients_once(s: Settings, data: TaskData, parts: list[np.ndarray], seed: int, rank: int,
+                       checkpoint: str | None = None) -> tuple[list[dict], float, Any]:
     """Each client trains its own adapter from the same initial one for ``local_epochs``; returns their
-    trainable states, the scaling and the (untrained) model they came from."""
+    trainable states, the scaling and the (untrained) model they came from. ``checkpoint``: a name under which each
+    client's adapter is a checkpointed part of the run (``<name>-<client>``)."""
     model, alpha = adapter_model(s, data, "svd", rank, seed)
     keys = [n for n, p in model.named_parameters() if p.requires_grad]
     initial = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
     work, trainer = copy.deepcopy(model), make_trainer(s, data)
-    states = [client_update(work, initial, Client(str(i + 1), data.train.subset(p)), i, 1, FedAvg(), trainer, seed)[0]
+
+    def train(i: int, p: np.ndarray) -> dict:
+        return client_update(work, initial, Client(str(i + 1), data.train.subset(p)), i, 1, FedAvg(), trainer, seed)[0]
+
+    states = [train(i, p) if checkpoint is None else checkpoints.part(f"{checkpoint}-{i + 1}", lambda i=i, p=p: train(i, p))
               for i, p in enumerate(parts)]
     return states, alpha / rank, model
 
@@ -302,16 +316,23 @@ def error_study(s: Settings, data: TaskData, seed: int, progress: bool = True) -
     rows = []
     r = s["lora_rank"]
     cases = [(k, m) for k in s["error_study_clients"] for m in s["error_study_shardings"]]
-    for k, mode in tqdm(cases, desc="error study", disable=not progress, leave=False):
+
+    def case(k: int, mode: str) -> list[dict]:
         parts = shard(s, data, mode, k, seed)
         states, scaling, _ = train_clients_once(s, data, parts, seed, r)
         weights = normalize_weights([len(p) for p in parts], k)
         variants = [("naive", None), ("flora", None)] + [("svd", q) for q in sorted({r, 2 * r, k * r})]
+        out = []
         for method, q in variants:
             _, errors = merge_adapter_states(states, [scaling] * k, method, weights, svd_rank=q, scaling=scaling)
-            rows.append({"clients": k, "sharding": mode, "label_skew": label_skew(parts, data.strata),
-                         "method": method if q is None else f"svd r={q}" + (" (=K r)" if q == k * r else ""),
-                         "mean_relative_error": errors["relative_error"].mean(), "max_relative_error": errors["relative_error"].max()})
+            out.append({"clients": k, "sharding": mode, "label_skew": float(label_skew(parts, data.strata)),
+                        "method": method if q is None else f"svd r={q}" + (" (=K r)" if q == k * r else ""),
+                        "mean_relative_error": float(errors["relative_error"].mean()),
+                        "max_relative_error": float(errors["relative_error"].max())})
+        return out
+
+    for k, mode in tqdm(cases, desc="error study", disable=not progress, leave=False):
+        rows += checkpoints.part(f"case-k{k}-{mode}", lambda k=k, mode=mode: case(k, mode))  # each case resumes as a whole
     return pd.DataFrame(rows)
 
 
@@ -330,7 +351,7 @@ def one_shot_merge(s: Settings, data: TaskData, seed: int, work_dir: Path) -> tu
     parts = shard(s, data, "iid", k, seed)
     manifest_dir = work_dir / "shards" / f"{data.task}_iid_k{k}"
     manifests = save_shard_manifests(manifest_dir, parts, data.strata, {"task": data.task, "mode": "iid", "seed": seed})
-    states, scaling, model = train_clients_once(s, data, parts, seed, s["lora_rank"])
+    states, scaling, model = train_clients_once(s, data, parts, seed, s["lora_rank"], checkpoint="client")
     trainer = make_trainer(s, data)
     adapter_dirs = []
     for i, state in enumerate(states, start=1):

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from fedpeft.core import checkpoints
 from fedpeft.core.config import Settings
+from fedpeft.core.device import resolve_device, run_device
 from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import instruct
@@ -103,7 +105,8 @@ def prepare_lm(s: Settings) -> LMData:
 
 
 def lm_adapter_model(s: Settings, data: LMData, arm: str, seed: int) -> nn.Module:
-    base = sft.load_for_arm(data.base_dir, arm, DTYPES[s["compute_dtype"]], DTYPES[s["base_dtype"]], s["double_quant"])
+    base = sft.load_for_arm(data.base_dir, arm, DTYPES[s["compute_dtype"]], DTYPES[s["base_dtype"]], s["double_quant"],
+                            device=resolve_device(run_device(s.params)))
     torch.manual_seed(seed)
     return attach_lora(base, s["lora_rank"], s["lora_alpha"], s["lora_dropout"], s["target_modules"], seed=seed,
                        task_type="CAUSAL_LM")
@@ -125,12 +128,11 @@ def run_lm_arm(s: Settings, data: LMData, arm: str, work_dir: Path, seed: int) -
     """Load, evaluate (before any update: the arms' bases differ once NF4 re-quantizes them), train ``lm_steps``
     steps, evaluate, save the adapter in fp32 and fp16 and reload the fp16 copy."""
     autocast = DTYPES[s["compute_dtype"]] if (arm == "lora" and s["base_dtype"] == "bf16") else None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(run_device(s.params))
     with measure(device) as m:
         model = lm_adapter_model(s, data, arm, seed)
-        if device == "cuda" and arm == "lora":
-            model.to(device)
-        trainer = sft.SFTTrainer(s["lm_steps"], s["grad_accum"], s["learning_rate"], s["warmup_ratio"], autocast)
+        trainer = sft.SFTTrainer(s["lm_steps"], s["grad_accum"], s["learning_rate"], s["warmup_ratio"], autocast,
+                                 checkpoint_path=checkpoints.path("steps"), checkpoint_every_s=checkpoints.every_s())
         initial_eval_loss = trainer.evaluate(model, data.eval).loss
         trainer.train(model, data.train, torch.Generator().manual_seed(seed))
         records = trainer.records
@@ -186,14 +188,17 @@ def prepare_diffusion(s: Settings) -> DiffusionData:
 
 def run_diffusion_arm(s: Settings, data: DiffusionData, arm: str, seed: int) -> dict[str, Any]:
     """LoRA on the UNet's attention projections; for ``qlora`` every linear layer of the UNet is NF4 first."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(run_device(s.params))
     with measure(device) as m:
         unet = copy.deepcopy(data.components.unet)
-        if arm == "qlora":
+        if arm == "qlora":  # NF4 layers on the CPU path (quantize_linear_layers pins it); the LoRA UNet goes to the device
             qlora.quantize_linear_layers(unet, DTYPES[s["compute_dtype"]], s["double_quant"])
         torch.manual_seed(seed)  # the adapters' gaussian init: the same for both arms, whatever ran before
         diffusion.attach_unet_lora(unet, s["unet_lora_rank"], s["unet_lora_alpha"])
-        trainer = diffusion.DiffusionTrainer(data.components.scheduler, s["diffusion_steps"], s["diffusion_batch"], s["diffusion_lr"])
+        if arm == "lora":
+            unet.to(device)
+        trainer = diffusion.DiffusionTrainer(data.components.scheduler, s["diffusion_steps"], s["diffusion_batch"], s["diffusion_lr"],
+                                             checkpoint_path=checkpoints.path("steps"), checkpoint_every_s=checkpoints.every_s())
         images = diffusion.LatentCaptions(data.latents, data.text)
         initial_eval_loss = trainer.evaluate(unet, images).loss
         trainer.train(unet, images, torch.Generator().manual_seed(seed))

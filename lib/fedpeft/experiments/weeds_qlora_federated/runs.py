@@ -23,14 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedpeft.core import checkpoints
 from fedpeft.core.config import Settings
+from fedpeft.core.device import run_device
 from fedpeft.core.files import atomic_torch_save
 from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import weeds
 from fedpeft.experiments.weeds_qlora_federated.settings import EXPERIMENT, SCENARIOS, SEED, ScenarioRun, planned_runs
+from fedpeft.federated.engines import run_rounds
 from fedpeft.federated.ledger import MIB, serialize_state
-from fedpeft.federated.loop import Client, RoundConfig, run_federated
+from fedpeft.federated.loop import Client, RoundConfig
 from fedpeft.federated.network import NetworkModel
 from fedpeft.federated.strategies import build_strategy
 from fedpeft.models.backbones import Backbone, build_backbone, calibrate_batchnorm
@@ -282,28 +285,18 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
                         s["target_module"], s["compute_dtype"], s["double_quant"], seed=spec.seed)
     clients = make_farmers(feats, farmers, spec.seed, local_steps, s["step_fractions"] if spec.heterogeneous else None)
     trainer = HeadTrainer(local_steps, rounds, s["batch_size"], s["learning_rate"],
-                          inverse_frequency_weights(feats.train_labels, feats.num_classes), s["weight_decay"])
+                          inverse_frequency_weights(feats.train_labels, feats.num_classes), s["weight_decay"],
+                          device=run_device(s.params))
     if spec.scenario == "diloco_nesterov":
         strategy = build_strategy("diloco", outer_lr=s["diloco_outer_lr"], momentum=s["diloco_momentum"], nesterov=True)
     else:
         strategy = build_strategy("fedavg")
     net = network_model(s, spec)
     config = RoundConfig(num_rounds=rounds, seed=spec.seed, exchange="trainable", transport=spec.transport, evaluate_clients=False)
-    deployment = None
-    if spec.engine == "deployment":
-        from fedpeft.federated.deployment.engine import run_deployment
-
-        deployment = run_deployment(head, clients, strategy, trainer, config, server_test=feats.val,
-                                    network=net if spec.heterogeneous else None, torch_threads=1)
-        result = deployment.result
-    elif spec.engine == "flower":
-        from fedpeft.federated.flower_engine import run_flower
-
-        result = run_flower(head, clients, strategy, trainer, config, server_test=feats.val,
-                            network=net if spec.heterogeneous else None)
-    else:
-        result = run_federated(head, clients, strategy, trainer, config, server_test=feats.val, progress=progress,
-                               description=spec.label, network=net if spec.heterogeneous else None)
+    ran = run_rounds(spec.engine, head, clients, strategy, trainer, config, server_test=feats.val,
+                     network=net if spec.heterogeneous else None, checkpoint_path=checkpoints.path("rounds"),
+                     progress=progress, description=spec.label)
+    result, deployment = ran.result, ran.deployment
     head.load_state_dict(result.final_state, strict=False)
     test = trainer.evaluate(head, feats.test)
     with torch.no_grad():
@@ -370,8 +363,10 @@ def seed_architecture(rank_list: list[int], transport_list=("fp32", "fp16")) -> 
 
 def farmer_memory(s: Settings, backbone: Backbone, splits: Splits, arm: str, rank: int) -> dict[str, Any]:
     """Peak memory of one farmer's training step without the cache (augment, backbone forward without gradients,
-    head forward and backward), and the backbone's weight bytes a device would also hold."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    head forward and backward), and the backbone's weight bytes a device would also hold. Measured on the CPU, where
+    the backbone and the images are (the process's resident memory, ``memory_kind`` says so), whatever the run's
+    device: a farmer's step on a GPU would be another measurement."""
+    device = torch.device("cpu")
     head = adapted_head(base_head(backbone.head, backbone.dropout), arm, rank, s["lora_alpha"], s["lora_dropout"],
                         s["target_module"], s["compute_dtype"], s["double_quant"])
     images = splits.train.images[: s["batch_size"]]
