@@ -45,13 +45,18 @@ def _committed(tmp_path: Path) -> Path:
     return root
 
 
+def _listing(root: Path) -> list[str]:
+    """What the reports folder holds, but the stage's lock file (kept: removing a lock file races with its next user)."""
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".lock-"))
+
+
 def test_success_swaps_the_new_outputs_in(tmp_path):
     root = _committed(tmp_path)
     assert run_stage(_notebook(tmp_path, ""), "embedded", EXPERIMENT, root) == 0
     assert (root / EXPERIMENT / "report.md").read_text() == "new"
     assert (root / EXPERIMENT / "toy.ipynb").is_file()  # the executed notebook beside its report
     assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 2}'
-    assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]  # no staging or old folder left
+    assert _listing(root) == ["metrics", EXPERIMENT]  # no staging or old folder left
 
 
 def test_a_failing_notebook_leaves_the_committed_outputs(tmp_path):
@@ -59,7 +64,7 @@ def test_a_failing_notebook_leaves_the_committed_outputs(tmp_path):
     assert run_stage(_notebook(tmp_path, "raise RuntimeError('boom')"), "embedded", EXPERIMENT, root) != 0
     assert (root / EXPERIMENT / "report.md").read_text() == "committed"
     assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 1}'
-    assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]
+    assert _listing(root) == ["metrics", EXPERIMENT]
 
 
 def test_swap_replaces_a_whole_folder(tmp_path):
@@ -103,7 +108,57 @@ def test_killing_the_stage_ends_papermill_and_its_kernel_and_keeps_the_outputs(t
     assert not alive, f"left running after the stage was killed: {[p.pid for p in alive]}"
     assert (root / EXPERIMENT / "report.md").read_text() == "committed"
     assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 1}'
-    assert sorted(p.name for p in root.iterdir()) == ["metrics", EXPERIMENT]
+    assert _listing(root) == ["metrics", EXPERIMENT]
+
+
+@pytest.mark.slow
+def test_two_report_stages_of_one_experiment_at_once_lose_nothing(tmp_path):
+    """The second stage (``make regenerate`` while ``make repro`` runs) stops at once, naming the first, and touches
+    nothing; the first finishes and swaps its outputs in whole."""
+    root = _committed(tmp_path)
+    marker = tmp_path / "kernel_started"
+    notebook = _notebook(tmp_path, f"pathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(4)")
+    stage_cmd = [sys.executable, "-m", "fedpeft.reporting.notebook_stage", "--profile", "embedded", "--experiment",
+                 EXPERIMENT, "--notebook", str(notebook), "--reports-root", str(root)]
+    first = subprocess.Popen(stage_cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not marker.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.is_file(), "the first stage's kernel never started"
+    second = subprocess.run(stage_cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 75
+    assert f"another report stage of this experiment is running on {root} (process {first.pid})" in second.stderr
+    assert "unchanged" not in second.stderr
+    assert (root / EXPERIMENT / "report.md").read_text() == "committed"  # the first is still running
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert (root / EXPERIMENT / "report.md").read_text() == "new"
+    assert (root / "metrics" / f"{EXPERIMENT}.json").read_text() == '{"x": 2}'
+    assert _listing(root) == ["metrics", EXPERIMENT]
+
+
+def test_the_executed_notebook_names_no_folder_of_the_machine(tmp_path):
+    """papermill's output_path names where the notebook is, not the staging folder of the machine that ran it."""
+    import nbformat
+
+    root = _committed(tmp_path)
+    assert run_stage(_notebook(tmp_path, ""), "embedded", EXPERIMENT, root) == 0
+    executed = nbformat.read(root / EXPERIMENT / "toy.ipynb", as_version=4)
+    assert executed.metadata["papermill"]["output_path"] == "toy.ipynb"  # outside the repository: the file name alone
+
+
+@pytest.mark.parametrize("profile", ["embedded", "local"])
+def test_committed_notebooks_carry_no_absolute_path(profile):
+    root = Path(__file__).resolve().parents[1]
+    for notebook in sorted((root / "reports" / profile).glob("*/*.ipynb")):
+        text = notebook.read_text()
+        assert str(root) not in text and "/.staging-" not in text, f"{notebook.relative_to(root)} names a folder of the machine"
+
+
+def test_a_killed_stage_s_staging_folder_is_cleared_by_the_next(tmp_path):
+    root = _committed(tmp_path)
+    (root / f".staging-{EXPERIMENT}-abc123" / EXPERIMENT).mkdir(parents=True)  # what a SIGKILLed stage leaves
+    assert run_stage(_notebook(tmp_path, ""), "embedded", EXPERIMENT, root) == 0
+    assert _listing(root) == ["metrics", EXPERIMENT]
 
 
 def test_report_stages_lists_every_experiment_notebook_of_a_pipeline():

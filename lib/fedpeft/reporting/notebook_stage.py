@@ -2,12 +2,18 @@
 
 ``python -m fedpeft.reporting.notebook_stage --profile P --experiment E --notebook notebooks/N.ipynb``
 
-papermill executes the notebook with ``FEDPEFT_REPORTS_DIR`` pointing at a staging folder beside the profile's
-reports (``reports/<profile>/.staging-<experiment>``). Only when the notebook finishes are its outputs swapped in:
+papermill executes the notebook with ``FEDPEFT_REPORTS_DIR`` pointing at a staging folder of this process beside the
+profile's reports (``reports/<profile>/.staging-<experiment>-<random>``). Only when the notebook finishes are its
+outputs swapped in:
 the experiment's folder, ``metrics/<experiment>.json`` and ``plots/<experiment>_history.csv``. A notebook that
 fails, or a stage that is killed, leaves the committed outputs as they were and removes the staging folder (the
 stages declare their outputs ``persist: true``, so DVC does not delete them first either). The notebook runs with
 ``FEDPEFT_RECORDS_ONLY=1``: it reads the run stages' records and never trains.
+
+One report stage of an experiment runs at a time per reports folder: a stage holds an exclusive lock on
+``reports/<profile>/.lock-<experiment>`` (``flock``, released by the kernel when the process ends, however it ends);
+a second one (``make regenerate`` while ``make repro`` runs) stops at once with exit code 75, naming the process that
+holds the lock, and touches nothing.
 
 papermill and its kernel die with this process: it asks the kernel to send it SIGTERM when its parent (DVC) dies,
 and on SIGTERM or SIGINT it ends papermill's whole process tree before it exits. The kernel's sockets are encrypted
@@ -19,6 +25,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -59,6 +67,49 @@ def end_process_tree(pid: int, timeout_s: float = 10.0) -> None:
             p.kill()
 
 
+BUSY_EXIT = 75  # EX_TEMPFAIL: try again later
+
+
+class StageBusy(RuntimeError):
+    """Another report stage of the same experiment holds the reports folder."""
+
+
+def hold_stage_lock(reports_root: Path, experiment: str) -> int:
+    """Take the exclusive lock of ``experiment``'s report stage on ``reports_root`` and return its file descriptor (kept
+    open for the life of the process: the kernel releases the lock when the process ends). Raises :class:`StageBusy`
+    naming the holder's process id when another stage has it."""
+    reports_root.mkdir(parents=True, exist_ok=True)
+    path = reports_root / f".lock-{experiment}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StageBusy(f"{experiment}: another report stage of this experiment is running on {reports_root} (process "
+                            f"{holder}); this one stops and leaves the committed outputs alone. Wait for that one to end "
+                            "(or stop it), then run this again.") from err
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def record_output_path(executed: Path, final: Path) -> None:
+    """Set papermill's ``output_path`` in the executed notebook to where it is committed, relative to the repository
+    (papermill wrote the staging folder's absolute path: the checkout's location and a name that no longer exists)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    meta = nb.metadata.get("papermill")
+    if meta is None:
+        return
+    final = Path(final).resolve()
+    meta["output_path"] = final.relative_to(REPO_ROOT).as_posix() if final.is_relative_to(REPO_ROOT) else final.name
+    nbformat.write(nb, executed)
+
+
 def swap_in(staging: Path, reports_root: Path, experiment: str) -> None:
     """Move the staged experiment folder, metrics and history over the current ones (each by rename)."""
     final = reports_root / experiment
@@ -96,8 +147,12 @@ def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path,
     """Execute ``notebook`` into staging and swap its outputs in on success; return papermill's exit code.
     ``results_dir``: run every planned run afresh into this results root (the notebook computes the records it
     does not find there) instead of reading the run stages' records."""
-    staging = reports_root / f".staging-{experiment}"
-    shutil.rmtree(staging, ignore_errors=True)
+    import tempfile
+
+    lock = hold_stage_lock(reports_root, experiment)  # raises StageBusy before anything is touched
+    for left in reports_root.glob(f".staging-{experiment}-*"):  # a killed stage's (none is live: this one holds the lock)
+        shutil.rmtree(left, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=reports_root, prefix=f".staging-{experiment}-"))
     (staging / experiment).mkdir(parents=True)
     command = [sys.executable, "-m", "fedpeft.reporting.notebook_stage", "--execute", str(notebook),
                str(staging / experiment / Path(notebook).name), "--profile", profile]
@@ -120,11 +175,16 @@ def run_stage(notebook: Path, profile: str, experiment: str, reports_root: Path,
             signal.signal(s, handler)
     if code != 0:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
         sys.stderr.write(f"{experiment}: the notebook failed (exit {code}); the committed outputs in {reports_root} are "
                          "unchanged\n")
         return code
+    executed = staging / experiment / Path(notebook).name
+    if executed.is_file():
+        record_output_path(executed, reports_root / experiment / Path(notebook).name)
     swap_in(staging, reports_root, experiment)
     shutil.rmtree(staging, ignore_errors=True)
+    os.close(lock)
     return 0
 
 
@@ -147,10 +207,23 @@ def regenerate(profile: str, reports_root: Path, results_root: Path) -> int:
     import tempfile
 
     pipeline = REPO_ROOT / ("dvc.yaml" if profile == "embedded" else f"pipelines/{profile}/dvc.yaml")
+    done: list[str] = []
+
+    def say_what_is_left(why: str) -> None:
+        if done:
+            sys.stderr.write(f"make regenerate stopped ({why}) after {', '.join(done)}: their records and reports are the "
+                             f"new ones, but dvc.lock does not record them yet (`dvc status` shows them changed). Run "
+                             f"`make regenerate PROFILE={profile}` again, or `dvc commit -f` to record what is there.\n")
+
     with tempfile.TemporaryDirectory(dir=results_root.parent, prefix=".regenerate-") as scratch:
         for experiment, notebook in report_stages(pipeline):
-            code = run_stage(REPO_ROOT / notebook, profile, experiment, reports_root, results_dir=Path(scratch))
+            try:
+                code = run_stage(REPO_ROOT / notebook, profile, experiment, reports_root, results_dir=Path(scratch))
+            except (SystemExit, StageBusy) as stopped:  # a signal ended the stage (its handler said so), or another held it
+                say_what_is_left(f"stopped during {experiment}")
+                raise stopped
             if code:
+                say_what_is_left(f"{experiment} failed")
                 return code
             fresh, final = Path(scratch) / profile / experiment, results_root / experiment
             old = results_root / f".old-{experiment}"
@@ -160,6 +233,7 @@ def regenerate(profile: str, reports_root: Path, results_root: Path) -> int:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(fresh, final)
             shutil.rmtree(old, ignore_errors=True)
+            done.append(experiment)
     return 0
 
 
@@ -182,10 +256,18 @@ def main(argv: list[str] | None = None) -> None:
         common = validate_section("common", load_raw(args.profile).get("common", {}), COMMON_SCHEMA)
         root = REPO_ROOT / common["reports_dir"]
     if args.all:
-        sys.exit(regenerate(args.profile, root, REPO_ROOT / "results" / args.profile))
+        try:
+            sys.exit(regenerate(args.profile, root, REPO_ROOT / "results" / args.profile))
+        except StageBusy as busy:
+            sys.stderr.write(f"{busy}\n")
+            sys.exit(BUSY_EXIT)
     if args.experiment is None or args.notebook is None:
         parser.error("--experiment and --notebook are required (or --all)")
-    sys.exit(run_stage(args.notebook, args.profile, args.experiment, root))
+    try:
+        sys.exit(run_stage(args.notebook, args.profile, args.experiment, root))
+    except StageBusy as busy:
+        sys.stderr.write(f"{busy}\n")
+        sys.exit(BUSY_EXIT)
 
 
 if __name__ == "__main__":
