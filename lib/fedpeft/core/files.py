@@ -4,6 +4,7 @@ half a file behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
     try:
         torch.save(obj, tmp)
         tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # a full disk, a read-only folder (not a pickling error: that one is clear)
+        tmp.unlink(missing_ok=True)
+        # torch names no path when the disk fills up ("inline_container.cc ... unexpected pos"): say which file and why
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+        raise OSError(f"could not write {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                      + (f"; {free / 2**20:.0f} MiB are free on its disk" if free is not None else "")
+                      + ". If the disk is full, free some space (or point FEDPEFT_CACHE_DIR elsewhere) and run again.") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
