@@ -55,3 +55,6 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     return load_settings(profile, EXPERIMENT, SCHEMA, overrides)
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read."""
+    return ["eurosat/EuroSAT_RGB.zip"] if s["source"] == "eurosat_zip" else []  # fedpeft.data.eurosat.EUROSAT_ZIP

@@ -82,3 +82,8 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     return s
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read: each task's
+    GLUE folder (``fedpeft.data.glue.TSV_FILES``)."""
+    folders = {"sst2": "glue/SST-2/", "mrpc": "glue/MRPC/", "stsb": "glue/STS-B/"}
+    return [folders[t] for t in [s["main_task"], *s["extra_tasks"]] if t in folders] if s["source"] == "tsv" else []

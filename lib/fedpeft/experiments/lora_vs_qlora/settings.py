@@ -70,3 +70,7 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     return s
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read: the UNet's
+    image folder (the language model's pairs are generated, the standard library's or the hub's)."""
+    return [] if s["diffusion_images"] == "generated" else [f"{s['diffusion_images'].rstrip('/')}/"]

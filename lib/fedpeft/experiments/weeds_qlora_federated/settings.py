@@ -149,3 +149,7 @@ def planned_runs(s: Settings) -> list[ScenarioRun]:
     return specs
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read."""
+    files = {"generated": [], "cwfid": ["cwfid/"], "weedsgalore": [f"{s['weedsgalore_dir']}/"]}[s["source"]]
+    return files + ([s["backbone_checkpoint"]] if s["backbone_checkpoint"] else [])
