@@ -176,7 +176,7 @@ def render_pipeline(profile: str) -> str:
                                           f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
     # the registry imports each experiment's declaration by name (not seen in the imports): its order and titles
     declarations = _module_paths({f"{e.package}.experiment" for e in experiments})
-    summary_deps = ([f"reports/${{profile}}/{e}" for e in registry.names()]
+    summary_deps = ([f"reports/${{profile}}/{e}" for e in registry.names()] + [f"results/${{profile}}/{e}" for e in registry.names()]
                     + sorted(set(_module_paths({"fedpeft.reporting.summary"})) | set(declarations)))
     out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
             *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"),
