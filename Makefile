@@ -51,7 +51,7 @@ UV_VERSION := 0.13.9
 TOOLS := .venv-tools
 UV := $(TOOLS)/bin/uv
 
-.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run site site-deps site-screenshots paper paper-deps clean-env
+.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run site site-deps site-screenshots paper paper-deps clean-env clean-deployments
 env: $(VENV)/.installed
 
 # Re-installs when the lock changes: the locked set with hash checking, then the project itself without
@@ -151,3 +151,7 @@ paper-deps:
 
 clean-env:
 	rm -rf $(VENV) $(TOOLS)
+
+# What a SIGKILLed Deployment Engine run left (processes, namespaces, links, job folders); every run does this at start.
+clean-deployments: env
+	$(BIN)/python -m fedpeft.federated.deployment.cleanup
