@@ -75,8 +75,9 @@ lock: | $(UV)
 	$(PYTHON) tools/lockfile.py --stamp $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 
+# DVC through fedpeft.core.supervise: it ends with make, even when make is killed with SIGKILL.
 repro: env
-	$(BIN)/dvc repro $(PIPELINE)
+	$(BIN)/python -m fedpeft.core.supervise $(BIN)/dvc repro $(PIPELINE)
 
 # Render dvc.yaml and pipelines/*/dvc.yaml from the run plans in params/ and the modules each stage imports. Needed
 # after adding or removing runs (seeds, partitions) or modules; tests/test_environment.py fails until it is done.
