@@ -51,7 +51,7 @@ UV_VERSION := 0.13.9
 TOOLS := .venv-tools
 UV := $(TOOLS)/bin/uv
 
-.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run site site-deps site-screenshots paper paper-deps clean-env
+.PHONY: env lock pipelines repro regenerate test lint unit nbval bench dry-run site site-deps site-screenshots paper paper-deps clean-env clean-deployments
 env: $(VENV)/.installed
 
 # Re-installs when the lock changes: the locked set with hash checking, then the project itself without
@@ -75,8 +75,9 @@ lock: | $(UV)
 	$(PYTHON) tools/lockfile.py --stamp $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 
+# DVC through fedpeft.core.supervise: it ends with make, even when make is killed with SIGKILL.
 repro: env
-	$(BIN)/dvc repro $(PIPELINE)
+	$(BIN)/python -m fedpeft.core.supervise $(BIN)/dvc repro $(PIPELINE)
 
 # Render dvc.yaml and pipelines/*/dvc.yaml from the run plans in params/ and the modules each stage imports. Needed
 # after adding or removing runs (seeds, partitions) or modules; tests/test_environment.py fails until it is done.
@@ -151,3 +152,7 @@ paper-deps:
 
 clean-env:
 	rm -rf $(VENV) $(TOOLS)
+
+# What a SIGKILLed Deployment Engine run left (processes, namespaces, links, job folders); every run does this at start.
+clean-deployments: env
+	$(BIN)/python -m fedpeft.federated.deployment.cleanup

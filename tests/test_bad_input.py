@@ -309,3 +309,143 @@ def test_failing_flower_client_surfaces_its_own_error(tiny_images, ray_cluster):
     with pytest.raises(RuntimeError, match=r"round 1: 2 Flower client\(s\) failed; the first said: .*disk full on the farmer's phone"):
         run_flower(EuroSATCNN(), _clients(tiny_images), FedAvg(), Broken(lr=1e-3, batch_size=8, epochs=1), RoundConfig(num_rounds=1),
                    ray_address=ray_cluster.address)
+
+
+# --- round two (issue "Faults and bad input, round two") -----------------------------------------------------------
+
+def _load(experiment: str, overrides: dict):
+    from fedpeft.core import registry
+
+    return registry.get(experiment).settings.load("embedded", overrides)
+
+
+@pytest.mark.parametrize("experiment, key, value, match", [
+    ("weeds_qlora_federated", "fedavg_rounds", 10**9, r"weeds_qlora_federated.fedavg_rounds = 1000000000 is not allowed; it must be an integer in \[1, 10000\]"),
+    ("weeds_qlora_federated", "diloco_rounds", 10**9, r"diloco_rounds = 1000000000 is not allowed; it must be an integer in \[1, 10000\]"),
+    ("weeds_qlora_federated", "centralized_rounds", 10**9, r"centralized_rounds = 1000000000 is not allowed"),
+    ("eurosat_fedavg_ptq", "seeds", [-1], r"eurosat_fedavg_ptq.seeds = \[-1\] is not allowed; it must be a list of distinct int \(at least 1\), each in \[0, 4294967295\]"),
+    ("eurosat_fedavg_ptq", "seeds", [2**70], r"seeds = \[1180591620717411303424\] is not allowed; it must be a list of distinct int \(at least 1\), each in \[0, 4294967295\]"),
+    ("glue_lora_aggregation", "grid_seed", -5, r"glue_lora_aggregation.grid_seed = -5 is not allowed; it must be an integer in \[0, 4294967295\]"),
+    ("eurosat_fedavg_ptq", "torch_threads", 100000, r"torch_threads = 100000 is not allowed; it must be an integer in \[0, 1024\]"),
+    ("eurosat_fedavg_ptq", "generated_images_per_class", 10**9, r"generated_images_per_class = 1000000000 is not allowed; it must be an integer in \[4, 10000\]"),
+    ("weeds_qlora_federated", "step_fractions", [0.0], r"step_fractions = \[0.0\] is not allowed; it must be a list of float \(at least 1\), each in \[0.01, 1.0\]"),
+    ("weeds_qlora_federated", "step_fractions", [0.1], r"step_fractions = \[0.1\] is not allowed with fedavg_local_steps = 4: a farmer with fraction 0.1 would get"),
+    ("glue_lora_aggregation", "error_study_clients", [0], r"glue_lora_aggregation.error_study_clients = \[0\] is not allowed; it must be a list of int \(at least 1\), each in \[1, 1000\]"),
+    ("eurosat_fedavg_ptq", "learning_rate", "1e-3", r"learning_rate = '1e-3' is not allowed; .* \(YAML read '1e-3' as text, not a number: write it as 0.001"),
+])
+def test_values_a_library_would_reject_are_refused_by_name(experiment, key, value, match):
+    with pytest.raises((ParameterError, ValueError), match=match):
+        _load(experiment, {key: value})
+
+
+def test_every_numeric_setting_has_bounds_a_library_can_meet():
+    from fedpeft.core import registry
+
+    unbounded = [(e.name, key) for e in registry.experiments() for key, spec in e.settings.SCHEMA.items()
+                 if (spec.item if spec.kind is list else spec.kind) in (int, float) and spec.choices is None
+                 and (spec.low is None or spec.high is None)]
+    assert unbounded == []
+
+
+def test_two_unknown_keys_of_different_types_are_named(tmp_path, monkeypatch):
+    _params_file(tmp_path, monkeypatch, COMMON + "eurosat_fedavg_ptq:\n  1: a\n  zz: b\n")
+    with pytest.raises(ParameterError, match=r"eurosat_fedavg_ptq.zz: unknown setting \(value 'b'\)"):
+        eurosat.load("embedded")
+
+
+def test_a_look_alike_key_is_shown_escaped(tmp_path, monkeypatch):
+    _params_file(tmp_path, monkeypatch, COMMON + "eurosat_fedavg_ptq:\n  l\u0435arning_rate: 0.01\n")
+    with pytest.raises(ParameterError, match=r"written 'l\\u0435arning_rate': it holds non-ASCII characters"):
+        eurosat.load("embedded")
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", r"embedded.yaml is empty; it must hold a common section"),
+    (b"common:\n  profile: \xff\xfe\n", r"embedded.yaml: not UTF-8 text \(byte \d+"),
+    (b"common: [\n", r"embedded.yaml: not valid YAML"),
+])
+def test_an_unreadable_params_file_is_named(tmp_path, monkeypatch, content, match):
+    path = tmp_path / "embedded.yaml"
+    path.write_bytes(content)
+    monkeypatch.setattr(config, "params_path", lambda profile: path)
+    with pytest.raises(ParameterError, match=match):
+        eurosat.load("embedded")
+
+
+def test_a_yaml_merge_key_works_and_its_keys_can_be_overridden(tmp_path, monkeypatch):
+    text = (ROOT / "params" / "embedded.yaml").read_text()
+    text = text.replace("eurosat_fedavg_ptq:\n", "eurosat_fedavg_ptq: &eurosat\n", 1)
+    _params_file(tmp_path, monkeypatch, text + "copy:\n  <<: *eurosat\n  num_rounds: 7\n")
+    raw = config.load_raw("embedded")
+    assert raw["copy"]["num_rounds"] == 7 and raw["copy"]["learning_rate"] == raw["eurosat_fedavg_ptq"]["learning_rate"]
+
+
+def test_a_binary_mode_manifest_line_is_read(tmp_path):
+    root = _data_root(tmp_path, {"a.txt": b"x"}, manifest=False)
+    (root / "MANIFEST.sha256").write_text(f"{hashlib.sha256(b'x').hexdigest()} *./a.txt\n")  # sha256sum -b
+    assert require_data_file(root, "a.txt") == root / "a.txt"
+
+
+@pytest.mark.parametrize("task, rows, match", [
+    ("sst2", b"sentence\tlabel\na fine film\t1\na bad film\t2\n", r"SST-2/train.tsv, row 3: label '2' is not allowed for GLUE sst2; it must be an integer class id in \[0, 1\]"),
+    ("sst2", b"sentence\tlabel\na fine film\t\n", r"SST-2/train.tsv, row 2: label '' is not allowed for GLUE sst2"),
+    ("sst2", b"sentence\tlabel\na fine film\tyes\n", r"row 2: label 'yes' is not allowed"),
+    ("stsb", b"index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tlabel\n"
+             b"0\tmain\tf\t2012\t0\ts\ts\ta cat\ta dog\tNaN\n", r"STS-B/train.tsv, row 2: label 'NaN' is not allowed for GLUE stsb; it must be a finite score in \[0, 5\]"),
+])
+def test_a_bad_glue_label_names_the_file_and_row(tmp_path, task, rows, match):
+    from fedpeft.data.glue import TSV_FILES, load_glue_tsv
+
+    folder = TSV_FILES[task][0]
+    root = _data_root(tmp_path, {f"{folder}/train.tsv": rows})
+    with pytest.raises(CorruptDataError, match=match):
+        load_glue_tsv(root, task, "train")
+
+
+def test_a_record_without_scalars_and_a_checkpoint_that_is_a_tensor_are_named(tmp_path):
+    import json
+
+    import torch
+
+    from fedpeft.core import checkpoints
+    from fedpeft.core.records import RecordError, RunRecord
+
+    folder = tmp_path / "run"
+    RunRecord("e", "r", {}, {"x": 1}).write(folder)
+    body = json.loads((folder / "record.json").read_text())
+    del body["scalars"]
+    (folder / "record.json").write_text(json.dumps(body))
+    with pytest.raises(RecordError, match=rf"the result record in {folder} is damaged \(record.json lacks \['scalars'\]\)"):
+        RunRecord.read(folder)
+    torch.save(torch.zeros(2), tmp_path / "rounds.pt")
+    with pytest.raises(ValueError, match=r"checkpoint .*rounds.pt holds a Tensor, not a fedpeft checkpoint"):
+        checkpoints.load(tmp_path / "rounds.pt")
+
+
+def test_a_checkpoint_write_that_fails_names_the_file(tmp_path, monkeypatch):
+    import torch
+
+    from fedpeft.core.files import atomic_torch_save
+
+    def full_disk(*_):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write .*rounds.pt \(RuntimeError: .*inline_container.* MiB are free on its disk"):
+        atomic_torch_save({"x": 1}, tmp_path / "rounds.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_yolo_checkpoint_is_unpickled_only_when_the_manifest_vouches_for_it(tmp_path, monkeypatch):
+    """A crafted .pt in the data root (it would run code on unpickling) is refused, even with checks switched off."""
+    from fedpeft.core.integrity import require_trusted_file
+
+    root = _data_root(tmp_path, {"yolo11s-cls.pt": b"genuine"})
+    assert require_trusted_file(root, "yolo11s-cls.pt") == root / "yolo11s-cls.pt"
+    (root / "yolo11s-cls.pt").write_bytes(b"crafted pickle")
+    monkeypatch.setenv("FEDPEFT_VERIFY_DATA", "0")
+    with pytest.raises(DataFileError, match=r"yolo11s-cls.pt has sha256 .* it is loaded by unpickling .* whatever FEDPEFT_VERIFY_DATA says"):
+        require_trusted_file(root, "yolo11s-cls.pt")
+    (root / "other.pt").write_bytes(b"x")
+    with pytest.raises(DataFileError, match=r"other.pt is not listed in"):
+        require_trusted_file(root, "other.pt")

@@ -26,7 +26,7 @@ def test_valid_section_passes_and_ints_become_floats():
         ({"rounds": True}, "x.rounds = True is not allowed"),
         ({"strategy": "fedsgd"}, "x.strategy = 'fedsgd' is not allowed; it must be one of \\['fedavg', 'fedprox'\\]"),
         ({"lr": 3.0}, "x.lr = 3.0 is not allowed; it must be a finite number in \\[0.0, 1.0\\]"),
-        ({"seeds": []}, "x.seeds = \\[\\] is not allowed; it must be a list of int with at least 1 item"),
+        ({"seeds": []}, "x.seeds = \\[\\] is not allowed; it must be a list of int \\(at least 1\\)"),
         ({"seeds": [0, "a"]}, "x.seeds = \\[0, 'a'\\] is not allowed"),
         ({"limit": 0.5}, "x.limit = 0.5 is not allowed"),
         ({"rounds": None}, "x.rounds = None is not allowed"),

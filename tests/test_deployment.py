@@ -207,3 +207,70 @@ def test_sigterm_stops_every_process_and_removes_the_namespaces(tmp_path):
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0 and "Interrupted" in out, out[-2000:]
     _assert_nothing_left(folders | _job_folders())
+
+
+def test_job_files_are_unpickled_only_with_the_runs_signature(tmp_path, monkeypatch):
+    """A job file written by someone else (a crafted pickle) or changed after signing is refused before unpickling."""
+    import pickle
+
+    from fedpeft.federated.deployment import job
+
+    key = os.urandom(32)
+    job.write_signed({"x": torch.ones(2)}, tmp_path / "client-0.pt", key)
+    assert torch.equal(job.read(tmp_path / "client-0.pt", key)["x"], torch.ones(2))
+    with pytest.raises(PermissionError, match="is not a job file signed with this run's key"):
+        job.read(tmp_path / "client-0.pt", os.urandom(32))
+    data = bytearray((tmp_path / "client-0.pt").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "client-0.pt").write_bytes(bytes(data))
+    with pytest.raises(PermissionError, match="written by someone else or changed"):
+        job.read(tmp_path / "client-0.pt", key)
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    (tmp_path / "client-1.pt").write_bytes(pickle.dumps(RunsCode()))
+    with pytest.raises(PermissionError):
+        job.read(tmp_path / "client-1.pt", key)
+    assert not (tmp_path / "ran").exists()
+    monkeypatch.delenv(job.KEY_ENV, raising=False)
+    with pytest.raises(PermissionError, match="FEDPEFT_JOB_KEY is not set"):
+        job.read(tmp_path / "client-0.pt")
+
+
+@pytest.mark.slow
+def test_what_a_sigkilled_run_leaves_is_removed_by_the_next(tmp_path):
+    """SIGKILL gives the run no chance to clean up: its SuperLink and SuperNodes keep running, with its job folder (and
+    its namespaces where they can be made). clean_orphans, which every run calls first, removes all of it."""
+    from fedpeft.federated.deployment.cleanup import clean_orphans
+
+    script = tmp_path / "long_run.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        from fedpeft.federated.deployment.engine import run_deployment
+        from fedpeft.federated.loop import Client, RoundConfig
+        from fedpeft.federated.network import NetworkModel
+        from fedpeft.federated.strategies import FedAvg
+        from fedpeft.models.head import adapted_head, base_head
+        from fedpeft.training.head import FeatureViews, HeadTrainer
+        labels = torch.arange(8) % 2
+        clients = [Client(f"f{i}", FeatureViews(torch.randn(4, 1, 8), labels[i::2])) for i in range(2)]
+        head = adapted_head(base_head(nn.Linear(8, 2), 0.0), "lora", 2, 4, 0.0, seed=0)
+        run_deployment(head, clients, FedAvg(), HeadTrainer(1, 100, 2, 0.01), RoundConfig(num_rounds=100, exchange="trainable"),
+                       network=NetworkModel([1.0]))
+        """))
+    folders = _job_folders()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len([p for p in _descendants(proc.pid) if "flower-supernode" in " ".join(p.cmdline())]) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started its SuperNodes"
+        time.sleep(0.5)
+    orphans = _descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert any(p.is_running() for p in orphans) and _job_folders() - folders, "SIGKILL left nothing: nothing to test"
+    removed = clean_orphans()
+    assert any(line.startswith("process ") for line in removed) and any(line.startswith("folder ") for line in removed)
+    _assert_nothing_left(folders)

@@ -266,3 +266,26 @@ def test_headline_numbers_read_without_exponents():
     table = readable(pd.DataFrame({"adapter_fp32_bytes": [19_590_000.0], "eval_loss": [2.90351], "seeds": [3], "ok": [True]}))
     assert table.columns.tolist() == ["adapter fp32 (bytes)", "eval loss", "seeds", "ok"]
     assert table.iloc[0].tolist() == ["19,590,000", "2.904", "3", True]
+
+
+@pytest.mark.usefixtures("two_registered_experiments")
+def test_a_diverged_run_is_flagged_in_the_summary_and_a_sound_one_is_not(tmp_path):
+    """The round loop's rule (a final server loss over 100 x the initial one) read back from the records: the lr-10 run
+    that ended at accuracy 0.0 is listed by name; a run whose loss fell, or rose less than 100 x, is not."""
+    from fedpeft.core.records import RunRecord
+    from fedpeft.reporting.summary import diverged_runs
+
+    def history(losses, accuracy):
+        return pd.DataFrame({"round": range(len(losses)), "server_loss": losses, "server_accuracy": accuracy})
+
+    RunRecord("exp_a", "lr10", {}, {}, {"history": history([2.3, 40.0, 2400.0], [0.1, 0.0, 0.0])}).write(tmp_path / "exp_a" / "lr10")
+    RunRecord("exp_a", "fine", {}, {}, {"history": history([2.3, 1.0, 0.5], [0.1, 0.6, 0.8])}).write(tmp_path / "exp_a" / "fine")
+    RunRecord("exp_b", "rose", {}, {}, {"history": history([2.3, 100.0, 229.0], [0.1, 0.1, 0.1])}).write(tmp_path / "exp_b" / "rose")
+    found = diverged_runs(tmp_path)
+    assert found[["experiment", "run"]].values.tolist() == [["exp_a", "lr10"]]
+    assert found["final_server_accuracy"].tolist() == [0.0]
+    (tmp_path / "reports" / "exp_a").mkdir(parents=True)
+    (tmp_path / "reports" / "exp_a" / "headline.md").write_text("**h**\n")
+    text = collect(tmp_path / "reports", tmp_path)
+    assert "**Diverged runs** (a final server loss over 100 times the initial one): 1; their numbers" in text
+    assert "| exp_a        | lr10  |" in text

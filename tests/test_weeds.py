@@ -1,5 +1,7 @@
 """Weeds experiment: dominant-class labels, loaders, the NF4 head, adapters, farmers, the network model."""
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fedpeft.core.integrity import DataFileError
 from fedpeft.data import weeds
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, exchanged_keys, run_federated
@@ -83,16 +86,23 @@ def _write_weedsgalore(root, ids_by_split, size=8):
             mask[: 2 + i] = 3 + i  # classes 3, 4, ... -> label 2
             mask[-1] = 1
             Image.fromarray(mask).save(root / date / "semantics" / f"{image_id}.png")
+    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  ./{f.relative_to(root.parent).as_posix()}"
+             for f in sorted(root.rglob("*")) if f.is_file()]
+    (root.parent / "MANIFEST.sha256").write_text("\n".join(lines) + "\n")  # every data-root file goes through it
 
 
 def test_weedsgalore_loader_on_a_fixture_in_the_release_layout(tmp_path):
-    _write_weedsgalore(tmp_path, {"train": ["2023-05-25_0000", "2023-05-30_0001"], "test": ["2023-05-25_0002"]})
-    train = weeds.load_weedsgalore(tmp_path, "train", size=8)
+    root = tmp_path / "weedsgalore-dataset"
+    _write_weedsgalore(root, {"train": ["2023-05-25_0000", "2023-05-30_0001"], "test": ["2023-05-25_0002"]})
+    train = weeds.load_weedsgalore(root, "train", size=8)
     assert len(train) == 2 and train.labels.tolist() == [2, 2]
     assert train.images[0, :, 0, 0].tolist() == [10, 20, 30]  # R, G, B bands in that order
     assert list(train.groups) == ["2023-05-25_0000", "2023-05-30_0001"]
     with pytest.raises(FileNotFoundError, match="val.txt"):
-        weeds.load_weedsgalore(tmp_path, "val", size=8)
+        weeds.load_weedsgalore(root, "val", size=8)
+    (root / "2023-05-25" / "semantics" / "2023-05-25_0000.png").write_bytes(b"swapped")
+    with pytest.raises(DataFileError, match=r"2023-05-25_0000.png has sha256 .* but .*MANIFEST.sha256 records"):
+        weeds.load_weedsgalore(root, "train", size=8)
 
 
 def test_cwfid_split_keeps_the_doubly_listed_image_in_test_only(tmp_path, monkeypatch):

@@ -98,10 +98,14 @@ def plain(obj: Any) -> Any:
 def load(path: Path) -> Any:
     """Read a checkpoint file (tensors and plain values only); a damaged file is an error naming it."""
     try:
-        return torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a cut-off or foreign file: say which and what to do
         raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is damaged or not a fedpeft "
                          "checkpoint. Delete it to start the run afresh.") from exc
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(saved).__name__}, not a fedpeft checkpoint (a dict). Delete it to "
+                         "start the run afresh.")
+    return saved
 
 
 @dataclass

@@ -51,16 +51,54 @@ class Spec:
             what = f"one of {list(self.choices)}"
         elif self.kind is list:
             what = f"a list of {'distinct ' if self.unique else ''}{self.item.__name__}" + (
-                f" with at least {self.min_items} item(s)" if self.min_items else "")
+                f" (at least {self.min_items})" if self.min_items else "")
         else:
             what = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(self.kind, self.kind.__name__)
         if self.low is not None or self.high is not None:
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high
-            what += f" in [{lo}, {hi}]"
+            what += f"{', each' if self.kind is list else ''} in [{lo}, {hi}]"
         if self.nullable:
             what += " or null"
         return what
+
+
+#: Seeds every generator of the study accepts (numpy's legacy seeding stops at 2**32 - 1; a negative seed is refused).
+SEED_LOW, SEED_HIGH = 0, 2**32 - 1
+#: torch threads a run may ask for (0: torch's default, one per core); libgomp fails far below 100,000.
+MAX_TORCH_THREADS = 1024
+
+
+def seed_spec(doc: str = "") -> Spec:
+    return Spec(int, low=SEED_LOW, high=SEED_HIGH, doc=doc)
+
+
+def seeds_spec(doc: str = "") -> Spec:
+    """A list of distinct seeds, at least one."""
+    return Spec(list, item=int, unique=True, min_items=1, low=SEED_LOW, high=SEED_HIGH, doc=doc)
+
+
+def threads_spec() -> Spec:
+    return Spec(int, low=0, high=MAX_TORCH_THREADS, doc="torch's intra-op threads; 0: torch's default (one per core)")
+
+
+def _escaped(key: Any) -> str:
+    """For a key with non-ASCII characters (a Cyrillic е prints like an e), how it is written, escaped."""
+    return "" if str(key).isascii() else f" (written {ascii(key)}: it holds non-ASCII characters)"
+
+
+def _number_as_text(value: Any, spec: Spec) -> str:
+    """A hint when YAML read a number as text (YAML 1.1 reads ``1e-3`` as a string: it wants ``1.0e-3``)."""
+    if spec.kind in (int, float) or (spec.kind is list and spec.item in (int, float)):
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                try:
+                    number = float(v)
+                except ValueError:
+                    continue
+                return (f" (YAML read {v!r} as text, not a number: write it as {number!r}, or with a dot before the "
+                        "exponent, such as 1.0e-3)")
+    return ""
 
 
 def _type_ok(value: Any, kind: type) -> bool:
@@ -90,10 +128,11 @@ def validate_section(section: str, values: Mapping[str, Any], schema: Mapping[st
     """
     if not isinstance(values, Mapping):
         raise ParameterError(f"{section}: expected a mapping of settings, got {type(values).__name__}")
-    unknown = sorted(set(values) - set(schema))
+    unknown = sorted(set(values) - set(schema), key=repr)  # keys of different types (an int and a str) sort by repr
     if unknown:
         raise ParameterError(
-            f"{section}.{unknown[0]}: unknown setting (value {values[unknown[0]]!r}); allowed keys: {sorted(schema)}"
+            f"{section}.{unknown[0]}: unknown setting{_escaped(unknown[0])} (value {values[unknown[0]]!r}); allowed keys: "
+            f"{sorted(schema)}"
         )
     missing = sorted(set(schema) - set(values))
     if missing:
@@ -113,10 +152,10 @@ def validate_section(section: str, values: Mapping[str, Any], schema: Mapping[st
                 raise ParameterError(f"{name} = {value!r} repeats {repeated}; it must be {spec.allowed()} "
                                      "(a repeated seed would count one run twice)")
             if not ok:
-                raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}")
+                raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}{_number_as_text(value, spec)}")
             value = [float(v) if spec.item is float else v for v in value]
         elif not _check_scalar(value, spec.kind, spec):
-            raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}")
+            raise ParameterError(f"{name} = {value!r} is not allowed; it must be {spec.allowed()}{_number_as_text(value, spec)}")
         elif spec.kind is float:
             value = float(value)
         out[key] = value
@@ -143,27 +182,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise ParameterError(f"{self.name}: key {key!r} is given twice (lines {seen[key] + 1} and "
                                      f"{key_node.start_mark.line + 1}); keep one")
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # SafeLoader's: merges ``<<`` keys, then builds the dict
 
 
 def load_raw(profile: str) -> dict[str, Any]:
     path = params_path(profile)
     if not path.is_file():
         raise FileNotFoundError(f"parameters file for profile {profile!r} not found: {path}")
-    with path.open() as fh:
-        loader = _UniqueKeyLoader(fh)
-        loader.name = str(path)
-        try:
-            raw = loader.get_single_data()
-        finally:
-            loader.dispose()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParameterError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the parameters file as UTF-8") from err
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        raw = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ParameterError(f"{path}: not valid YAML ({err})") from err
+    finally:
+        loader.dispose()
     if raw is None:
-        return {}
+        raise ParameterError(f"{path} is empty; it must hold a common section and one section per experiment")
     if not isinstance(raw, dict):
         raise ParameterError(f"{path}: expected a mapping of sections (common, one per experiment), got {type(raw).__name__}")
     return raw

@@ -56,7 +56,8 @@ def _parse_manifest(manifest: Path, mtime_ns: int) -> dict[str, str]:  # noqa: A
         if len(parts) != 2 or len(parts[0]) != 64:
             raise DataFileError(f"{manifest}, line {number}: {line!r} is not '<sha256> <path>'; "
                                 f"restore the manifest from the data source. {HOW_TO_SKIP}")
-        entries[parts[1].strip().removeprefix("./")] = parts[0].lower()
+        # ``sha256sum -b`` marks binary mode with a ``*`` before the path: the same file
+        entries[parts[1].strip().removeprefix("*").removeprefix("./")] = parts[0].lower()
     return entries
 
 
@@ -100,3 +101,20 @@ def decoding(path: Path | str, what: str):
     except Exception as exc:  # noqa: BLE001 - any decoder error means the same thing here
         raise CorruptDataError(f"cannot read {path} as {what}: {type(exc).__name__}: {exc}. Restore the file from its "
                                f"source (see the data root's README).") from exc
+
+
+def require_trusted_file(data_root: Path, relative_path: str) -> Path:
+    """:func:`require_data_file` that always checks the manifest, ``FEDPEFT_VERIFY_DATA=0`` or not: for a file that is
+    unpickled to be loaded (a YOLO ``.pt`` checkpoint: ultralytics loads it with ``weights_only=False``), where a
+    swapped file would run its code, so only the file the manifest records may be read."""
+    path = Path(data_root) / relative_path
+    if not path.is_file():
+        raise DataFileError(f"data file not found: {path}. {HOW_TO_GET_DATA}")
+    expected = read_manifest(data_root).get(relative_path)
+    actual = sha256_of(path)
+    if expected is None or actual != expected:
+        why = "is not listed in" if expected is None else f"has sha256 {actual}, but the manifest records {expected} in"
+        raise DataFileError(f"{path} {why} {Path(data_root) / MANIFEST_NAME}; it is loaded by unpickling (which runs any code "
+                            "the file holds), so it is read only when the manifest vouches for it, whatever "
+                            f"{SKIP_VARIABLE} says. Restore the file from its source or add its line to the manifest.")
+    return path

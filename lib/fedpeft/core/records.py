@@ -128,13 +128,21 @@ class RunRecord:
             raise RecordError(f"no result record at {path}: run its stage (make repro) or run the notebook")
         try:
             body = json.loads(path.read_text())
+            if not isinstance(body, dict):
+                raise ValueError(f"record.json holds a {type(body).__name__}, not an object")
+            absent = [k for k in RECORD_KEYS if k not in body]
+            if absent:
+                raise ValueError(f"record.json lacks {absent}")
             dtypes = body.get("dtypes", {})
             tables = {name: pd.read_csv(folder / f"{name}.csv", dtype=dtypes.get(name)) for name in body["tables"]}
             arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in body["arrays"]}
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise RecordError(f"the result record in {folder} is damaged ({err}); delete the folder and rerun its stage") from err
         return cls(body["experiment"], body["run_id"], body["spec"], body["scalars"], tables, arrays, body["meta"])
 
+
+#: What every record.json holds.
+RECORD_KEYS = ("experiment", "run_id", "spec", "scalars", "tables", "arrays", "meta")
 
 #: Tables measured on the wire rather than computed: they vary from run to run like a timing.
 VOLATILE_TABLES = {"link_bytes": "bytes counted on the Deployment Engine's shaped sockets, its polls and heartbeats "

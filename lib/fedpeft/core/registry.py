@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 #: Where the study's own experiment packages are (found by their ``experiment.py``; imported by name, never statically,
 #: so that this lowest layer does not import the experiments).
@@ -101,6 +102,13 @@ class Experiment:
     @property
     def kind_keys(self) -> dict[str, frozenset[str]]:
         return {k: frozenset(v) for k, v in getattr(self.settings, "KIND_KEYS", {}).items()}
+
+    def data_files(self, settings: Any) -> list[str]:
+        """The data-root files its runs read under ``settings`` (``settings.data_files``; none when it declares
+        nothing): manifest paths, a trailing ``/`` for a whole folder. Their manifest lines make the run stages'
+        data lock (:mod:`fedpeft.experiments.data_lock`)."""
+        found = getattr(self.settings, "data_files", None)
+        return list(found(settings)) if found is not None else []
 
     @property
     def report_inputs(self) -> tuple[str, ...]:

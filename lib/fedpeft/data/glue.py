@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedpeft.core.integrity import decoding, require_data_file
+from fedpeft.core.integrity import CorruptDataError, decoding, require_data_file
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,41 @@ def get_task(name: str) -> GlueTask:
     return TASKS[name]
 
 
-def _table(text_a: Sequence[str], text_b: Sequence[str] | None, labels: Sequence, task: GlueTask) -> pd.DataFrame:
+STSB_RANGE = (0.0, 5.0)  # STS-B's similarity scores
+
+
+def check_labels(labels: Sequence, task: GlueTask, where: str, first_row: int = 0) -> np.ndarray:
+    """The labels as an array (int64 class ids, or float32 scores for a regression task), each checked: a class id
+    must be an integer in ``[0, num_labels)``, a score a finite number (STS-B's in [0, 5]). A bad one is a
+    :class:`~fedpeft.core.integrity.CorruptDataError` naming ``where`` and its row (``first_row`` + position: a file's
+    line number)."""
+    out = np.empty(len(labels), dtype=np.float32 if task.is_regression else np.int64)
+    for i, raw in enumerate(labels):
+        text = str(raw).strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if task.is_regression:
+            lo, hi = STSB_RANGE if task.name == "stsb" else (-np.inf, np.inf)
+            ok = np.isfinite(value) and lo <= value <= hi
+            allowed = f"a finite score in [{lo:g}, {hi:g}]" if task.name == "stsb" else "a finite number"
+        else:
+            ok = np.isfinite(value) and value == int(value) and 0 <= value < task.num_labels
+            allowed = f"an integer class id in [0, {task.num_labels - 1}]"
+        if not ok:
+            raise CorruptDataError(f"{where}, row {first_row + i}: label {text!r} is not allowed for GLUE {task.name}; it "
+                                   f"must be {allowed}. Fix or remove that row.")
+        out[i] = value
+    return out
+
+
+def _table(text_a: Sequence[str], text_b: Sequence[str] | None, labels: Sequence, task: GlueTask, where: str = "the labels",
+           first_row: int = 0) -> pd.DataFrame:
     df = pd.DataFrame({"text_a": list(text_a)})
     if text_b is not None:
         df["text_b"] = list(text_b)
-    df["label"] = np.asarray(labels, dtype=np.float32 if task.is_regression else np.int64)
+    df["label"] = check_labels(list(labels), task, where, first_row)
     return df
 
 
@@ -88,7 +118,7 @@ def load_glue_tsv(data_root: Path, task: str, split: str, verify: bool = True) -
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; it has {list(raw.columns)}")
     text_b = raw[columns["text_b"]].str.strip() if "text_b" in columns else None
-    return _table(raw[columns["text_a"]].str.strip(), text_b, raw[columns["label"]], spec)
+    return _table(raw[columns["text_a"]].str.strip(), text_b, raw[columns["label"]], spec, str(path), first_row=2)  # line 1: header
 
 
 def load_glue_hub(task: str, split: str, dataset: str = "nyu-mll/glue") -> pd.DataFrame:
@@ -99,7 +129,7 @@ def load_glue_hub(task: str, split: str, dataset: str = "nyu-mll/glue") -> pd.Da
     hub_split = spec.eval_split if split == "validation" else split
     ds = datasets.load_dataset(dataset, task, split=hub_split)
     cols = spec.text_columns
-    return _table(ds[cols[0]], ds[cols[1]] if len(cols) > 1 else None, ds["label"], spec)
+    return _table(ds[cols[0]], ds[cols[1]] if len(cols) > 1 else None, ds["label"], spec, f"{dataset} {task} {hub_split}")
 
 
 _SUBJECTS = ["the film", "this movie", "the plot", "the acting", "the story", "the script", "the cast", "the ending"]

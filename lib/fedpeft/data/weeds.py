@@ -204,10 +204,11 @@ WEEDSGALORE_BANDS = ("R", "G", "B")
 
 def weedsgalore_ids(root: Path, split: str) -> list[str]:
     """Image ids of a published split (``<root>/splits/<split>.txt``, one id such as ``2023-05-25_0001`` per line)."""
-    path = Path(root) / "splits" / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"WeedsGalore split file not found: {path}; the release has splits/train.txt, "
-                                f"splits/val.txt and splits/test.txt beside its per-date folders")
+    root = Path(root)
+    if not (root / "splits" / f"{split}.txt").is_file():
+        raise FileNotFoundError(f"WeedsGalore split file not found: {root / 'splits' / f'{split}.txt'}; the release has "
+                                "splits/train.txt, splits/val.txt and splits/test.txt beside its per-date folders")
+    path = require_data_file(root.parent, f"{root.name}/splits/{split}.txt")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -221,17 +222,15 @@ def load_weedsgalore(root: Path, split: str, size: int, class_map: Mapping[int, 
         date = image_id.split("_")[0]
         bands = []
         for band in WEEDSGALORE_BANDS:
-            p = root / date / "images" / f"{image_id}_{band}.png"
-            if not p.is_file():
-                raise FileNotFoundError(f"WeedsGalore band image not found: {p}")
-            bands.append(np.asarray(Image.open(p)))
+            p = require_data_file(root.parent, f"{root.name}/{date}/images/{image_id}_{band}.png")  # the manifest's line
+            with decoding(p, "a WeedsGalore band image"):
+                bands.append(np.asarray(Image.open(p)))
         stacked = np.stack(bands, axis=-1)
         if stacked.dtype != np.uint8:  # 16-bit bands: scale each image to 8 bits
             stacked = (stacked.astype(np.float32) / max(float(stacked.max()), 1.0) * 255).astype(np.uint8)
         images.append(stacked)
-        m = root / date / "semantics" / f"{image_id}.png"
-        if not m.is_file():
-            raise FileNotFoundError(f"WeedsGalore semantic mask not found: {m}")
-        masks.append(np.asarray(Image.open(m)))
+        m = require_data_file(root.parent, f"{root.name}/{date}/semantics/{image_id}.png")
+        with decoding(m, "a WeedsGalore semantic mask"):
+            masks.append(np.asarray(Image.open(m)))
     names = tuple(f"class {k}+" if k == max(class_map) else f"class {k}" for k in sorted(class_map))
     return samples_from_masks(images, masks, ids, class_map, names, size, (1, 1), min_plant_fraction)

@@ -141,13 +141,23 @@ def render_pipeline(profile: str) -> str:
         report_deps = [notebook]
         settings = declared.load(profile)
         specs = declared.run_specs(settings)
+        data_deps = []
+        if declared.data_files(settings):  # the data-root files its runs read: a lock stage, on which every run depends
+            lock = f"results/${{profile}}/data_lock/{experiment}.json"
+            out += [f"  data_lock_{experiment}:", "    wdir: ${root}",
+                    f"    cmd: exec python -m fedpeft.experiments.data_lock --profile ${{profile}} --experiment {experiment}",
+                    "    always_changed: true", "    deps:",
+                    *[f"      - {d}" for d in _module_paths({"fedpeft.experiments.data_lock", f"{declared.package}.settings"})],
+                    "    params:", "      - params/${profile}.yaml:", "          - common.data_root", f"          - {experiment}",
+                    "    outs:", _persisting(lock).rstrip("\n"), ""]
+            data_deps = [lock]
         for kind in dict.fromkeys(spec.kind for spec in specs):
             ids = [spec.run_id for spec in specs if spec.kind == kind]
             keys = run_stages.run_keys(experiment, settings.params, kind)
             out += [f"  {experiment}_{kind}:", "    foreach:", *[f"      - {i}" for i in ids], "    do:", "      wdir: ${root}",
                     "      cmd: >-", f"        exec {RUN_STAGE_CMD} --profile ${{profile}} --experiment {experiment}",
                     "        --run ${item} --no-progress", "      deps:",
-                    *[f"        - {d}" for d in run_stage_dependencies(experiment)],
+                    *[f"        - {d}" for d in [*data_deps, *run_stage_dependencies(experiment)]],
                     "      params:", "        - params/${profile}.yaml:", "            - common.data_root",
                     *[f"            - {experiment}.{k}" for k in keys],
                     "      outs:", f"        - results/${{profile}}/{experiment}/${{item}}:", "            cache: false",
@@ -166,7 +176,7 @@ def render_pipeline(profile: str) -> str:
                                           f"          x: {x}\n          y: {y}\n").rstrip("\n"), ""]
     # the registry imports each experiment's declaration by name (not seen in the imports): its order and titles
     declarations = _module_paths({f"{e.package}.experiment" for e in experiments})
-    summary_deps = ([f"reports/${{profile}}/{e}" for e in registry.names()]
+    summary_deps = ([f"reports/${{profile}}/{e}" for e in registry.names()] + [f"results/${{profile}}/{e}" for e in registry.names()]
                     + sorted(set(_module_paths({"fedpeft.reporting.summary"})) | set(declarations)))
     out += ["  summary:", "    wdir: ${root}", "    cmd: python -m fedpeft.reporting.summary --profile ${profile}", "    deps:",
             *[f"      - {d}" for d in summary_deps], "    outs:", _persisting("reports/${profile}/SUMMARY.md").rstrip("\n"),

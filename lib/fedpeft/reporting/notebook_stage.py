@@ -23,8 +23,6 @@ with CurveZMQ keys that the kernel manager makes (:func:`execute`).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -34,37 +32,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
-
 from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
+from fedpeft.core.supervise import die_with_parent as _die_with_parent
+from fedpeft.core.supervise import end_process_tree
 
-PR_SET_PDEATHSIG = 1
 #: Set for the notebook: the run stages have already written every record it reads (same name as
 #: ``fedpeft.experiments.runs.RECORDS_ONLY_ENV``, which this layer may not import).
 RECORDS_ONLY_ENV = "FEDPEFT_RECORDS_ONLY"
 RESULTS_ENV = "FEDPEFT_RESULTS_DIR"  # fedpeft.core.records.RESULTS_ENV
-
-
-def _die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-
-
-def end_process_tree(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM ``pid`` and all its descendants, then SIGKILL whatever is left after ``timeout_s``."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [*root.children(recursive=True), root]
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
 
 
 BUSY_EXIT = 75  # EX_TEMPFAIL: try again later

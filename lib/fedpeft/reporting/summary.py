@@ -14,6 +14,7 @@ import pandas as pd
 from fedpeft.core import registry
 from fedpeft.core.config import COMMON_SCHEMA, PROFILES, REPO_ROOT, load_raw, validate_section
 from fedpeft.core.files import atomic_write_text
+from fedpeft.core.records import results_root
 from fedpeft.reporting.claims import VERDICTS
 from fedpeft.reporting.claims import tally as count_verdicts
 
@@ -64,7 +65,30 @@ def compute_per_experiment(reports_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def collect(reports_dir: Path) -> str:
+def diverged_runs(results_dir: Path) -> pd.DataFrame:
+    """Every run whose server loss ended over ``DIVERGENCE_FACTOR`` times its round-0 loss (the round loop's own
+    divergence rule, which also warns while the run trains), from the ``history`` tables of the records under
+    ``results_dir`` (``results/<profile>``): experiment, run, the two losses and the last server accuracy."""
+    from fedpeft.core.records import RecordError, RunRecord
+    from fedpeft.federated.loop import DIVERGENCE_FACTOR
+
+    rows = []
+    for name in registry.names():
+        for folder in sorted(p for p in (Path(results_dir) / name).glob("*") if (p / "record.json").is_file()):
+            try:
+                history = RunRecord.read(folder).tables.get("history")
+            except RecordError:
+                continue
+            if history is None or "server_loss" not in history or history.empty:
+                continue
+            start, end = float(history["server_loss"].iloc[0]), float(history["server_loss"].iloc[-1])
+            if start > 0 and end > DIVERGENCE_FACTOR * start:
+                rows.append({"experiment": name, "run": folder.name, "initial_server_loss": start, "final_server_loss": end,
+                             "final_server_accuracy": history["server_accuracy"].iloc[-1] if "server_accuracy" in history else None})
+    return pd.DataFrame(rows, columns=["experiment", "run", "initial_server_loss", "final_server_loss", "final_server_accuracy"])
+
+
+def collect(reports_dir: Path, results_dir: Path | None = None) -> str:
     """Markdown gathering every experiment folder's headline and claims (``headline.md``, ``claims.csv``) under
     ``reports_dir``, with a verdict tally per experiment and each claim linked to its evidence."""
     sections = []
@@ -106,6 +130,13 @@ def collect(reports_dir: Path) -> str:
     if not compute.empty:
         head += ("\n**Compute**: wall time of every run stage behind the reports (hours; the reports' *Compute* sections give "
                  "each run's), and the devices they ran on.\n\n" + compute.to_markdown(index=False) + "\n")
+    if results_dir is not None:
+        from fedpeft.federated.loop import DIVERGENCE_FACTOR
+
+        diverged = diverged_runs(results_dir)
+        head += (f"\n**Diverged runs** (a final server loss over {DIVERGENCE_FACTOR:g} times the initial one): "
+                 + ("none.\n" if diverged.empty else f"{len(diverged)}; their numbers are not a finding of their method.\n\n"
+                    + diverged.to_markdown(index=False) + "\n"))
     return head + "\n" + "\n\n".join(sections)
 
 
@@ -136,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     common = validate_section("common", load_raw(args.profile).get("common", {}), COMMON_SCHEMA)
     reports_dir = REPO_ROOT / common["reports_dir"]
     write_verdict_figure(reports_dir, args.profile)
-    atomic_write_text(reports_dir / "SUMMARY.md", collect(reports_dir))
+    atomic_write_text(reports_dir / "SUMMARY.md", collect(reports_dir, results_root(args.profile)))
     print(f"wrote {reports_dir / 'SUMMARY.md'}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.config import SEED_HIGH, SEED_LOW, Settings, Spec, load_settings, seeds_spec, threads_spec
 from fedpeft.federated.partition import SCHEMES
 from fedpeft.quantization.ptq import PTQ_METHODS
 
@@ -18,31 +18,31 @@ ENGINES = ("inprocess", "flower")
 SCHEMA: dict[str, Spec] = {
     "source": Spec(str, choices=("generated", "eurosat_zip", "hub"), doc="where the images come from"),
     "hub_dataset": Spec(str, doc="hub name (or save_to_disk folder) for source=hub"),
-    "generated_images_per_class": Spec(int, low=4, doc="images per class for source=generated"),
+    "generated_images_per_class": Spec(int, low=4, high=10_000, doc="images per class for source=generated"),
     "verify_checksum": Spec(bool, doc="check the zip against the data root's MANIFEST.sha256"),
     "global_test_fraction": Spec(float, low=0.05, high=0.5, doc="share held out as the server's test set (not for hub)"),
     "num_clients": Spec(int, low=1, high=10_000),
     "client_test_fraction": Spec(float, low=0.0, high=0.9, doc="each client's local test split"),
     "partition": Spec(str, choices=SCHEMES, doc="the main partition scheme (the seed: iid)"),
-    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the main runs"),
+    "seeds": seeds_spec(doc="seeds of the main runs"),
     "compare_partitions": Spec(list, item=str, choices=SCHEMES, doc="extra partition schemes"),
-    "compare_seeds": Spec(list, item=int, unique=True, doc="seeds of the extra partition runs"),
-    "dirichlet_alpha": Spec(float, low=1e-3, doc="Dirichlet concentration; smaller = more label skew"),
+    "compare_seeds": Spec(list, item=int, unique=True, low=SEED_LOW, high=SEED_HIGH, doc="seeds of the extra partition runs"),
+    "dirichlet_alpha": Spec(float, low=1e-3, high=1e6, doc="Dirichlet concentration; smaller = more label skew"),
     "num_rounds": Spec(int, low=1, high=10_000),
     "local_epochs": Spec(int, low=1, high=1000),
     "batch_size": Spec(int, low=1, high=65_536),
     "learning_rate": Spec(float, low=1e-8, high=10.0),
     "fraction_train": Spec(float, low=0.01, high=1.0),
-    "time_limit_s": Spec(float, low=1.0, nullable=True, doc="stop between rounds after this many seconds"),
+    "time_limit_s": Spec(float, low=1.0, high=1e7, nullable=True, doc="stop between rounds after this many seconds"),
     "train_precision": Spec(str, choices=("auto", "fp32", "bf16"), doc="auto: bf16 only on CPUs with native bf16"),
     "channels_last": Spec(bool),
     "eval_batch_size": Spec(int, low=1, high=65_536),
     "ptq_methods": Spec(list, item=str, choices=PTQ_METHODS, min_items=1),
-    "calibration_images": Spec(int, low=1, doc="training images that calibrate int8_static"),
-    "price_usd_per_mib": Spec(float, low=0.0, doc="link price; the seed's satellite link: $5 per MB (= MiB)"),
-    "extra_rounds": Spec(int, low=0, doc="an extra run with this many rounds (0: none), to show what more rounds give"),
+    "calibration_images": Spec(int, low=1, high=1_000_000, doc="training images that calibrate int8_static"),
+    "price_usd_per_mib": Spec(float, low=0.0, high=1e12, doc="link price; the seed's satellite link: $5 per MB (= MiB)"),
+    "extra_rounds": Spec(int, low=0, high=10_000, doc="an extra run with this many rounds (0: none), to show what more rounds give"),
     "engine": Spec(str, choices=ENGINES),
-    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+    "torch_threads": threads_spec(),
 }
 
 #: Keys that decide which runs exist (a run's own partition, seed and rounds are in its spec).
@@ -55,3 +55,6 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     return load_settings(profile, EXPERIMENT, SCHEMA, overrides)
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read."""
+    return ["eurosat/EuroSAT_RGB.zip"] if s["source"] == "eurosat_zip" else []  # fedpeft.data.eurosat.EUROSAT_ZIP

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.config import Settings, Spec, load_settings, seed_spec, seeds_spec, threads_spec
 from fedpeft.data import glue
 from fedpeft.federated.lora_aggregation import ROUND_METHODS
 
@@ -20,17 +20,17 @@ SCHEMA: dict[str, Spec] = {
     "model": Spec(str, doc="tiny-roberta, minilm, or a hub id such as FacebookAI/roberta-base"),
     "main_task": Spec(str, choices=tuple(glue.TASKS), doc="task of the aggregation x sharding grid"),
     "extra_tasks": Spec(list, item=str, choices=tuple(glue.TASKS), doc="tasks run with svd and naive on IID shards, every seed"),
-    "train_examples": Spec(int, low=0, doc="training examples drawn (stratified) from the task's train split; 0 = all"),
-    "extra_train_examples": Spec(int, low=0, doc="training examples of each extra task; 0 = all"),
-    "eval_examples": Spec(int, low=0, doc="validation examples used; 0 = all"),
-    "pretrain_examples": Spec(int, low=0, doc="tiny-roberta only: generated sentences its encoder is first trained on"),
+    "train_examples": Spec(int, low=0, high=10_000_000, doc="training examples drawn (stratified) from the task's train split; 0 = all"),
+    "extra_train_examples": Spec(int, low=0, high=10_000_000, doc="training examples of each extra task; 0 = all"),
+    "eval_examples": Spec(int, low=0, high=10_000_000, doc="validation examples used; 0 = all"),
+    "pretrain_examples": Spec(int, low=0, high=10_000_000, doc="tiny-roberta only: generated sentences its encoder is first trained on"),
     "max_length": Spec(int, low=8, high=512, doc="tokens per example after truncation"),
     "num_clients": Spec(int, low=1, high=1000),
     "shardings": Spec(list, item=str, choices=SHARDINGS, min_items=1),
     "repeat_shardings": Spec(list, item=str, choices=SHARDINGS,
                              doc="shardings (besides iid) whose runs repeat over every seed, so aggregations compare with an interval"),
     "overlap_ratio": Spec(float, low=0.0, high=0.95, doc="overlap sharding: share of examples every client holds"),
-    "dirichlet_alpha": Spec(float, low=1e-3),
+    "dirichlet_alpha": Spec(float, low=1e-3, high=1e6),
     "aggregations": Spec(list, item=str, choices=ROUND_METHODS, min_items=1),
     "num_rounds": Spec(int, low=1, high=1000),
     "local_epochs": Spec(float, low=0.01, high=100.0, doc="local epochs per round (fractions allowed)"),
@@ -38,20 +38,20 @@ SCHEMA: dict[str, Spec] = {
     "eval_batch_size": Spec(int, low=1, high=4096),
     "learning_rate": Spec(float, low=1e-7, high=1.0),
     "lora_rank": Spec(int, low=1, high=1024),
-    "lora_alpha": Spec(float, low=1e-3),
+    "lora_alpha": Spec(float, low=1e-3, high=10_000),
     "lora_dropout": Spec(float, low=0.0, high=0.9),
     "target_modules": Spec(list, item=str, min_items=1),
     "svd_rank": Spec(int, low=1, high=1024),
     "compress_client_rank": Spec(int, low=0, high=1024, doc="extra runs (every seed): clients train at this rank, svd to svd_rank (0: none)"),
-    "grid_seed": Spec(int),
-    "seeds": Spec(list, item=int, unique=True, min_items=1, doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
-    "error_study_clients": Spec(list, item=int, min_items=1, doc="client counts of the one-round aggregation-error study"),
+    "grid_seed": seed_spec(),
+    "seeds": seeds_spec(doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
+    "error_study_clients": Spec(list, item=int, low=1, high=1000, min_items=1, doc="client counts of the one-round aggregation-error study"),
     "error_study_shardings": Spec(list, item=str, choices=SHARDINGS, min_items=1),
     "merge_clients": Spec(int, low=2, high=1000, doc="adapters merged one-shot"),
     "full_finetune_lr": Spec(float, low=1e-8, high=1.0),
     "warm_start": Spec(bool, doc="extra run: svd on IID shards starting from the centralized LoRA adapter"),
     "evaluate_clients": Spec(bool, doc="evaluate the fused model on each client's shard every round"),
-    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+    "torch_threads": threads_spec(),
 }
 
 #: Keys that decide which runs exist (a run's task, method, sharding, seed and rank are in its spec).
@@ -82,3 +82,8 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     return s
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read: each task's
+    GLUE folder (``fedpeft.data.glue.TSV_FILES``)."""
+    folders = {"sst2": "glue/SST-2/", "mrpc": "glue/MRPC/", "stsb": "glue/STS-B/"}
+    return [folders[t] for t in [s["main_task"], *s["extra_tasks"]] if t in folders] if s["source"] == "tsv" else []

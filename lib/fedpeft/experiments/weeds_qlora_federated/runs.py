@@ -27,6 +27,7 @@ from fedpeft.core import checkpoints
 from fedpeft.core.config import Settings
 from fedpeft.core.device import run_device
 from fedpeft.core.files import atomic_torch_save
+from fedpeft.core.integrity import require_trusted_file
 from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import weeds
@@ -189,7 +190,7 @@ def cache_features(s: Settings, backbone: Backbone, splits: Splits, progress: bo
 def make_backbone(s: Settings, splits: Splits) -> Backbone:
     """The profile's backbone with a head for the data's classes; a backbone without pretrained weights gets its
     BatchNorm statistics from the training images (:func:`calibrate_batchnorm`), since its initial ones collapse."""
-    checkpoint = s.data_root / s["backbone_checkpoint"] if s["backbone_checkpoint"] else None
+    checkpoint = require_trusted_file(s.data_root, s["backbone_checkpoint"]) if s["backbone_checkpoint"] else None
     backbone = build_backbone(s["backbone"], len(splits.train.class_names), seed=0, checkpoint=checkpoint)
     if backbone.weights.startswith("random"):
         calibrate_batchnorm(backbone, splits.train.images)

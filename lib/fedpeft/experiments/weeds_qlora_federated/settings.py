@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedpeft.core.config import Settings, Spec, load_settings
+from fedpeft.core.config import Settings, Spec, load_settings, seeds_spec, threads_spec
 from fedpeft.models.backbones import BACKBONES
 from fedpeft.models.head import ARMS, COMPUTE_DTYPES
 
@@ -19,10 +19,10 @@ SCENARIOS = ("centralized", "fedavg", "diloco", "diloco_nesterov")
 ENGINES = ("inprocess", "flower", "deployment")
 SCHEMA: dict[str, Spec] = {
     "source": Spec(str, choices=SOURCES, doc="generated fields, CWFID tiles (local) or WeedsGalore (paper)"),
-    "generated_fields": Spec(int, low=6, doc="fields generated for source=generated"),
+    "generated_fields": Spec(int, low=6, high=10_000, doc="fields generated for source=generated"),
     "weedsgalore_dir": Spec(str, doc="WeedsGalore release folder, relative to the data root"),
     "image_size": Spec(int, low=32, high=1024, doc="pixels; samples are resized to image_size x image_size"),
-    "tile_grid": Spec(list, item=int, min_items=2, doc="[rows, cols] tiles per CWFID image"),
+    "tile_grid": Spec(list, item=int, low=1, high=64, min_items=2, doc="[rows, cols] tiles per CWFID image"),
     "min_plant_fraction": Spec(float, low=0.0, high=1.0, doc="tiles with less plant area have no dominant plant"),
     "val_fraction": Spec(float, low=0.05, high=0.5, doc="share of training fields held out for validation"),
     "test_fraction": Spec(float, low=0.05, high=0.5, doc="share of fields for the test set (source=generated, folds=0)"),
@@ -35,7 +35,7 @@ SCHEMA: dict[str, Spec] = {
     "arm": Spec(str, choices=ARMS, doc="the main adapter: qlora (NF4 head + LoRA) or lora"),
     "compare_arms": Spec(list, item=str, choices=ARMS, doc="other adapters run on the FedAvg scenario"),
     "lora_rank": Spec(int, low=1, high=4096),
-    "lora_alpha": Spec(float, low=1e-6),
+    "lora_alpha": Spec(float, low=1e-6, high=10_000),
     "lora_dropout": Spec(float, low=0.0, high=0.99),
     "target_module": Spec(str, doc="the head's linear layer"),
     "compute_dtype": Spec(str, choices=tuple(COMPUTE_DTYPES), doc="NF4 compute dtype (the seed: fp16 on its GPU)"),
@@ -43,33 +43,33 @@ SCHEMA: dict[str, Spec] = {
     "batch_size": Spec(int, low=1, high=65_536),
     "learning_rate": Spec(float, low=1e-8, high=10.0),
     "weight_decay": Spec(float, low=0.0, high=1.0),
-    "centralized_rounds": Spec(int, low=1, doc="evaluations of the centralized run (its steps = rounds x local steps)"),
-    "centralized_local_steps": Spec(int, low=1),
-    "fedavg_rounds": Spec(int, low=1),
-    "fedavg_local_steps": Spec(int, low=1),
-    "diloco_rounds": Spec(int, low=1),
-    "diloco_local_steps": Spec(int, low=1),
+    "centralized_rounds": Spec(int, low=1, high=10_000, doc="evaluations of the centralized run (its steps = rounds x local steps)"),
+    "centralized_local_steps": Spec(int, low=1, high=100_000),
+    "fedavg_rounds": Spec(int, low=1, high=10_000),
+    "fedavg_local_steps": Spec(int, low=1, high=100_000),
+    "diloco_rounds": Spec(int, low=1, high=10_000),
+    "diloco_local_steps": Spec(int, low=1, high=100_000),
     "diloco_outer_lr": Spec(float, low=1e-6, high=10.0, doc="the real DiLoCo's outer SGD learning rate"),
     "diloco_momentum": Spec(float, low=0.0, high=0.999, doc="its Nesterov momentum"),
-    "seeds": Spec(list, item=int, unique=True, min_items=1),
-    "rank_sweep": Spec(list, item=int, doc="extra LoRA ranks on the FedAvg scenario"),
+    "seeds": seeds_spec(),
+    "rank_sweep": Spec(list, item=int, low=1, high=1024, doc="extra LoRA ranks on the FedAvg scenario"),
     "fp16_transport": Spec(bool, doc="also run FedAvg with adapters sent in fp16"),
     "heterogeneous_scenarios": Spec(list, item=str, choices=SCENARIOS, doc="scenarios rerun with uneven farmers"),
     "engine": Spec(str, choices=ENGINES, doc="engine of the planned runs: the in-process loop, Flower's simulation, or "
                                              "Flower's Deployment Engine (a SuperLink and one SuperNode per farmer)"),
     "deployment_scenarios": Spec(list, item=str, choices=SCENARIOS[1:], doc="scenarios rerun with uneven farmers on the "
                                  "deployment engine, each farmer behind a link shaped to its bandwidth (measured, not modelled)"),
-    "deployment_seeds": Spec(list, item=int, unique=True, min_items=1, doc="the seeds (some or all of seeds) those "
+    "deployment_seeds": seeds_spec(doc="the seeds (some or all of seeds) those "
                              "scenarios are rerun with on the deployment engine: each run starts some twenty Flower processes"),
-    "step_fractions": Spec(list, item=float, min_items=1, doc="each farmer's share of the step budget, cycled"),
-    "bandwidth_mbps": Spec(list, item=float, min_items=1, doc="farmers' links in Mbit/s, cycled"),
-    "latency_s": Spec(float, low=0.0),
+    "step_fractions": Spec(list, item=float, low=0.01, high=1.0, min_items=1, doc="each farmer's share of the step budget, cycled"),
+    "bandwidth_mbps": Spec(list, item=float, low=0.001, high=1e6, min_items=1, doc="farmers' links in Mbit/s, cycled"),
+    "latency_s": Spec(float, low=0.0, high=3600),
     "dropout_prob": Spec(float, low=0.0, high=0.99, doc="chance a farmer drops out of a round (heterogeneous runs)"),
-    "price_idr_per_mb": Spec(float, low=0.0, doc="mobile data price per MB (the seed's MB = MiB)"),
-    "usd_per_idr": Spec(float, low=0.0),
-    "economics_farmers": Spec(int, low=1),
-    "cycles_per_year": Spec(int, low=1),
-    "torch_threads": Spec(int, low=0, doc="0: leave torch's default"),
+    "price_idr_per_mb": Spec(float, low=0.0, high=1e12, doc="mobile data price per MB (the seed's MB = MiB)"),
+    "usd_per_idr": Spec(float, low=0.0, high=1e6),
+    "economics_farmers": Spec(int, low=1, high=1_000_000_000),
+    "cycles_per_year": Spec(int, low=1, high=365),
+    "torch_threads": threads_spec(),
 }
 
 #: The seed's reported figures, quoted, not measured.
@@ -100,6 +100,12 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     if not set(s["deployment_seeds"]) <= set(s["seeds"]):
         raise ValueError(f"{EXPERIMENT}.deployment_seeds = {s['deployment_seeds']!r} is not allowed: each must be one of "
                          f"seeds = {s['seeds']!r} (a deployment run reruns an in-process run of the same seed)")
+    for key in ("fedavg_local_steps", "diloco_local_steps"):
+        starved = [f for f in s["step_fractions"] if round(f * s[key]) < 1]
+        if starved:
+            raise ValueError(f"{EXPERIMENT}.step_fractions = {s['step_fractions']!r} is not allowed with {key} = {s[key]}: a "
+                             f"farmer with fraction {starved[0]} would get {starved[0]} x {s[key]} < 1 step, which the "
+                             f"report would misstate; use fractions of at least {1 / s[key]:.3g}")
     if len(s["tile_grid"]) != 2:
         raise ValueError(f"{EXPERIMENT}.tile_grid = {s['tile_grid']!r} is not allowed; it must be [rows, cols]")
     return s
@@ -143,3 +149,7 @@ def planned_runs(s: Settings) -> list[ScenarioRun]:
     return specs
 
 
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read."""
+    files = {"generated": [], "cwfid": ["cwfid/"], "weedsgalore": [f"{s['weedsgalore_dir']}/"]}[s["source"]]
+    return files + ([s["backbone_checkpoint"]] if s["backbone_checkpoint"] else [])

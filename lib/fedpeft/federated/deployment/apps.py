@@ -17,7 +17,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedpeft.core.files import atomic_torch_save
 from fedpeft.federated.deployment import job
 from fedpeft.federated.flower_bridge import (
     RoundLog,
@@ -70,9 +69,9 @@ def server_main(grid: Grid, context: Context) -> None:
     )
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=spec.config.num_rounds,
                             train_config=ConfigRecord(spec.strategy.client_config()), evaluate_fn=evaluate_and_count)
-    atomic_torch_save({"final_state": to_state(result.arrays), "rows": log.rows, "client_rows": log.client_rows,
-                       "ledger": log.ledger.state_dict(), "flower_bytes": log.flower_bytes, "link_bytes": links,
-                       "wall_s": time.perf_counter() - start}, job_dir / job.RESULT_FILE)
+    job.write_signed({"final_state": to_state(result.arrays), "rows": log.rows, "client_rows": log.client_rows,
+                      "ledger": log.ledger.state_dict(), "flower_bytes": log.flower_bytes, "link_bytes": links,
+                      "wall_s": time.perf_counter() - start}, job_dir / job.RESULT_FILE)
 
 
 @client_app.train()

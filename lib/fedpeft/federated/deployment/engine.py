@@ -17,6 +17,7 @@ and SuperNode authentication.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ import pandas as pd
 import psutil
 from torch import nn
 
-from fedpeft.federated.deployment import job
+from fedpeft.federated.deployment import cleanup, job
 from fedpeft.federated.deployment.links import ShapedLinks, shaping_unavailable
 from fedpeft.federated.flower_bridge import FLOWER_ENV, RoundLog
 from fedpeft.federated.flower_engine import round_log_result
@@ -65,15 +67,17 @@ class DeploymentResult:
 class _Processes:
     """Processes started in their own process groups, stopped together."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, owner: cleanup.Owner | None = None) -> None:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen] = []
+        self.owner = owner or cleanup.Owner(log_dir.parent)
 
     def start(self, name: str, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process below
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         proc.log_file = log  # type: ignore[attr-defined]
         self.started.append(proc)
+        self.owner.add_process(proc.pid)  # recorded at once: a SIGKILL of this process leaves nothing unnamed
         return proc
 
     def stop_all(self, grace_s: float = 5.0) -> None:
@@ -177,14 +181,17 @@ def run_deployment(
     rates = [float(network.bandwidth_mbps[i % len(network.bandwidth_mbps)]) for i in range(len(clients))] \
         if network is not None else [1000.0] * len(clients)
 
-    work = Path(tempfile.mkdtemp(prefix="fedpeft-deployment-"))
+    for removed in cleanup.clean_orphans():  # what a killed run left: processes, namespaces and links, job folders
+        warnings.warn(f"removed what a killed deployment run left: {removed}", RuntimeWarning, stacklevel=2)
+    work = Path(tempfile.mkdtemp(prefix=cleanup.WORK_PREFIX))
     os.chmod(work, 0o700)
     job_dir, log_dir = work / "job", work / "logs"
     log_dir.mkdir()
+    key = secrets.token_hex(32)  # signs this run's job files (see .job); only its own processes get it
     env = os.environ | FLOWER_ENV | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                                     "PYTHONUNBUFFERED": "1"}
+                                     "PYTHONUNBUFFERED": "1", job.KEY_ENV: key}
     bin_dir = Path(sys.executable).parent
-    processes = _Processes(log_dir)
+    processes = _Processes(log_dir, owner=cleanup.Owner(work))
     previous = {}
     if threading.current_thread() is threading.main_thread():
         def interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -193,10 +200,11 @@ def run_deployment(
     ok = False
     try:
         with ExitStack() as stack:
-            links = stack.enter_context(ShapedLinks(rates)) if why_not is None else None
+            links = stack.enter_context(ShapedLinks(rates, on_token=processes.owner.set_links_token)) if why_not is None else None
             host = links.server_address if links else "127.0.0.1"
             interfaces = [link.host_if for link in links.links] if links else []
-            job.write_job(job_dir, model, clients, strategy, trainer, config, server_test, network, interfaces, torch_threads)
+            job.write_job(job_dir, model, clients, strategy, trainer, config, server_test, network, interfaces, torch_threads,
+                          key=bytes.fromhex(key))
             port = _free_port(host)
             t0 = time.perf_counter()
             processes.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", host, "--port", str(port),
@@ -227,7 +235,7 @@ def run_deployment(
                     raise TimeoutError(f"the deployment run took longer than timeout_s = {timeout_s:.0f} s (all logs: {log_dir}); its log:\n"
                                        f"{_tail(log_dir / 'flwr-run.log')}")
                 time.sleep(0.2)
-            out = job.read(result_file)
+            out = job.read(result_file, key=bytes.fromhex(key))
             ok = True
     finally:
         processes.stop_all()

@@ -2,13 +2,20 @@
 
 The engine writes them into a private folder (mode 0700) before starting Flower; the ServerApp reads ``server.pt``
 and writes ``result.pt``; farmer ``i``'s ClientApp reads only ``client-<i>.pt`` (its own data) and keeps its trainer
-state in ``state-<i>.pt`` between rounds. They are pickles of the study's own objects (model, strategy, trainer),
-read with ``weights_only=False``: only ever our own files, written by the same process tree.
+state in ``state-<i>.pt`` between rounds (tensors only, read with ``weights_only=True``). The job and result files
+are pickles of the study's own objects (model, strategy, trainer: the NF4 state of a 4-bit model survives nothing
+else), so each is signed: an HMAC-SHA256 of its bytes under the run's key, ``FEDPEFT_JOB_KEY`` (hex, made by the
+engine for every run and handed to the Flower processes in their environment; on a cluster, the same secret on every
+machine). A file is unpickled only after its signature checks, so a file someone else wrote into the job folder (or
+changed) is refused instead of running its code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedpeft.core.files import atomic_torch_save
+from fedpeft.core.files import atomic_write_bytes
 from fedpeft.federated.loop import Client, RoundConfig
 from fedpeft.federated.network import NetworkModel
 from fedpeft.federated.strategies import FedAvg
@@ -24,6 +31,41 @@ from fedpeft.training.contract import Trainer
 
 SERVER_FILE = "server.pt"
 RESULT_FILE = "result.pt"
+KEY_ENV = "FEDPEFT_JOB_KEY"
+MAGIC = b"fedpeft-signed-job-v1\n"
+
+
+def job_key() -> bytes:
+    """The run's signing key, from ``FEDPEFT_JOB_KEY`` (hex)."""
+    raw = os.environ.get(KEY_ENV, "")
+    try:
+        key = bytes.fromhex(raw)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise PermissionError(f"{KEY_ENV} is not set to a hex key of at least 16 bytes; the deployment's job files are "
+                              "signed with it and read only with it (run_deployment sets it for its own processes; on a "
+                              "cluster, set the same secret on every machine)")
+    return key
+
+
+def write_signed(obj: Any, path: Path, key: bytes | None = None) -> Path:
+    """Pickle ``obj`` with torch and write it signed (HMAC-SHA256 under ``key``, else :func:`job_key`)."""
+    packed = io.BytesIO()
+    torch.save(obj, packed)
+    payload = packed.getvalue()
+    mac = hmac.new(key or job_key(), payload, hashlib.sha256).digest()
+    return atomic_write_bytes(path, MAGIC + mac + payload)
+
+
+def read(path: Path, key: bytes | None = None) -> Any:
+    """Read a file of :func:`write_signed`: its signature is checked before anything is unpickled."""
+    data = Path(path).read_bytes()
+    mac, payload = data[len(MAGIC): len(MAGIC) + 32], data[len(MAGIC) + 32:]
+    if not data.startswith(MAGIC) or not hmac.compare_digest(mac, hmac.new(key or job_key(), payload, hashlib.sha256).digest()):
+        raise PermissionError(f"{path} is not a job file signed with this run's key ({KEY_ENV}); it was written by someone "
+                              "else or changed, and is not unpickled (it could run code). Start the run again.")
+    return torch.load(io.BytesIO(payload), weights_only=False)  # signed by this run: the study's own objects
 
 
 def client_file(job_dir: Path, pid: int) -> Path:
@@ -43,7 +85,7 @@ def model_bytes(model: nn.Module) -> bytes:
 
 
 def load_model(data: bytes) -> nn.Module:
-    return torch.load(io.BytesIO(data), weights_only=False)  # our own bytes, see the module docstring
+    return torch.load(io.BytesIO(data), weights_only=False)  # bytes from a signed job file (see the module docstring)
 
 
 @dataclass
@@ -81,18 +123,14 @@ class _Count:
 
 def write_job(job_dir: Path, model: nn.Module, clients: list[Client], strategy: FedAvg, trainer: Trainer,
               config: RoundConfig, server_test: Any | None, network: NetworkModel | None, link_interfaces: list[str],
-              torch_threads: int) -> None:
+              torch_threads: int, key: bytes | None = None) -> None:
     job_dir = Path(job_dir)
     job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     packed = model_bytes(model)
     trainer.reset_state()
     counts = [Client(c.cid, _Count(c.num_examples)) for c in clients]
-    atomic_torch_save(ServerJob(packed, strategy, trainer, config, server_test, counts, link_interfaces, torch_threads),
-                      job_dir / SERVER_FILE)
+    write_signed(ServerJob(packed, strategy, trainer, config, server_test, counts, link_interfaces, torch_threads),
+                 job_dir / SERVER_FILE, key)
     for pid, c in enumerate(clients):
-        atomic_torch_save(ClientJob(packed, Client(c.cid, c.train), strategy, trainer, config, network, torch_threads),
-                          client_file(job_dir, pid))
-
-
-def read(path: Path) -> Any:
-    return torch.load(path, weights_only=False)  # our own files, see the module docstring
+        write_signed(ClientJob(packed, Client(c.cid, c.train), strategy, trainer, config, network, torch_threads),
+                     client_file(job_dir, pid), key)

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 #: Every namespace and interface this module makes starts with this, so leftovers can be found and removed.
 PREFIX = "fpft"
@@ -92,6 +92,7 @@ class ShapedLinks:
     links: list[Link] = field(default_factory=list)
     bridge: str = ""
     server_address: str = ""
+    on_token: Callable[[str], None] | None = field(default=None, repr=False, compare=False)  # told before anything is made
 
     def __post_init__(self) -> None:
         if not self.rates_mbps or any(not r > 0 for r in self.rates_mbps):
@@ -103,6 +104,8 @@ class ShapedLinks:
         self.bridge = f"{PREFIX}{self.token}br"
         self.server_address = f"{self.subnet}.0.1"
         atexit.register(self.close)
+        if self.on_token is not None:
+            self.on_token(self.token)
         try:
             self._make()
         except BaseException:
