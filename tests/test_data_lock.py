@@ -53,13 +53,14 @@ def test_a_file_the_manifest_does_not_list_is_named(tmp_path):
 
 def test_declared_files_are_the_loaders_own():
     from fedpeft.data.eurosat import EUROSAT_ZIP
-    from fedpeft.data.glue import TSV_FILES
+    from fedpeft.data.glue import SPLIT_FILES, TSV_FILES
 
     eurosat = registry.get("eurosat_fedavg_ptq")
     assert eurosat.data_files(eurosat.load("local")) == [EUROSAT_ZIP]
     glue = registry.get("glue_lora_aggregation")
     s = glue.load("local")
-    assert glue.data_files(s) == [TSV_FILES[t][0] + "/" for t in [s["main_task"], *s["extra_tasks"]]]
+    assert glue.data_files(s) == [f"{TSV_FILES[t][0]}/{SPLIT_FILES[split]}" for t in [s["main_task"], *s["extra_tasks"]]
+                                  for split in ("train", "validation")]
 
 
 @pytest.mark.parametrize("profile", ["embedded", "local", "paper"])

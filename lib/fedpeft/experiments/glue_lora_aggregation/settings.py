@@ -83,7 +83,8 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
 
 
 def data_files(s: Settings) -> list[str]:
-    """The data-root files (manifest paths; a trailing ``/``: a whole folder) this profile's runs read: each task's
-    GLUE folder (``fedpeft.data.glue.TSV_FILES``)."""
-    folders = {"sst2": "glue/SST-2/", "mrpc": "glue/MRPC/", "stsb": "glue/STS-B/"}
-    return [folders[t] for t in [s["main_task"], *s["extra_tasks"]] if t in folders] if s["source"] == "tsv" else []
+    """The data-root files (manifest paths) this profile's runs read: each task's train and dev split
+    (``fedpeft.data.glue.TSV_FILES`` and ``SPLIT_FILES``; the unlabelled test split is never read)."""
+    folders = {"sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": "glue/STS-B"}
+    tasks = [t for t in [s["main_task"], *s["extra_tasks"]] if t in folders] if s["source"] == "tsv" else []
+    return [f"{folders[t]}/{split}" for t in tasks for split in ("train.tsv", "dev.tsv")]
