@@ -225,7 +225,7 @@ def test_plan_runs_lists_each_run_once():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"prox_mus": [0.0, -0.1]}, "every FedProx mu must be >= 0"),
+    ({"prox_mus": [0.0, -0.1]}, r"prox_mus = \[0.0, -0.1\] is not allowed; it must be a list of float .*each in \[0.0, 1000000.0\]"),
     ({"main_mu": -1.0}, "main_mu"),
     ({"lora_rank": 0}, "lora_rank"),
     ({"splits": ["by_author"]}, "splits"),
