@@ -169,3 +169,24 @@ def test_report_stages_lists_every_experiment_notebook_of_a_pipeline():
     notebooks = sorted(p.name for p in (root / "notebooks").glob("*.ipynb"))
     assert sorted(nb.name for _, nb in stages) == notebooks
     assert [e for e, _ in stages] == registry.names()
+
+
+def test_an_interrupted_regenerate_says_what_it_swapped_in(tmp_path, monkeypatch, capsys):
+    """The first experiment's records and reports are swapped in, the second fails: the message names the first and
+    says that dvc.lock does not record it yet."""
+    from fedpeft.reporting import notebook_stage
+
+    results = tmp_path / "results" / "embedded"
+    results.mkdir(parents=True)
+    monkeypatch.setattr(notebook_stage, "report_stages", lambda pipeline: [("first", Path("a.ipynb")), ("second", Path("b.ipynb"))])
+
+    def fake_stage(_notebook, profile, experiment, _reports_root, results_dir=None):
+        (results_dir / profile / experiment).mkdir(parents=True)
+        return 0 if experiment == "first" else 1
+
+    monkeypatch.setattr(notebook_stage, "run_stage", fake_stage)
+    assert notebook_stage.regenerate("embedded", tmp_path / "reports", results) == 1
+    assert (results / "first").is_dir() and not (results / "second").exists()
+    err = capsys.readouterr().err
+    assert "make regenerate stopped (second failed) after first: their records and reports are the new ones, but " \
+           "dvc.lock does not record them yet" in err
