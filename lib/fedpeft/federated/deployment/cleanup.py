@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from fedpeft.core.files import atomic_write_text
+from fedpeft.core.supervise import end_process_tree
 from fedpeft.federated.deployment.links import PREFIX, leftovers
 
 WORK_PREFIX = "fedpeft-deployment-"
@@ -69,22 +70,6 @@ def _alive(entry: dict) -> psutil.Process | None:
     return None
 
 
-def _stop_tree(proc: psutil.Process, grace_s: float = 5.0) -> int:
-    """SIGTERM ``proc`` and every descendant, SIGKILL what is left after ``grace_s``; returns how many there were."""
-    with suppress(psutil.Error):
-        tree = [proc, *proc.children(recursive=True)]
-        for p in tree:
-            with suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for p in alive:
-            with suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=grace_s)
-        return len(tree)
-    return 0
-
-
 def work_folders(root: Path | None = None) -> list[Path]:
     return sorted(Path(root or tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"))
 
@@ -111,9 +96,10 @@ def clean_orphans(root: Path | None = None) -> list[str]:
         for entry in owner.get("processes", []):
             proc = _alive(entry)
             if proc is not None:
-                name = proc.name()
-                count = _stop_tree(proc)
-                removed.append(f"process {entry['pid']} ({name}) and {max(count - 1, 0)} it started")
+                with suppress(psutil.Error):
+                    name, started = proc.name(), len(proc.children(recursive=True))
+                    end_process_tree(proc.pid, timeout_s=5.0)
+                    removed.append(f"process {entry['pid']} ({name}) and {started} it started")
         if (work / "job").exists():  # a run that ended by itself removed its job files (a failed one keeps its logs)
             shutil.rmtree(work, ignore_errors=True)
             removed.append(f"folder {work} (job files and logs of a run whose process {owner.get('pid')} is gone)")
