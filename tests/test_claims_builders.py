@@ -263,8 +263,50 @@ def test_code_lm_halving_is_judged_as_a_magnitude():
     norms = cl.claims(s, "local", *_code_lm_inputs([2.5, 2.5, 2.5], ([0.3, 0.31, 0.29], [0.4, 0.41, 0.39]))[2:]).verdicts
     assert norms["update_norm"].verdict == "does not hold"
     frame = ledger.frame().set_index("claim")
-    assert frame.loc["The training loss falls every round over 20 rounds (FedProx mu 0.1)", "verdict"] == "not testable here"
+    # local runs the seed's 20 rounds: the shape claims are judged, on every seed
+    assert frame.loc["The training loss falls every round over 20 rounds (FedProx mu 0.1)", "verdict"] == "holds"
+    assert frame.loc["No overfitting with LoRA-FedProx up to round 20", "verdict"] == "holds"
     assert frame.loc["... that is 0.47 %", "verdict"] == "holds"
+    short = cl.claims(cl.load("local", {"num_rounds": 4, "sweep_rounds": 4, "half_data_rounds": 4}), "local", table, hist, line)
+    assert short.frame().set_index("claim").loc["No overfitting with LoRA-FedProx up to round 20", "verdict"] == "not testable here"
+
+
+def _half_data_history(s, full_hist: pd.DataFrame, late_slopes: list[float], gaps: list[float]) -> pd.DataFrame:
+    """Half-data runs of the main mu whose loss sits ``gaps`` above full data's at every round and falls by
+    ``late_slopes`` per round in the second half of their rounds (full data falls 0.01 per round throughout)."""
+    rounds, rows = s["half_data_rounds"], []
+    for seed, slope, gap in zip(SEEDS, late_slopes, gaps, strict=True):
+        for rnd in range(rounds + 1):
+            late = max(0, rnd - rounds // 2)
+            loss = 2.58 - 0.01 * min(rnd, rounds // 2) - slope * late + gap * (rnd > 0)
+            rows.append({"adapter": "lora", "split": "iid", "mu": s["main_mu"], "samples_per_client": s["samples_per_client"] // 2,
+                         "seed": seed, "round": rnd, "train_loss": np.nan if rnd == 0 else loss, "eval_loss": loss})
+    return pd.concat([full_hist, pd.DataFrame(rows)], ignore_index=True)
+
+
+@pytest.mark.parametrize("slopes, gaps, more_data, plateau", [
+    ([0.002, 0.003, 0.001], [0.05, 0.04, 0.06], "holds", "holds"),           # half data is behind and flattens: the seed's picture
+    ([0.011, 0.009, 0.010], [-0.05, -0.06, -0.04], "does not hold", "inconclusive"),  # ahead, and falls about as fast
+    ([0.020, 0.022, 0.018], [0.03, -0.03, 0.01], "inconclusive", "does not hold"),  # falls faster late: no later plateau
+])
+def test_code_lm_data_volume_claims_are_judged_at_the_half_data_round(slopes, gaps, more_data, plateau):
+    cl, s, table, hist, line = _code_lm_inputs([2.5, 2.5, 2.5])
+    ledger = cl.claims(s, "local", table, _half_data_history(s, hist, slopes, gaps), line)
+    assert ledger.verdicts["more_data"].verdict == more_data
+    assert ledger.verdicts["plateau"].verdict == plateau
+    assert f"at round {s['half_data_rounds']}" in ledger.verdicts["more_data"].rule
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.0, "holds"), (0.5, "does not hold")])
+def test_code_lm_checks_that_its_evaluation_blocks_are_typical_of_the_held_out_files(shift, verdict):
+    cl, s, table, hist, line = _code_lm_inputs([2.5, 2.5, 2.5])
+    rng = np.random.default_rng(0)
+    broad = 2.0 + 0.3 * rng.standard_normal(256)
+    blocks = pd.DataFrame([{"sample": "broad sample", "loss": v} for v in broad]
+                          + [{"sample": "evaluation blocks", "loss": v + shift} for v in broad[:48] - broad[:48].mean() + broad.mean()])
+    ledger = cl.claims(s, "local", table, hist, line, blocks)
+    assert ledger.verdicts["eval_typical"].verdict == verdict
+    assert ledger.frame().set_index("claim").filter(like="typical", axis=0)["kind"].tolist() == ["study check"]
 
 
 # --- LoRA vs QLoRA -----------------------------------------------------------------------------------------------------

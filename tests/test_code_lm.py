@@ -119,6 +119,53 @@ def test_packing_concatenates_documents_with_a_separator(tokenizer):
         code_corpus.pack_blocks(docs, tokenizer, block_size=10, num_blocks=3, separator_id=1)
 
 
+def test_sampled_blocks_are_windows_of_the_token_stream_spread_over_the_files(tokenizer):
+    docs = [Document(f"pkg{i % 4}/mod{i:02d}.py", f"pkg{i % 4}", "".join(f"v{i:02d}_{k:02d} = 0\n" for k in range(16)))
+            for i in range(40)]  # 160 bytes each, no line twice
+    blocks = code_corpus.sample_blocks(docs, tokenizer, block_size=16, num_blocks=30, separator_id=1, seed=3)
+    assert blocks.input_ids.shape == (30, 16) and len(blocks.block_files) == 30
+    ids, owner = code_corpus.token_stream(code_corpus.shuffled(docs, 3), tokenizer, 1)
+    order = code_corpus.shuffled(docs, 3)
+    starts = []
+    for row, files in zip(blocks.input_ids.tolist(), blocks.block_files, strict=True):
+        hits = [i for i in range(len(ids) - 15) if ids[i:i + 16].tolist() == row]
+        assert len(hits) == 1  # every block is one window of the stream (the files' texts are all different)
+        starts.append(hits[0])
+        assert files == tuple(dict.fromkeys(order[j].name for j in owner[hits[0]:hits[0] + 16]))
+    assert len({s % 16 for s in starts}) == 1  # one seeded offset: whole, non-overlapping blocks
+    assert len(set(starts)) == 30
+    assert len(blocks.files) >= 25  # 30 blocks over 40 files of 10 blocks' worth each: spread, not the first 3 files
+    assert blocks.files == sorted({f for names in blocks.block_files for f in names})
+
+
+def test_a_smaller_draw_is_a_prefix_and_half_data_clients_hold_a_subset(tokenizer):
+    docs = _docs(60, 6)
+    big = code_corpus.sample_blocks(docs, tokenizer, 16, 20, 1, seed=0)
+    small = code_corpus.sample_blocks(docs, tokenizer, 16, 8, 1, seed=0)
+    assert torch.equal(small.input_ids, big.input_ids[:8])
+    assert not torch.equal(code_corpus.sample_blocks(docs, tokenizer, 16, 8, 1, seed=1).input_ids, small.input_ids)
+    for split in code_corpus.SPLITS:
+        full = code_corpus.client_shards(docs, tokenizer, split, 3, 6, 16, 1, seed=0)
+        half = code_corpus.client_shards(docs, tokenizer, split, 3, 3, 16, 1, seed=0)
+        for f, h in zip(full, half, strict=True):
+            assert {tuple(r) for r in h.input_ids.tolist()} <= {tuple(r) for r in f.input_ids.tolist()}
+            assert set(h.files) <= set(f.files)
+    with pytest.raises(ValueError, match=r"eval_samples = 999 blocks of 16 tokens need 15,984 tokens"):
+        code_corpus.sample_blocks(docs, tokenizer, 16, 999, 1, seed=0, what="eval_samples")
+
+
+def test_block_losses_average_to_the_evaluation_loss(tokenizer):
+    model = _lora_opt(tokenizer)
+    blocks = TokenBlocks(torch.randint(2, 258, (5, 16), generator=torch.Generator().manual_seed(1)), ["x.py"])
+    trainer = CausalLMTrainer(lr=1e-3, batch_size=2, epochs=1, eval_batch_size=2)
+    per_block = trainer.block_losses(model, blocks)
+    assert per_block.shape == (5,)
+    assert float(per_block.mean()) == pytest.approx(trainer.evaluate(model, blocks)["loss"], rel=1e-5)
+    with torch.no_grad():
+        one = float(model(input_ids=blocks.input_ids[2:3], labels=blocks.input_ids[2:3]).loss)
+    assert float(per_block[2]) == pytest.approx(one, rel=1e-5)
+
+
 def test_byte_level_tokenizer_round_trips_code(tokenizer):
     text = "def f(x):\n    return x ** 2  # ü\n"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -217,11 +264,18 @@ def test_plan_runs_lists_each_run_once():
     assert len({tuple(sorted(spec.args.items())) for spec in plan}) == len(plan)
     # main: 3 seeds x (FedAvg, mu 0.1); the sweep adds mu 1 on iid and 3 mus on package; half data x 3 seeds; full model
     assert s["seeds"] == [0, 1, 2]
-    assert [spec.args["mu"] for spec in plan[:6]] == [0.0, 0.1, 0.0, 0.1, 0.0, 0.1]
-    assert len(plan) == 6 + 1 + 3 + 3 + 1
-    half = [spec for spec in plan if spec.args["samples_per_client"] < s["samples_per_client"]]
+    assert plan[0].run_id == code_runs.PROBE
+    runs = plan[1:]
+    assert [spec.args["mu"] for spec in runs[:6]] == [0.0, 0.1, 0.0, 0.1, 0.0, 0.1]
+    assert {spec.args["rounds"] for spec in runs[:6]} == {s["num_rounds"]}
+    assert len(runs) == 6 + 1 + 3 + 3 + 1
+    sweep = [spec for spec in runs[6:10]]
+    assert {spec.args["rounds"] for spec in sweep} == {s["sweep_rounds"]}
+    half = [spec for spec in runs if spec.args["samples_per_client"] < s["samples_per_client"]]
     assert sorted(spec.args["seed"] for spec in half) == s["seeds"]
+    assert {spec.args["rounds"] for spec in half} == {s["half_data_rounds"]}
     assert {spec.args["base_seed"] for spec in plan} == {s["seeds"][0]}
+    assert len(code_runs.run_specs(exp.load("embedded", {"probe_samples": 0}))) == len(plan) - 1
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -229,6 +283,8 @@ def test_plan_runs_lists_each_run_once():
     ({"main_mu": -1.0}, "main_mu"),
     ({"lora_rank": 0}, "lora_rank"),
     ({"splits": ["by_author"]}, "splits"),
+    ({"sweep_rounds": 4}, r"code_lm_fedprox.sweep_rounds = 4 is not allowed; it must be <= num_rounds \(3\)"),
+    ({"half_data_rounds": 9}, r"half_data_rounds = 9 is not allowed; it must be <= num_rounds"),
 ])
 def test_bad_settings_are_named(overrides, match):
     with pytest.raises(ValueError, match=match):

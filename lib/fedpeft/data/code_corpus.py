@@ -14,6 +14,11 @@ Evaluation files are chosen per file by a hash of the file's name, so the split 
 files are listed in, and an evaluation file never reaches training. A *sample* is a block of ``block_size``
 tokens cut from the documents concatenated with an end-of-text token between them (sequence packing, as
 transformers' ``run_clm`` example does): no padding, every token counts.
+
+Two ways to cut samples: :func:`sample_blocks` draws them at seeded random positions of the whole token stream, so
+they spread over the files in proportion to their length (the experiment's training and evaluation samples);
+:func:`pack_blocks` takes the first blocks of the files in the order given (the tiny model's pretraining, and the
+"first files in name order" sample the code report once evaluated on, kept to explain its round-0 loss).
 """
 
 from __future__ import annotations
@@ -44,6 +49,15 @@ class TokenBlocks:
 
     input_ids: torch.Tensor
     files: list[str]  # every document that contributed tokens, in packing order
+    block_files: list[tuple[str, ...]] | None = None  # per sample, the documents its tokens come from (sampled blocks)
+
+    def select(self, indices: Sequence[int]) -> "TokenBlocks":
+        """The samples at ``indices``; ``files`` narrows to theirs when each sample's documents are known."""
+        indices = [int(i) for i in indices]
+        if self.block_files is None:
+            return TokenBlocks(self.input_ids[indices], self.files)
+        chosen = [self.block_files[i] for i in indices]
+        return TokenBlocks(self.input_ids[indices], sorted({f for names in chosen for f in names}), chosen)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -144,6 +158,45 @@ def pack_blocks(docs: Sequence[Document], tokenizer, block_size: int, num_blocks
     return TokenBlocks(torch.tensor(ids[:need], dtype=torch.long).view(num_blocks, block_size), used)
 
 
+def token_stream(docs: Sequence[Document], tokenizer, separator_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, owner)``: the documents' tokens in order with ``separator_id`` after each, and for every token the
+    index of its document in ``docs``."""
+    if not docs:
+        raise ValueError("no documents to tokenize")
+    encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    lengths = np.array([len(e) + 1 for e in encoded])
+    ids = np.fromiter((t for e in encoded for t in (*e, separator_id)), dtype=np.int64, count=int(lengths.sum()))
+    return ids, np.repeat(np.arange(len(docs)), lengths)
+
+
+def sample_blocks(docs: Sequence[Document], tokenizer, block_size: int, num_blocks: int, separator_id: int, seed: int,
+                  what: str = "samples") -> TokenBlocks:
+    """``num_blocks`` non-overlapping blocks of ``block_size`` tokens drawn at random from the documents' token
+    stream (files in a seeded order, ``separator_id`` after each).
+
+    The stream is cut at a seeded offset into whole blocks and ``num_blocks`` of them are drawn without
+    replacement, so every token is equally likely to be drawn and the samples spread over the files in proportion
+    to their length. The draw for ``seed`` is a prefix: asking for fewer blocks gives the first of the same blocks.
+    ``block_files`` names each sample's documents. Raises a ``ValueError`` when the stream holds fewer blocks.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size = {block_size!r} is not allowed; it must be >= 2")
+    if num_blocks < 1:
+        raise ValueError(f"{what} = {num_blocks!r} is not allowed; it must be >= 1")
+    order = shuffled(docs, seed)
+    ids, owner = token_stream(order, tokenizer, separator_id)
+    rng = np.random.default_rng(seed)
+    offset = int(rng.integers(block_size)) if len(ids) >= 2 * block_size else 0
+    available = (len(ids) - offset) // block_size
+    if available < num_blocks:
+        raise ValueError(f"{what} = {num_blocks} blocks of {block_size} tokens need {num_blocks * block_size:,} tokens, "
+                         f"but the {len(docs)} files hold only {len(ids):,}; ask for fewer or shorter samples")
+    starts = offset + block_size * rng.permutation(available)[:num_blocks]
+    windows = starts[:, None] + np.arange(block_size)
+    block_files = [tuple(dict.fromkeys(order[j].name for j in owner[w])) for w in windows]
+    return TokenBlocks(torch.from_numpy(ids[windows]), sorted({f for names in block_files for f in names}), block_files)
+
+
 def shuffled(docs: Sequence[Document], seed: int) -> list[Document]:
     order = np.random.default_rng(seed).permutation(len(docs))
     return [docs[i] for i in order]
@@ -161,26 +214,23 @@ def assign_groups(groups: Iterable[str], num_clients: int, seed: int) -> dict[st
 
 def client_shards(docs: Sequence[Document], tokenizer, split: str, num_clients: int, samples_per_client: int,
                   block_size: int, separator_id: int, seed: int) -> list[TokenBlocks]:
-    """Training blocks for each client.
+    """Training blocks for each client, drawn at random positions of the files (:func:`sample_blocks`).
 
-    ``iid``: the files are shuffled and packed once; the blocks are dealt to clients at random.
-    ``package``: whole packages are dealt to clients (:func:`assign_groups`) and each client packs only its own
-    packages' files, so clients see different modules (a natural non-IID split for code).
+    ``iid``: ``num_clients * samples_per_client`` blocks are drawn from all files and dealt in turn (block ``i``
+    to client ``i % num_clients``). ``package``: whole packages are dealt to clients (:func:`assign_groups`) and
+    each client draws its blocks from its own packages' files only, so clients see different modules (a natural
+    non-IID split for code). Either way, a client's blocks for fewer samples per client are a subset of its blocks
+    for more (the same seed's draw is a prefix), as the seed's 1,000-sample run is half of its 2,000.
     """
     if split not in SPLITS:
         raise ValueError(f"split = {split!r} is not allowed; it must be one of {list(SPLITS)}")
     if num_clients < 1:
         raise ValueError(f"num_clients = {num_clients!r} is not allowed; it must be >= 1")
     if split == "iid":
-        blocks = pack_blocks(shuffled(docs, seed), tokenizer, block_size, num_clients * samples_per_client,
-                             separator_id, what=f"{num_clients} clients x samples_per_client")
-        order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
-        parts = order.view(num_clients, samples_per_client)
-        return [TokenBlocks(blocks.input_ids[p], blocks.files) for p in parts]
+        blocks = sample_blocks(docs, tokenizer, block_size, num_clients * samples_per_client, separator_id, seed,
+                               what=f"{num_clients} clients x samples_per_client")
+        return [blocks.select(range(c, len(blocks), num_clients)) for c in range(num_clients)]
     owner = assign_groups((d.group for d in docs), num_clients, seed)
-    shards = []
-    for c in range(num_clients):
-        mine = [d for d in docs if owner[d.group] == c]
-        shards.append(pack_blocks(shuffled(mine, seed), tokenizer, block_size, samples_per_client, separator_id,
-                                  what=f"samples_per_client (client {c}, package split)"))
-    return shards
+    return [sample_blocks([d for d in docs if owner[d.group] == c], tokenizer, block_size, samples_per_client,
+                          separator_id, seed, what=f"samples_per_client (client {c}, package split)")
+            for c in range(num_clients)]

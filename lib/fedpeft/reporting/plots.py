@@ -41,6 +41,21 @@ def metric_per_round(history: pd.DataFrame, y: str, ylabel: str, hue: str = "par
     return fig
 
 
+def block_loss_by_sample(blocks: pd.DataFrame, x: str = "loss", xlabel: str = "loss before training (nats/token)"):
+    """One row per sample: a box of its blocks' values with every block drawn as a dot and the mean as a diamond,
+    so that a small sample can be set beside the spread of a broad one."""
+    order = list(dict.fromkeys(blocks["sample"]))
+    fig, ax = plt.subplots(figsize=(6.4, 0.7 * len(order) + 1.4))
+    sns.boxplot(data=blocks, x=x, y="sample", order=order, color="0.9", showfliers=False, ax=ax)
+    sns.stripplot(data=blocks, x=x, y="sample", order=order, size=3, alpha=0.6, ax=ax)
+    means = blocks.groupby("sample")[x].mean().reindex(order)
+    ax.scatter(means.to_numpy(), range(len(order)), marker="D", color="black", zorder=5, label="mean")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("")
+    ax.legend(loc="lower right")
+    return fig
+
+
 def size_vs_accuracy(ptq: pd.DataFrame):
     """Saved model size (MiB) against test accuracy, one point per quantization method, named in the legend (points
     of nearly equal accuracy sit side by side, where labels beside them would overlap). Both axes start at zero

@@ -125,3 +125,22 @@ class CausalLMTrainer(Trainer):
         self.meter.eval_seconds += seconds
         loss = loss_sum / len(data)
         return EvalResult(loss=loss, metrics={"perplexity": math.exp(loss)}, examples=len(data), seconds=seconds)
+
+    @torch.no_grad()
+    def block_losses(self, model: nn.Module, data: TokenBlocks) -> torch.Tensor:
+        """Each block's mean next-token loss (nats per predicted token), shape ``(samples,)``; their mean is
+        :meth:`evaluate`'s loss (every block predicts the same number of tokens)."""
+        model.to(self.torch_device)
+        model.eval()
+        start = time.perf_counter()
+        out = []
+        for idx in batches(len(data), self.eval_batch_size):
+            ids = data.input_ids[idx].to(self.torch_device)
+            with self._autocast():
+                logits = model(input_ids=ids).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            out.append(nll.mean(dim=1).cpu())
+        synchronize(self.torch_device)
+        self.meter.eval_tokens += data.num_tokens
+        self.meter.eval_seconds += time.perf_counter() - start
+        return torch.cat(out)

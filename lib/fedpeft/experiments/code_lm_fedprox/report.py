@@ -32,6 +32,7 @@ from fedpeft.reporting.claims import (
     says,
     stated,
     stated_range,
+    within,
 )
 from fedpeft.reporting.outputs import STUDY_PACKAGES, mean_spread, scale_gap
 
@@ -69,10 +70,15 @@ def collect(s: Settings, progress: bool = True) -> dict[str, RunRecord]:
 LABELS = ["arm", "mu", "split", "seed", "adapter", "samples_per_client"]
 
 
+def federated(records: Mapping[str, RunRecord]) -> dict[str, RunRecord]:
+    """The training runs' records (every record but the base model's loss probe)."""
+    return {rid: r for rid, r in records.items() if "history" in r.tables}
+
+
 def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Every run's per-round history with its labels, evaluation loss (nats/token) and perplexity."""
     frames = []
-    for r in records.values():
+    for r in federated(records).values():
         h = r.tables["history"].copy()
         h["eval_loss"] = h["server_loss"]
         h["eval_perplexity"] = np.exp(h["server_loss"])
@@ -83,7 +89,7 @@ def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
 def run_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """One row per run: final and best evaluation loss, perplexity, overfitting onset, speed, memory, traffic."""
     rows = []
-    for rid, r in records.items():
+    for rid, r in federated(records).items():
         h = r.tables["history"].assign(eval_loss=lambda d: d["server_loss"]).set_index("round")
         ch = r.tables["client_history"]
         drift = ch.dropna(subset=["update_norm"]).groupby("round")["update_norm"].mean() if "update_norm" in ch else pd.Series(dtype=float)
@@ -106,15 +112,39 @@ def run_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
 def corpus_summary(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Files, packages and tokens on each side of the held-out split, and what each client holds in each client
     split and data size of the runs."""
-    parts = pd.concat([r.tables["corpus"] for r in records.values()], ignore_index=True)
+    parts = pd.concat([r.tables["corpus"] for r in federated(records).values()], ignore_index=True)
     return parts.drop_duplicates(subset="part").reset_index(drop=True)
+
+
+def base_loss(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """The base model's loss before training (nats/token) on each probed sample of the held-out files: blocks,
+    files, tokens, mean and sd over blocks. Empty without a probe run."""
+    probe = [r for r in records.values() if "base_loss" in r.tables]
+    return probe[0].tables["base_loss"] if probe else pd.DataFrame()
+
+
+def block_losses(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """The base model's loss of every probed block (nats/token), by sample. Empty without a probe run."""
+    probe = [r for r in records.values() if "block_losses" in r.tables]
+    return probe[0].tables["block_losses"] if probe else pd.DataFrame()
+
+
+def loss_at(hist: pd.DataFrame, round_: int) -> pd.Series:
+    """Evaluation loss at ``round_`` of each run in ``hist`` (one run per seed), indexed by seed."""
+    return hist[hist["round"] == round_].set_index("seed")["eval_loss"]
+
+
+def late_drop(hist: pd.DataFrame, rounds: int) -> pd.Series:
+    """How much the evaluation loss still falls in the second half of ``rounds`` (loss at round rounds // 2 minus
+    loss at round ``rounds``), per seed: near zero once a run has reached its plateau."""
+    return loss_at(hist, rounds // 2) - loss_at(hist, rounds)
 
 
 def describe(s: Settings, records: Mapping[str, RunRecord]) -> str:
     """What ran, as markdown: corpus, model, adapter and schedule, with the scale gap on both sides."""
     from fedpeft.reporting.compute import compute_table
 
-    p, r = s.params, next(iter(records.values()))
+    p, r = s.params, next(iter(federated(records).values()))
     trainable, total = r["lora_trainable"], r["lora_total"]
     devices = "; ".join(sorted(set(compute_table(records)["device"]))) or "not recorded"
     steps = -(-p["samples_per_client"] // p["batch_size"]) * p["local_epochs"]
@@ -128,8 +158,12 @@ def describe(s: Settings, records: Mapping[str, RunRecord]) -> str:
          f"{p['source']}: {p['num_clients']} clients x {p['samples_per_client']} samples of {p['max_length']} tokens"),
         ("evaluation", "about 3,000 samples (734 s at 4.10 samples/s)", f"{r['eval_samples']} samples, {r['eval_tokens']:,} tokens"),
         ("steps per client per round", "3 epochs x 1,000 batches of 2 = 3,000", f"{p['local_epochs']} epochs x "
-                                                                              f"{-(-p['samples_per_client'] // p['batch_size'])} batches of {p['batch_size']} = {steps}"),
-        ("rounds", "20", str(p["num_rounds"])),
+                                                                              f"{-(-p['samples_per_client'] // p['batch_size'])} batches of {p['batch_size']} = {steps} "
+                                                                              f"({3_000 / steps:,.0f}x fewer)"),
+        ("local steps per client, whole run", "3,000 x 20 rounds = 60,000",
+         f"{steps} x {p['num_rounds']} rounds = {steps * p['num_rounds']:,} ({60_000 / (steps * p['num_rounds']):,.0f}x fewer)"),
+        ("rounds", "20 (the 1,000-sample run: 10)", f"{p['num_rounds']} (main comparison); mu sweep {p['sweep_rounds']}, "
+                                                    f"half data {p['half_data_rounds']}, full model {p['full_model_rounds']}"),
         ("optimizer", "lr 1e-5", f"lr {p['learning_rate']:g}"),
         ("precision, device", "not stated; a GPU with 8 GB", f"fp32 on {devices}"),
         ("runs", "one FedProx run", f"{n} seed{'s' if n != 1 else ''} of FedAvg and FedProx, a mu sweep, a half-data and a "
@@ -187,10 +221,12 @@ def speed_table(table: pd.DataFrame) -> pd.DataFrame:
     return table[["run", "train_tokens_per_s", "eval_tokens_per_s", "train_s", "eval_s", "wall_s"]].assign(eval_share=split["eval_share"])
 
 
-def mu_sweep(table: pd.DataFrame, first_seed: int, samples_per_client: int) -> pd.DataFrame:
-    """Final evaluation loss by split and mu (first seed, LoRA, full data)."""
-    sel = table[(table["adapter"] == "lora") & (table["seed"] == first_seed) & (table["samples_per_client"] == samples_per_client)]
-    return sel.pivot_table(index="mu", columns="split", values="final_eval_loss").reset_index()
+def mu_sweep(hist: pd.DataFrame, first_seed: int, samples_per_client: int, rounds: int) -> pd.DataFrame:
+    """Evaluation loss at round ``rounds`` (``sweep_rounds``) by split and mu (first seed, LoRA, full data): the
+    main comparison's longer runs give their arms' loss at that round."""
+    sel = hist[(hist["adapter"] == "lora") & (hist["seed"] == first_seed) & (hist["samples_per_client"] == samples_per_client)
+               & (hist["round"] == rounds)]
+    return sel.pivot_table(index="mu", columns="split", values="eval_loss").reset_index()
 
 
 def runtime_split(table: pd.DataFrame) -> pd.DataFrame:
@@ -210,14 +246,16 @@ def _monotone(hist: pd.DataFrame, column: str) -> list[bool]:
     return out
 
 
-def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, line: dict[str, int]) -> ClaimsLedger:
+def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, line: dict[str, int],
+           probe_blocks: pd.DataFrame | None = None) -> ClaimsLedger:
     """Every claim of the seed (``001_b400fdb76fdfd447.txt``) and the study's own checks, judged by the claims engine.
 
     Losses are nats per token on the held-out files. FedAvg, FedProx and the half-data arm of one seed share its
     shards and initial adapter, so they are compared paired by seed (n counts seeds). The seed ran FedProx alone:
     whether FedProx ends better than FedAvg is the study's own check; the seed's "kept the client updates close" is judged
     against FedAvg's update norm, the only reference there is. Shapes over the seed's 20 rounds are judged only where the
-    runs have 20 rounds; what the study's shorter runs show is a study check."""
+    runs have 20 rounds; what the study's shorter runs show is a study check. ``probe_blocks`` (:func:`block_losses`)
+    adds the check that the evaluation blocks are typical of the held-out files."""
     ledger = ClaimsLedger(profile, EXPERIMENT)
     main_mu, rounds = s["main_mu"], s["num_rounds"]
     lora = table[(table["adapter"] == "lora") & (table["split"] == "iid") & (table["samples_per_client"] == s["samples_per_client"])]
@@ -287,20 +325,42 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
                            " L2 norm", "seeds, paired"), "main_comparison",
                "the seed's 'kept close' read as closer than FedAvg's: the L2 norm of each client's change to the adapters in a "
                "round, mean over clients and rounds", key="update_norm")
-    half = table[(table["adapter"] == "lora") & (table["samples_per_client"] < s["samples_per_client"])].set_index("seed")
-    if len(half):
-        both = half.index.intersection(prox.index)
-        ledger.add("Doubling the data per client lowers the evaluation loss at the same round", "2.294 vs 2.383 at round 10",
-                   paired_greater(half.loc[both, "final_eval_loss"], prox.loc[both, "final_eval_loss"], 0.0,
-                                  "half-data - full-data final eval loss", "{:+.4f}", " nats/token", "seeds, paired"),
-                   "runs", "same rounds and epochs, so twice the local steps", key="more_data")
-    ledger.add("More data per client delays the evaluation-loss plateau", "plateau later",
-               not_testable(f"{short}: neither data size reaches a plateau to compare"), "eval_loss_per_round")
+    half_rounds = s["half_data_rounds"]
+    half_hist = hist[(hist["adapter"] == "lora") & (hist["samples_per_client"] < s["samples_per_client"])]
+    if len(half_hist):
+        full_at, half_at = loss_at(main_hist, half_rounds), loss_at(half_hist, half_rounds)
+        ledger.add(f"Doubling the data per client lowers the evaluation loss at the same round (round {half_rounds})",
+                   "2.294 vs 2.383 at round 10",
+                   paired_greater(half_at, full_at, 0.0, f"half-data - full-data eval loss at round {half_rounds}", "{:+.4f}",
+                                  " nats/token", "seeds, paired"),
+                   "runs", "same rounds and epochs, so twice the local steps; the full-data runs' history gives their loss "
+                   f"at round {half_rounds}", key="more_data")
+        ledger.add("More data per client delays the evaluation-loss plateau", "plateau later",
+                   paired_greater(late_drop(main_hist, half_rounds), late_drop(half_hist, half_rounds), 0.0,
+                                  f"full-data - half-data fall of the eval loss from round {half_rounds // 2} to {half_rounds}",
+                                  "{:+.4f}", " nats/token", "seeds, paired"),
+                   "eval_loss_per_round", "a later plateau read as a loss still falling further in the second half of the "
+                   f"half-data arm's {half_rounds} rounds", key="plateau")
+    else:
+        ledger.add("More data per client delays the evaluation-loss plateau", "plateau later",
+                   not_testable("the profile runs no half-data arm (half_data_run: false)"), "eval_loss_per_round")
     ledger.add("The final evaluation loss is 2.207 after 20 rounds", "2.2073",
                not_testable(f"another model ({s['model']}), corpus and scale; {short}",
                             f"{prox['final_eval_loss'].mean():.4f} nats/token after {rounds} rounds"), "main_comparison")
 
     # --- the study's own checks ---
+    blocks = probe_blocks if probe_blocks is not None else pd.DataFrame()
+    if len(blocks):
+        broad = blocks[blocks["sample"] == "broad sample"]["loss"]
+        evaluated = blocks[blocks["sample"] == "evaluation blocks"]["loss"]
+        ledger.check("The evaluation blocks' round-0 loss is typical of the held-out files (within 0.1 nats/token of a "
+                     f"broad sample of {len(broad)} blocks)",
+                     within(evaluated.tolist(), float(broad.mean()), 0.1, "base-model loss of the evaluation blocks",
+                            "{:.4f}", " nats/token", "blocks"),
+                     "base_loss", "the base model before any training, block by block: the evaluation set's mean against "
+                     f"the broad sample's mean; blocks differ by {float(broad.std()):.2f} nats/token (sd), so {len(evaluated)} "
+                     "blocks place a level only roughly, while the arms, evaluated on the same blocks, are compared without "
+                     "that error", key="eval_typical")
     ledger.check(f"FedProx (mu {main_mu:g}) ends at a lower evaluation loss than FedAvg",
                  paired_less(prox["final_eval_loss"], avg["final_eval_loss"], 0.0, "FedProx - FedAvg final eval loss", "{:+.4f}",
                              " nats/token", "seeds, paired"), "main_comparison",
@@ -349,8 +409,9 @@ def metrics(table: pd.DataFrame, runs_wall_s: float) -> dict[str, float]:
 
 
 def finding(s: Settings, table: pd.DataFrame, sweep: pd.DataFrame, runs_wall_s: float, main_wall_s: float,
-            claims: ClaimsLedger) -> str:
-    """The report's opening paragraph, written from the measured tables and the ledger's verdicts."""
+            claims: ClaimsLedger, base: pd.DataFrame | None = None) -> str:
+    """The report's opening paragraph, written from the measured tables and the ledger's verdicts; ``base``
+    (:func:`base_loss`) adds what the base model's loss is before training on each probed sample."""
     v = claims.verdicts
     comp = main_comparison(table, s["main_mu"])
     avg, prox = comp.iloc[0], comp.iloc[1]
@@ -360,6 +421,18 @@ def finding(s: Settings, table: pd.DataFrame, sweep: pd.DataFrame, runs_wall_s: 
              f"{s['samples_per_client']} samples of {s['max_length']} tokens and {s['num_rounds']} rounds, the held-out "
              f"evaluation loss (nats/token) goes from {table['eval_loss_round0'].iloc[0]:.4f} to {spread(avg)} with FedAvg and "
              f"{spread(prox)} with FedProx mu={s['main_mu']:g} ({n} seed{'s' if n != 1 else ''}; mean ± sd)."]
+    if base is not None and len(base) and "eval_typical" in v:
+        b = base.set_index("sample")
+        ev, broad = b.loc["evaluation blocks"], b.loc["broad sample"]
+        first = (f", and {b.loc['first files in name order', 'loss']:.4f} on the first {int(b.loc['first files in name order', 'blocks'])} "
+                 f"blocks of the files in name order ({int(b.loc['first files in name order', 'files'])} file"
+                 f"{'s' if b.loc['first files in name order', 'files'] != 1 else ''})" if "first files in name order" in b.index else "")
+        parts.append(f"Before any training the model's loss is {ev['loss']:.4f} on the {int(ev['blocks'])} evaluation blocks "
+                     f"({int(ev['files'])} files), {broad['loss']:.4f} ± {broad['loss_sd']:.4f} (sd over blocks) on "
+                     f"{int(broad['blocks'])} blocks drawn across the held-out files{first}: "
+                     + says(v["eval_typical"], "the evaluation set is typical of the held-out code ({measured}).",
+                            "the evaluation set is not typical of the held-out code ({measured}).",
+                            "whether the evaluation set is typical of the held-out code is undecided ({measured}).", ""))
     parts.append(says(v["prox_vs_avg"], "FedProx ends lower than FedAvg, paired by seed ({measured}).",
                       "FedProx ends higher than FedAvg, paired by seed ({measured}): the proximal term costs loss here.",
                       "FedProx and FedAvg end at losses that cannot be told apart, paired by seed ({measured}).", ""))
@@ -368,13 +441,18 @@ def finding(s: Settings, table: pd.DataFrame, sweep: pd.DataFrame, runs_wall_s: 
                       "paired difference {measured}).", "The proximal term does not keep the clients' updates closer ({measured}).",
                       "Whether the proximal term keeps the clients' updates closer is undecided ({measured}).", ""))
     if "more_data" in v:
-        parts.append(says(v["more_data"], "Twice the data per client lowers the final loss, as the seed says ({measured} for half the data).",
-                          "Twice the data per client does not lower the final loss ({measured} for half the data).",
-                          "Twice the data per client does not measurably change the final loss ({measured} for half the data).", ""))
+        at = f"at round {s['half_data_rounds']}"
+        parts.append(says(v["more_data"], f"Twice the data per client lowers the loss {at}, as the seed says ({{measured}} for half the data).",
+                          f"Twice the data per client does not lower the loss {at} ({{measured}} for half the data).",
+                          f"Twice the data per client does not measurably change the loss {at} ({{measured}} for half the data).", ""))
+        parts.append(says(v["plateau"], "With twice the data the loss still falls further late in the run, a later plateau as the seed "
+                          "says ({measured}).", "With twice the data the loss does not keep falling longer ({measured}): no later "
+                          "plateau.", "Whether twice the data delays the plateau is undecided ({measured}).", ""))
     if len(sweep):
         cols = [c for c in sweep.columns if c != "mu"]
         best = {c: sweep.loc[sweep[c].idxmin(), "mu"] for c in cols}
-        parts.append("Across the mu sweep (one seed) the lowest final loss is at " + ", ".join(f"mu={x:g} ({k})" for k, x in best.items()) + ".")
+        parts.append(f"Across the mu sweep (one seed, loss at round {s['sweep_rounds']}) the lowest loss is at "
+                     + ", ".join(f"mu={x:g} ({k})" for k, x in best.items()) + ".")
     full = table[table["adapter"] == "full"]
     lora = table[(table["adapter"] == "lora") & (table["mu"] == s["main_mu"]) & (table["split"] == "iid")
                  & (table["samples_per_client"] == s["samples_per_client"])]

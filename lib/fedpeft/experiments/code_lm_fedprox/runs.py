@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -34,23 +35,32 @@ from fedpeft.training.causal_lm import CausalLMTrainer
 
 
 def run_specs(s: Settings) -> list[RunSpec]:
-    """The main comparison (FedAvg and FedProx(main_mu), IID, over ``seeds``), the mu sweep over ``splits`` (first
-    seed), the half-data runs (over ``seeds``, so that the data-volume claim has an interval) and the full-model run,
-    once. The base model's seed is the first of ``seeds``."""
+    """The main comparison (FedAvg and FedProx(main_mu), IID, over ``seeds``, ``num_rounds`` rounds), the mu sweep
+    over ``splits`` (first seed, ``sweep_rounds``; the main runs stand in for their own arms), the half-data runs
+    (over ``seeds``, ``half_data_rounds``, so that the data-volume claim has an interval), the full-model run once,
+    and the base model's loss probe. The base model's seed is the first of ``seeds``."""
     first = s["seeds"][0]
+    main_mus = (0.0, s["main_mu"])
     base = dict(adapter="lora", samples_per_client=s["samples_per_client"], rounds=s["num_rounds"], base_seed=first)
-    plan = [base | dict(mu=mu, split="iid", seed=seed) for seed in s["seeds"] for mu in (0.0, s["main_mu"])]
-    plan += [base | dict(mu=mu, split=split, seed=first) for split in s["splits"] for mu in s["prox_mus"]]
+    plan = [base | dict(mu=mu, split="iid", seed=seed) for seed in s["seeds"] for mu in main_mus]
+    plan += [base | dict(mu=mu, split=split, seed=first, rounds=s["sweep_rounds"]) for split in s["splits"]
+             for mu in s["prox_mus"] if not (split == "iid" and mu in main_mus)]
     if s["half_data_run"]:
-        plan += [base | dict(mu=s["main_mu"], split="iid", seed=seed, samples_per_client=s["samples_per_client"] // 2)
-                 for seed in s["seeds"]]
+        plan += [base | dict(mu=s["main_mu"], split="iid", seed=seed, samples_per_client=s["samples_per_client"] // 2,
+                             rounds=s["half_data_rounds"]) for seed in s["seeds"]]
     if s["full_model_rounds"]:
         plan.append(base | dict(mu=s["main_mu"], split="iid", seed=first, adapter="full", rounds=s["full_model_rounds"]))
     specs: dict[str, RunSpec] = {}
+    if s["probe_samples"]:
+        specs[PROBE] = RunSpec(PROBE, dict(adapter="none", probe_samples=s["probe_samples"], base_seed=first))
     for args in plan:
         run_id = f"{args['adapter']}-{args['split']}-mu{args['mu']:g}-n{args['samples_per_client']}-s{args['seed']}-r{args['rounds']}"
         specs.setdefault(run_id, RunSpec(run_id, args))
     return list(specs.values())
+
+
+#: Run id of the base model's loss probe (no training).
+PROBE = "base-model-loss"
 
 
 # --- data and model --------------------------------------------------------------------------------------------
@@ -80,8 +90,8 @@ def prepare(s: Settings, seed: int) -> CodeData:
     train_docs, eval_docs = code_corpus.split_held_out(docs, s["eval_fraction"], seed=0)
     if s["pretrain_samples"]:
         pretrain_base(s, model, tokenizer, {d.group for d in docs}, seed)
-    eval_blocks = code_corpus.pack_blocks(eval_docs, tokenizer, s["max_length"], s["eval_samples"],
-                                          tokenizer.eos_token_id, what="eval_samples")
+    eval_blocks = code_corpus.sample_blocks(eval_docs, tokenizer, s["max_length"], s["eval_samples"],
+                                            tokenizer.eos_token_id, seed=0, what="eval_samples")
     return CodeData(model, tokenizer, train_docs, eval_docs, eval_blocks, {})
 
 
@@ -121,9 +131,11 @@ def full_model(data: CodeData) -> nn.Module:
 
 
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
-    """One federated run of ``spec`` as a record."""
+    """One federated run of ``spec`` (or the base model's loss probe) as a record."""
     a = spec.args
     data = prepare(s, seed=a["base_seed"])
+    if spec.run_id == PROBE:
+        return probe_base_loss(s, spec, data, progress)
     clients = [Client(f"client{c}", blocks) for c, blocks in enumerate(shards(s, data, a["split"], a["samples_per_client"]))]
     model = adapter_model(s, data, a["seed"]) if a["adapter"] == "lora" else full_model(data)
     lr = s["learning_rate"] if a["adapter"] == "lora" else s["full_model_lr"]
@@ -153,15 +165,51 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
 
 
+def probe_base_loss(s: Settings, spec: RunSpec, data: CodeData, progress: bool = True) -> RunRecord:
+    """The base model's loss (nats per predicted token) before any training, block by block, on three samples of
+    the held-out files: the runs' evaluation blocks, ``probe_samples`` blocks drawn across all held-out files, and
+    the first ``eval_samples`` blocks of the files in name order (the sample the study evaluated on before it drew
+    blocks at random). Explains the runs' round-0 loss: how typical of the held-out code their evaluation set is."""
+    from tqdm.auto import tqdm
+
+    trainer = CausalLMTrainer(lr=s["learning_rate"], batch_size=s["batch_size"], epochs=1,
+                              eval_batch_size=s["eval_batch_size"], precision=s["precision"], device=run_device(s.params))
+    tok, length = data.tokenizer, s["max_length"]
+    samples = {
+        "evaluation blocks": data.eval_blocks,
+        "broad sample": code_corpus.sample_blocks(data.eval_docs, tok, length, spec.args["probe_samples"], tok.eos_token_id,
+                                                  seed=1, what="probe_samples"),
+        "first files in name order": code_corpus.pack_blocks(data.eval_docs, tok, length, s["eval_samples"],
+                                                             tok.eos_token_id, what="eval_samples"),
+    }
+    rows, blocks = [], []
+    with measure(trainer.torch_device) as m:
+        for name, sample in tqdm(samples.items(), desc=spec.run_id, disable=not progress):
+            losses = trainer.block_losses(data.base_model, sample).tolist()
+            files = sample.block_files or [tuple(sample.files)] * len(sample)
+            blocks += [{"sample": name, "block": i, "loss": v, "first_file": f[0], "files": len(f)}
+                       for i, (v, f) in enumerate(zip(losses, files, strict=True))]
+            rows.append({"sample": name, "blocks": len(sample), "files": len(sample.files), "tokens": sample.num_tokens,
+                         "loss": float(np.mean(losses)), "loss_sd": float(np.std(losses, ddof=1)) if len(losses) > 1 else float("nan")})
+    scalars = {"arm": "base model", "adapter": "none", "held_out_files": len(data.eval_docs),
+               "eval_tokens_per_s": trainer.meter.rates()["eval_tokens_per_s"], "peak_memory_bytes": m.peak_memory_bytes,
+               "memory_kind": m.memory_kind, "wall_s": m.wall_s}
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars,
+                     {"base_loss": pd.DataFrame(rows), "block_losses": pd.DataFrame(blocks)})
+
+
 def corpus_summary(s: Settings, data: CodeData, split: str, samples_per_client: int) -> pd.DataFrame:
     """Files, packages and tokens on each side of the held-out split, and what each client of this run holds."""
+    packages = lambda files: len({name.split("/")[0].removesuffix(".py") for name in files})
     rows = [
         {"part": "training files", "files": len(data.train_docs), "packages": len({d.group for d in data.train_docs}),
          "samples": None, "tokens": None},
         {"part": "held-out files", "files": len(data.eval_docs), "packages": len({d.group for d in data.eval_docs}),
+         "samples": None, "tokens": None},
+        {"part": "evaluation blocks", "files": len(data.eval_blocks.files), "packages": packages(data.eval_blocks.files),
          "samples": len(data.eval_blocks), "tokens": data.eval_blocks.num_tokens},
     ]
     for c, blocks in enumerate(shards(s, data, split, samples_per_client)):
-        rows.append({"part": f"{split} client {c} ({samples_per_client} samples)", "files": None, "packages": None,
-                     "samples": len(blocks), "tokens": blocks.num_tokens})
+        rows.append({"part": f"{split} client {c} ({samples_per_client} samples)", "files": len(blocks.files),
+                     "packages": packages(blocks.files), "samples": len(blocks), "tokens": blocks.num_tokens})
     return pd.DataFrame(rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedpeft.core.config import Settings, Spec, load_settings, seeds_spec, threads_spec
+from fedpeft.core.config import ParameterError, Settings, Spec, load_settings, seeds_spec, threads_spec
 from fedpeft.data import code_corpus
 
 EXPERIMENT = "code_lm_fedprox"
@@ -27,7 +27,14 @@ SCHEMA: dict[str, Spec] = {
     "prox_mus": Spec(list, item=float, low=0.0, high=1e6, min_items=1, doc="FedProx mu values of the sweep; 0 is FedAvg"),
     "main_mu": Spec(float, low=0.0, high=1e6, doc="the seed's mu; the main comparison is FedProx(main_mu) vs FedAvg"),
     "seeds": seeds_spec(doc="seeds of the main comparison; the sweep uses the first"),
-    "num_rounds": Spec(int, low=1, high=10000),
+    "num_rounds": Spec(int, low=1, high=10000, doc="rounds of the main comparison (the seed: 20)"),
+    "sweep_rounds": Spec(int, low=1, high=10000, doc="rounds of the mu-sweep runs; the sweep compares every arm at this "
+                                                      "round (the main runs' history gives theirs; <= num_rounds)"),
+    "half_data_rounds": Spec(int, low=1, high=10000, doc="rounds of the half-data arm; compared with full data at this "
+                                                          "round (the seed: 10; <= num_rounds)"),
+    "probe_samples": Spec(int, low=0, high=10_000_000, doc="blocks drawn across all held-out files on which the base "
+                                                             "model's loss is measured once, beside the evaluation blocks "
+                                                             "(0: no probe run)"),
     "local_epochs": Spec(int, low=1, high=1000),
     "batch_size": Spec(int, low=1, high=4096),
     "eval_batch_size": Spec(int, low=1, high=4096),
@@ -48,13 +55,20 @@ SCHEMA: dict[str, Spec] = {
 
 #: Keys that decide which runs exist; a run's mu, split, seed, samples, rounds and adapter are in its spec.
 PLAN_KEYS = frozenset({"splits", "prox_mus", "main_mu", "seeds", "num_rounds", "samples_per_client", "half_data_run",
-                       "full_model_rounds"})
+                       "full_model_rounds", "sweep_rounds", "half_data_rounds", "probe_samples"})
 #: Keys only the report reads.
 REPORT_KEYS: frozenset[str] = frozenset()
 
 
 def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
-    return load_settings(profile, EXPERIMENT, SCHEMA, overrides)  # prox_mus: the schema bounds each mu to [0, 1e6]
+    """The validated settings; the sweep's and the half-data arm's rounds must not exceed the main runs' (the main
+    runs' history stands in for the sweep's FedAvg and FedProx(main_mu) arms, and gives full data's loss at the
+    half-data arm's last round)."""
+    s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)  # prox_mus: the schema bounds each mu to [0, 1e6]
+    for key in ("sweep_rounds", "half_data_rounds"):
+        if s[key] > s["num_rounds"]:
+            raise ParameterError(f"{EXPERIMENT}.{key} = {s[key]} is not allowed; it must be <= num_rounds ({s['num_rounds']})")
+    return s
 
 
 def arm_name(mu: float) -> str:
