@@ -206,6 +206,73 @@ def test_glue_svd_against_naive_is_a_paired_study_check_and_the_prose_follows(sv
     assert sentence in text
 
 
+def _rank_and_lr_inputs(by_rank: dict[int, list[float]], lora_lrs: tuple[list[float], list[float]],
+                        full_lrs: tuple[list[float], list[float]], fedex: list[float] | None = None):
+    g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
+    s = g.load("local", {"shardings": ["iid"], "repeat_shardings": [], "extra_tasks": [], "compress_client_rank": 0})
+    base = scores[(scores["method"] == "svd") & (scores["sharding"] == "iid")].iloc[0].to_dict()
+    rows = [{**base, "client_rank": r, "kept_rank": r, "seed": seed, "score": v}
+            for r, values in by_rank.items() if r != 8 for seed, v in zip((42, 43, 44), values, strict=True)]
+    scores = pd.concat([scores.assign(kept_rank=scores["client_rank"]), pd.DataFrame(rows)], ignore_index=True)
+    if fedex is not None:
+        fx = [{**base, "method": "fedex", "kept_rank": 8, "seed": seed, "score": v, "max_relative_error": 3e-8,
+               "round_traffic_MiB": 40.0} for seed, v in zip((42, 43, 44), fedex, strict=True)]
+        scores = pd.concat([scores.assign(round_traffic_MiB=0.5, max_relative_error=0.2), pd.DataFrame(fx)], ignore_index=True)
+    lr_runs = pd.DataFrame([{"baseline": baseline, "lr": lr, "seed": seed, "score": v, "epochs": 5}
+                            for baseline, (high, low) in (("centralized LoRA", lora_lrs), ("full fine-tuning", full_lrs))
+                            for lr, values in ((2e-4, high), (2e-5, low)) for seed, v in zip((42, 43, 44), values, strict=True)])
+    return g, s, scores, errors, baselines, merge, lr_runs
+
+
+@pytest.mark.parametrize("by_rank, verdicts", [
+    ({4: [0.76, 0.77, 0.75], 16: [0.83, 0.84, 0.82], 32: [0.86, 0.87, 0.855]}, ("holds", "holds", "holds")),
+    ({4: [0.84, 0.85, 0.83], 16: [0.76, 0.77, 0.75], 32: [0.70, 0.71, 0.69]}, ("does not hold", "does not hold", "does not hold")),
+    ({4: [0.78, 0.83, 0.79], 16: [0.79, 0.84, 0.80], 32: [0.83, 0.88, 0.82]}, ("inconclusive", "inconclusive", "inconclusive")),
+])
+def test_glue_rank_guidance_is_judged_row_by_row_against_r8_and_full_fine_tuning(by_rank, verdicts):
+    # full fine-tuning at the lower rate scores 86, 87, 85 %; r 8 (svd) 80, 81, 79 %
+    g, s, scores, errors, baselines, merge, lr_runs = _rank_and_lr_inputs(by_rank, ([0.8] * 3, [0.7] * 3), ([0.7] * 3, [0.86, 0.87, 0.85]))
+    ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033, lr_runs=lr_runs)
+    assert tuple(ledger.verdicts[k].verdict for k in ("rank4", "rank16", "rank32")) == verdicts
+    assert "r 32 - full fine-tuning score > -1.00 points" in ledger.verdicts["rank32"].rule
+    table = g.rank_sweep(scores, s, lr_runs)
+    assert table["setting"].tolist() == ["LoRA r 4", "LoRA r 8", "LoRA r 16", "LoRA r 32", "full fine-tuning (centralized, lr 2e-05)"]
+    without = g.build_claims(s, scores[scores["client_rank"] != 32], errors, baselines, merge, 0.0033, lr_runs=lr_runs)
+    assert without.verdicts["rank32"].verdict == "not testable here"
+
+
+@pytest.mark.parametrize("lora, full, verdicts", [
+    (([0.82, 0.83, 0.81], [0.70, 0.71, 0.69]), ([0.60, 0.61, 0.59], [0.85, 0.86, 0.84]), ("holds", "holds")),
+    (([0.70, 0.71, 0.69], [0.82, 0.83, 0.81]), ([0.85, 0.86, 0.84], [0.60, 0.61, 0.59]), ("does not hold", "does not hold")),
+])
+def test_glue_learning_rate_advice_is_two_paired_rows(lora, full, verdicts):
+    g, s, scores, errors, baselines, merge, lr_runs = _rank_and_lr_inputs({}, lora, full)
+    ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033, lr_runs=lr_runs)
+    assert (ledger.verdicts["lr_lora"].verdict, ledger.verdicts["lr_full"].verdict) == verdicts
+    frame = ledger.frame()
+    assert (frame[frame["claim"].str.contains("learns better at")]["kind"] == "seed claim").all()
+    assert "rank4" in ledger.verdicts and ledger.verdicts["rank4"].verdict == "not testable here"  # no r 4 runs
+    untested = g.build_claims(s, scores, errors, baselines, merge, 0.0033)
+    assert frame.shape[0] == untested.frame().shape[0] + 1  # one row becomes two
+
+
+@pytest.mark.parametrize("fedex, verdict, sentence", [
+    ([0.83, 0.835, 0.84], "holds", "Its global model beats naive averaging's"),
+    ([0.80, 0.79, 0.81], "inconclusive", "cannot be told apart from naive averaging's"),
+])
+def test_glue_fedex_is_checked_exact_costed_in_bytes_and_compared_with_naive(fedex, verdict, sentence):
+    g, s, scores, errors, baselines, merge, lr_runs = _rank_and_lr_inputs({}, ([0.8] * 3, [0.7] * 3), ([0.7] * 3, [0.8] * 3), fedex)
+    ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033, lr_runs=lr_runs)
+    assert ledger.verdicts["fedex_exact"].verdict == "holds"
+    assert ledger.verdicts["fedex_better"].verdict == verdict
+    assert ledger.verdicts["fedex_traffic"].measured.endswith("(80.0x)")
+    seeds = g.seed_table(scores, "sst2", s["lora_rank"])
+    text = g.finding(s, scores, seeds, errors, merge, baselines, 60.0, 0.0033, ledger)
+    assert "FedEx-LoRA reproduces the mean update exactly" in text and sentence in text
+    inexact = scores.assign(max_relative_error=np.where(scores["method"] == "fedex", 0.01, scores["max_relative_error"]))
+    assert g.build_claims(s, inexact, errors, baselines, merge, 0.0033).verdicts["fedex_exact"].verdict == "does not hold"
+
+
 def test_glue_counts_the_seeds_model_and_judges_one_accuracy_on_its_examples():
     g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
     frame = g.build_claims(s, scores, errors, baselines, merge, 0.0033).frame().set_index("claim")

@@ -77,8 +77,20 @@ def test_exact_fact_and_not_testable():
     assert c.exact(434_601, 434_602, "parameters").verdict == "does not hold"
     assert c.fact("K r rank: 1e-16", "SVD at rank K r reproduces the mean delta-W").verdict == "fact"
     with pytest.raises(ValueError, match="must say why"):
-        c.not_testable("")
-    assert c.not_testable("needs a GPU").verdict == "not testable here"
+        c.not_testable("", needs="gpu")
+    gpu = c.not_testable("a timing of the seed's GPU", needs="gpu")
+    assert gpu.verdict == "not testable here" and gpu.needs == "gpu"
+    assert gpu.rule == "needs a GPU: a timing of the seed's GPU"
+    with pytest.raises(ValueError, match=r"needs = 'time' is not allowed; it must be one of \['gpu', 'seed data'"):
+        c.not_testable("later", needs="time")
+    with pytest.raises(ValueError, match="a 'not testable here' verdict says what it needs"):
+        c.Verdict("not testable here", "not measured", "why")
+    with pytest.raises(ValueError, match="other verdicts leave it empty"):
+        c.Verdict("holds", "1 %", "rule", needs="gpu")
+    ledger = c.ClaimsLedger("local", "x")
+    ledger.add("A GPU claim", "fast", gpu, "speed")
+    ledger.add("A counted claim", "2", c.exact(2, 2, "parameters", " parameters"), "setup")
+    assert ledger.frame()["needs"].tolist() == ["gpu", ""]
 
 
 @pytest.mark.parametrize("scores, verdict, label", [
@@ -146,7 +158,7 @@ def test_bad_input_is_refused():
 def test_ledger_rows_carry_verdict_rule_and_evidence():
     ledger = c.ClaimsLedger("embedded", "eurosat_fedavg_ptq")
     ledger.add("CNN parameters", "434,602", c.exact(434_602, 434_602, "parameters", " parameters"), evidence="accuracy.md")
-    ledger.add("FP16 is faster", "20-30 %", c.not_testable("FP16 kernels are not faster on this CPU"), evidence="speed.md")
+    ledger.add("FP16 is faster", "20-30 %", c.not_testable("FP16 kernels are not faster on this CPU", needs="gpu"), evidence="speed.md")
     frame = ledger.frame()
     assert frame["verdict"].tolist() == ["holds", "not testable here"]
     assert set(frame["verdict"]) <= set(c.VERDICTS) and frame["evidence"].str.len().gt(0).all()
@@ -300,7 +312,7 @@ def test_a_finding_sentence_follows_its_verdict():
     assert c.says(c.paired_greater({0: 2.0, 1: 3.0, 2: 2.5}, {0: 1.0, 1: 2.0, 2: 1.4}), *sentences) == "beats it (1.033 [0.8899, 1.177] (95 %, n=3))"
     assert c.says(c.paired_greater({0: 1.0, 1: 2.0, 2: 1.4}, {0: 2.0, 1: 3.0, 2: 2.5}), *sentences).startswith("loses")
     assert c.says(c.paired_greater({0: 1.0, 1: 3.0, 2: 2.0}, {0: 2.0, 1: 2.0, 2: 2.1}), *sentences).startswith("cannot tell")
-    assert c.says(c.not_testable("needs a GPU"), *sentences) == ""
+    assert c.says(c.not_testable("a GPU timing", needs="gpu"), *sentences) == ""
 
 
 def test_the_ledger_keeps_seed_claims_and_study_checks_apart_with_their_evidence():

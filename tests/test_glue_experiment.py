@@ -64,3 +64,60 @@ def test_clients_train_at_rank_8_and_the_server_keeps_rank_4(toy):
     a_shapes = {v.shape[0] for k, v in run.result.final_state.items() if ".lora_A." in k}
     assert a_shapes == {4}
     assert run.result.history["server_score"].notna().all()
+
+
+def test_plan_adds_fedex_the_rank_sweep_the_learning_rates_and_extra_seeds_where_asked():
+    s = load("embedded", {"aggregations": ["svd", "naive", "fedex"], "rank_sweep": [4, 16], "lr_study": [1e-3, 1e-4],
+                          "extra_seeds": [45], "extra_tasks": []})
+    specs = {spec.run_id: spec for spec in exp.run_specs(s)}
+    assert len(specs) == len(exp.run_specs(s))
+    fedex = [i for i in specs if "-fedex-" in i]
+    assert "sst2-fedex-category-r8-s42" in fedex and "sst2-fedex-dirichlet-r8-s45" in fedex
+    # extra seeds repeat the repeated comparisons only: IID and repeat_shardings, every aggregation
+    assert sorted(i for i in specs if i.endswith("-s45")) == sorted(
+        f"sst2-{m}-{sh}-r8-s45" for m in ("svd", "naive", "fedex") for sh in ("iid", "dirichlet"))
+    sweep = {i: spec.args for i, spec in specs.items() if "-keep-" in i}
+    assert sorted(sweep) == sorted(f"sst2-svd-iid-r{r}-keep-s{seed}" for r in (4, 16) for seed in (42, 43, 44))
+    assert all(a["global_rank"] == a["client_rank"] for a in sweep.values())
+    assert specs["sst2-svd-iid-r16-s42"].args.get("global_rank") is None  # compress 16 -> svd_rank stays as it was
+    lr = [spec for spec in specs.values() if spec.kind == "lr_study"]
+    assert [spec.args["seed"] for spec in lr] == [42, 43, 44] and all(spec.args["lrs"] == [1e-3, 1e-4] for spec in lr)
+    with pytest.raises(ValueError, match=r"extra_seeds = \[43\] is not allowed; \[43\] already in seeds"):
+        load("embedded", {"extra_seeds": [43]})
+    with pytest.raises(ValueError, match="rank_sweep = \\[4\\] needs svd_rank = lora_rank"):
+        load("embedded", {"rank_sweep": [4], "svd_rank": 4})
+
+
+def test_the_rank_sweep_keeps_the_clients_rank_on_the_server(toy):
+    s, data = toy
+    run = exp.run_federated_lora(s, data, "svd", "iid", 0, client_rank=8, progress=False, global_rank=8)
+    assert run.strategy.global_rank == 8 and run.strategy.client_rank == 8
+    compressed = exp.run_federated_lora(s, data, "svd", "iid", 0, client_rank=8, progress=False)
+    assert compressed.strategy.global_rank == s["svd_rank"] == 4
+
+
+def test_fedex_in_the_glue_loop_is_exact_and_pays_for_it_in_downlink(toy):
+    s, data = toy
+    fedex = exp.run_federated_lora(s, data, "fedex", "iid", 0, progress=False)
+    naive = exp.run_federated_lora(s, data, "naive", "iid", 0, progress=False)
+    assert fedex.strategy.error_frame()["relative_error"].max() < 1e-5
+    assert naive.strategy.error_frame()["relative_error"].max() > 1e-3
+    down = lambda run: run.result.ledger.frame().query("direction == 'down'")["bytes"].sum()
+    up = lambda run: run.result.ledger.frame().query("direction == 'up'")["bytes"].sum()
+    assert up(fedex) == up(naive)  # clients send the same adapters
+    residual_bytes = down(fedex) - down(naive)
+    layers = lora_layer_names(fedex.result.final_state)
+    assert residual_bytes > 0 and len(fedex.strategy.folded_base()) == len(layers)
+    hidden = data.base_model.config.hidden_size
+    # every client, every round, each adapted layer's dense hidden x hidden residual in fp32 (plus safetensors headers)
+    dense = s["num_rounds"] * s["num_clients"] * len(layers) * hidden * hidden * 4
+    assert dense <= residual_bytes < dense * 1.05
+
+
+def test_the_learning_rate_study_trains_each_arm_at_each_rate(toy):
+    s, data = toy
+    spec = exp.RunSpec("sst2-lr-study-s0", {"task": "sst2", "seed": 0, "lrs": [1e-3, 1e-5]}, "lr_study")
+    table = exp._lr_study_record(s, spec, data, progress=False).tables["lr_study"]
+    assert table[["baseline", "lr"]].values.tolist() == [["centralized LoRA", 1e-3], ["centralized LoRA", 1e-5],
+                                                         ["full fine-tuning", 1e-3], ["full fine-tuning", 1e-5]]
+    assert table["trainable_params"].iloc[2] > 10 * table["trainable_params"].iloc[0]

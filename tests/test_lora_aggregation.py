@@ -1,6 +1,8 @@
 """LoRA aggregation: exactness of each method on hand-made factors, the round-loop strategy, and the merge."""
 
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,83 @@ def test_expanding_a_compressed_global_adapter_keeps_its_delta():
         assert torch.count_nonzero(B[:, 2:]) == 0
         torch.testing.assert_close((2.0 * B.double() @ A.double()), g.delta(), rtol=1e-5, atol=1e-5)
     assert torch.count_nonzero(big["layer0.lora_A.default.weight"][2:]) > 0  # new directions can learn
+
+
+# --- FedEx-LoRA --------------------------------------------------------------------------------------------------------
+
+def test_fedex_residual_on_a_known_example_makes_the_average_exact():
+    a1, a2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    b1, b2 = torch.tensor([[1.0], [0.0]]), torch.tensor([[0.0], [1.0]])
+    fs = [LoraFactors(a1, b1, 2.0), LoraFactors(a2, b2, 2.0)]
+    # mean(B A) = 0.5 I, mean(B) mean(A) = 0.25 ones: the residual is scaling x their difference
+    residual = lora.fedex_residual(fs)
+    torch.testing.assert_close(residual, 2.0 * (0.5 * torch.eye(2, dtype=torch.float64) - 0.25 * torch.ones(2, 2, dtype=torch.float64)))
+    torch.testing.assert_close(aggregate("fedex", fs).delta() + residual, mean_delta(fs))
+
+
+@pytest.mark.parametrize("weights", [None, [1.0, 2.0, 3.0]])
+def test_fedex_frozen_weight_plus_adapter_is_the_true_mean_delta(weights):
+    fs = _factors(count=3, rank=2, scaling=0.5)
+    w0 = torch.randn(10, 12, dtype=torch.float64)
+    naive = aggregate("fedex", fs, weights)
+    global_weight = w0 + lora.fedex_residual(fs, weights) + naive.delta()
+    assert relative_error(w0 + mean_delta(fs, weights), global_weight) < 1e-12
+    assert relative_error(mean_delta(fs, weights), naive.delta()) > 0.1  # without the residual: naive's error
+    with pytest.raises(ValueError, match="equal ranks and scalings"):
+        lora.fedex_residual([fs[0], LoraFactors(fs[1].A, fs[1].B, 1.0)])
+
+
+def test_fedex_strategy_hands_the_residual_to_the_loop_once_and_keeps_the_sum():
+    clients = [_state(_factors(count=2, seed=c, scaling=1.0)) for c in range(3)]
+    fedex = LoraAggregation("fedex", client_rank=2, client_alpha=2)
+    assert fedex.folds_base_weights and not LoraAggregation("naive", 2, 2).folds_base_weights
+    fedex.aggregate(clients[0], clients, [1, 1, 2])
+    assert fedex.error_frame()["relative_error"].max() < 1e-6  # float32 states: exact to rounding
+    first = fedex.base_delta()
+    assert sorted(first) == ["layer0.base_layer.weight", "layer1.base_layer.weight"]
+    assert first["layer0.base_layer.weight"].shape == (10, 12)
+    assert fedex.base_delta() is None  # handed over once
+    fedex.aggregate(clients[0], clients[::-1], [2, 1, 1])
+    second = fedex.base_delta()
+    torch.testing.assert_close(fedex.folded_base()["layer1.base_layer.weight"],
+                               first["layer1.base_layer.weight"] + second["layer1.base_layer.weight"])
+    resumed = LoraAggregation("fedex", client_rank=2, client_alpha=2)
+    resumed.load_state_dict(fedex.state_dict())
+    assert resumed.folded_base().keys() == fedex.folded_base().keys()
+    assert "folded" not in LoraAggregation("naive", 2, 2).state_dict()
+
+
+def test_fedex_in_the_round_loop_folds_the_residual_into_the_model_and_the_ledger():
+    from fedpeft.data.code_corpus import TokenBlocks
+    from fedpeft.federated.engines import run_rounds
+    from fedpeft.federated.ledger import serialize_state
+    from fedpeft.federated.loop import Client, RoundConfig, run_federated
+    from fedpeft.models.causal_lm import byte_level_tokenizer, tiny_opt
+    from fedpeft.models.text import attach_lora
+    from fedpeft.training.causal_lm import CausalLMTrainer
+
+    torch.manual_seed(0)
+    model = attach_lora(tiny_opt(byte_level_tokenizer(), 64), 4, 8, 0.0, None, seed=0, task_type="CAUSAL_LM")
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    clients = [Client(f"c{i}", TokenBlocks(torch.randint(2, 258, (4, 16), generator=gen), [])) for i in range(2)]
+    test = TokenBlocks(torch.randint(2, 258, (4, 16), generator=gen), [])
+    strategy = LoraAggregation("fedex", client_rank=4, client_alpha=8)
+    trainer = CausalLMTrainer(lr=5e-2, batch_size=2, epochs=1)
+    config = RoundConfig(num_rounds=2, seed=3, exchange="trainable", evaluate_clients=False)
+    result = run_federated(model, clients, strategy, trainer, config, server_test=test, progress=False)
+    assert strategy.error_frame()["relative_error"].max() < 1e-5
+    folded = strategy.folded_base()
+    assert len(folded) == 4 and all(k.endswith(".base_layer.weight") for k in folded)  # 2 layers x (q, v)
+    assert max(float(v.abs().max()) for v in folded.values()) > 0  # the clients differed: there was a residual
+    # the server evaluated frozen weights + residuals + the averaged adapters
+    check = copy.deepcopy(model)
+    check.load_state_dict(base | result.final_state | {k: base[k] + v for k, v in folded.items()})
+    assert trainer.evaluate(check, test)["loss"] == pytest.approx(result.history["server_loss"].iloc[-1], rel=1e-6)
+    # every client receives each round's residual: counted as downlink beside the adapters
+    ledger = result.ledger.frame()
+    extra = ledger[ledger["payload"] == "folded into frozen weights"]
+    assert len(extra) == 2 * 2 and (extra["direction"] == "down").all()
+    assert set(extra["bytes"]) == {len(serialize_state({k: torch.zeros_like(v) for k, v in folded.items()}))}
+    with pytest.raises(ValueError, match="engine = 'flower' is not allowed with LoRA-fedex"):
+        run_rounds("flower", model, clients, strategy, trainer, config)

@@ -45,6 +45,9 @@ def run_rounds(engine: str, model: nn.Module, clients: Sequence[Client], strateg
     engine only (the Flower engines restart a killed run); ``deployment_threads``: torch threads of each SuperNode's
     process on the Deployment Engine."""
     check_engine(engine)
+    if engine != "inprocess" and strategy.folds_base_weights:
+        raise ValueError(f"engine = {engine!r} is not allowed with {strategy.describe()}: it folds a residual into the "
+                         "clients' frozen weights, which only the in-process round loop sends; use engine 'inprocess'")
     if engine == "flower":
         from fedpeft.federated.flower_engine import run_flower
 

@@ -145,6 +145,19 @@ def update_norm(new_state: Mapping[str, torch.Tensor], old_state: Mapping[str, t
     return total ** 0.5
 
 
+def add_to_parameters(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> None:
+    """Add each tensor of ``deltas`` to the parameter of that name (FedEx-LoRA's residual into a frozen weight)."""
+    if not deltas:
+        return
+    params = dict(model.named_parameters())
+    unknown = sorted(set(deltas) - set(params))
+    if unknown:
+        raise KeyError(f"the strategy folds into parameters the model does not have: {unknown[:3]}")
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            params[name].add_(delta.to(device=params[name].device, dtype=params[name].dtype))
+
+
 def sample_clients(num_clients: int, fraction: float, min_clients: int, seed: int, round_: int) -> list[int]:
     """Indices of the clients that train in ``round_``: ``max(min_clients, int(fraction * n))`` of them."""
     k = min(num_clients, max(min_clients, int(fraction * num_clients)))
@@ -310,6 +323,7 @@ def run_federated(
             ledger = CommunicationLedger.from_state_dict(ckpt["ledger"])
             first_round = ckpt["round"] + 1
     resumed_from = first_round - 1
+    add_to_parameters(work_model, strategy.folded_base())  # a resumed FedEx-LoRA run's frozen weights
 
     def evaluate_global(round_: int, row: dict) -> None:
         t0 = time.perf_counter()
@@ -380,6 +394,12 @@ def run_federated(
         if states:
             global_state = strategy.aggregate(global_state, states, weights, trainable_keys)
             check_finite(global_state, 0.0, f"round {round_}, server aggregation", _settings_hint(trainer, strategy))
+            folded = strategy.base_delta()
+            if folded:  # sent to every client with the next model: its bytes count as this round's downlink
+                extra = len(serialize_state(folded, config.transport))
+                for c in clients:
+                    ledger.record(round_, c.cid, "down", extra, payload="folded into frozen weights")
+                add_to_parameters(work_model, folded)
         aggregate_s = time.perf_counter() - t0
         row = {
             "round": round_,

@@ -14,6 +14,10 @@ A LoRA layer adds ``delta_W = scaling * B @ A`` to a frozen weight (``A``: ``r x
            trained and averaged, so ``mean(B) @ A = mean(B @ A)`` exactly.
 ``flora``  FLoRA (Wang et al., NeurIPS 2024): stack the clients' factors, ``B = [w_1 s_1 B_1 | ...]`` and
            ``A = [A_1; ...]``, exact, with a rank that grows to the sum of the clients' ranks.
+``fedex``  FedEx-LoRA (Singhal et al., 2024): average ``A`` and ``B`` as ``naive`` does, and fold the residual
+           ``s * (mean(B A) - mean(B) mean(A))`` into the frozen weight, so that frozen weight plus adapter is
+           exactly the mean ``delta_W``. The residual is dense (``out x in`` per layer): the price of exactness,
+           sent to every client each round (the round loop counts it as downlink).
 
 Everything else a client sends (the classification head) is averaged as in FedAvg. Aggregation runs in
 float64 and returns the input dtype.
@@ -33,8 +37,11 @@ import torch
 
 from fedpeft.federated.strategies import FedAvg, StateDict, normalize_weights, weighted_average
 
-METHODS = ("svd", "naive", "ffa", "flora")
-ROUND_METHODS = ("svd", "naive", "ffa")  # flora's rank grows every round, so it is a one-shot merge only here
+METHODS = ("svd", "naive", "ffa", "flora", "fedex")
+ROUND_METHODS = ("svd", "naive", "ffa", "fedex")  # flora's rank grows every round, so it is a one-shot merge only here
+#: Suffix of the key under which :func:`merge_lora_states` returns FedEx-LoRA's residual of a layer (``<layer>`` +
+#: suffix): peft's name of the frozen weight the residual is added to.
+FROZEN_WEIGHT = ".base_layer.weight"
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,17 @@ def aggregate_svd(factors: Sequence[LoraFactors], weights: Sequence[float] | Non
     return LoraFactors(A.to(factors[0].A.dtype), B.to(factors[0].B.dtype), scaling)
 
 
+def fedex_residual(factors: Sequence[LoraFactors], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """FedEx-LoRA's residual ``s * (sum_i w_i B_i A_i - (sum_i w_i B_i)(sum_i w_i A_i))`` (float64, ``out x in``):
+    what naive averaging leaves out of the mean ``delta_W``. Clients must share rank and scaling."""
+    naive = aggregate_naive(factors, weights)  # checks equal ranks and scalings
+    w = normalize_weights(weights, len(factors))
+    mean_product = sum(wi * (f.B.double() @ f.A.double()) for wi, f in zip(w, factors, strict=True))
+    A = sum(wi * f.A.double() for wi, f in zip(w, factors, strict=True))
+    B = sum(wi * f.B.double() for wi, f in zip(w, factors, strict=True))
+    return naive.scaling * (mean_product - B @ A)
+
+
 def aggregate_frozen_a(factors: Sequence[LoraFactors], weights: Sequence[float] | None = None) -> LoraFactors:
     """FFA-LoRA: every client holds the same frozen ``A``; average ``B`` alone."""
     A0 = factors[0].A
@@ -129,7 +147,7 @@ def aggregate(method: str, factors: Sequence[LoraFactors], weights: Sequence[flo
         if svd_rank is None:
             raise ValueError("method = 'svd' needs svd_rank")
         return aggregate_svd(factors, weights, svd_rank, scaling)
-    if method == "naive":
+    if method in ("naive", "fedex"):  # fedex: the residual comes from fedex_residual
         return aggregate_naive(factors, weights)
     if method == "ffa":
         return aggregate_frozen_a(factors, weights)
@@ -162,7 +180,9 @@ def merge_lora_states(states: Sequence[Mapping[str, torch.Tensor]], scalings: Se
                       frozen: Mapping[str, torch.Tensor] | None = None) -> tuple[StateDict, list[dict]]:
     """Merge the LoRA pairs of ``states`` layer by layer with ``method`` (``frozen``: FFA-LoRA's ``A`` matrices,
     absent from the states) and average every other key; return the merged state and one row per layer (the
-    merged rank, the relative error against the mean delta-W, its norm and the seconds spent measuring them)."""
+    merged rank, the relative error against the mean delta-W, its norm and the seconds spent measuring them).
+    ``fedex`` adds each layer's residual under ``<layer>.base_layer.weight`` (to be added to the frozen weight), and
+    its error counts the residual in."""
     frozen = dict(frozen or {})
     w = normalize_weights(weights, len(states))
     keys = list(states[0])
@@ -174,10 +194,15 @@ def merge_lora_states(states: Sequence[Mapping[str, torch.Tensor]], scalings: Se
         factors = [LoraFactors(frozen[ka] if ka in frozen else s[ka], s[kb], sc) for s, sc in zip(states, scalings, strict=True)]
         out = aggregate(method, factors, w, svd_rank=svd_rank, scaling=scaling)
         merged[ka], merged[kb] = out.A, out.B
+        effective = out.delta()
+        if method == "fedex":
+            residual = fedex_residual(factors, w)
+            merged[layer + FROZEN_WEIGHT] = residual.to(out.A.dtype)
+            effective = effective + residual
         t0 = time.perf_counter()
         target = mean_delta(factors, w)
         rows.append({"layer": layer, "method": method, "rank": out.rank,
-                     "relative_error": relative_error(target, out.delta()),
+                     "relative_error": relative_error(target, effective),
                      "mean_delta_norm": float(torch.linalg.matrix_norm(target)), "measure_s": time.perf_counter() - t0})
     rest = [k for k in keys if k not in lora_keys]
     if rest:
@@ -219,6 +244,9 @@ class LoraAggregation(FedAvg):
         self.errors: list[dict] = []
         self.measure_s: list[float] = []  # per round: seconds spent measuring the error (not part of aggregating)
         self._round = 0
+        self.folds_base_weights = method == "fedex"
+        self._fold: StateDict = {}  # fedex: residuals of the last round, not yet handed to the loop
+        self.folded: StateDict = {}  # fedex: the sum of every residual so far (what a resumed run re-applies)
 
     def expand_for_model(self, state: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> StateDict:
         """The global adapter laid out as a client's (rank ``client_rank``, scaling ``client_scaling``) with the
@@ -249,18 +277,31 @@ class LoraAggregation(FedAvg):
         self.errors += [{"round": self._round} | {k: r[k] for k in ("layer", "method", "relative_error", "mean_delta_norm")}
                         for r in rows]
         self.measure_s.append(sum(r["measure_s"] for r in rows))
+        self._fold = {k: v for k, v in merged.items() if k.endswith(FROZEN_WEIGHT)}
+        for k, v in self._fold.items():
+            self.folded[k] = self.folded[k] + v if k in self.folded else v.clone()
         return {k: merged[k].to(v.dtype) for k, v in global_state.items()}
+
+    def base_delta(self) -> StateDict | None:
+        """FedEx-LoRA: the residuals of the last aggregation, once (None for the other methods)."""
+        fold, self._fold = self._fold, {}
+        return fold or None
+
+    def folded_base(self) -> StateDict:
+        return dict(self.folded)
 
     def error_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.errors, columns=["round", "layer", "method", "relative_error", "mean_delta_norm"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"errors": list(self.errors), "measure_s": list(self.measure_s), "round": self._round}
+        state = {"errors": list(self.errors), "measure_s": list(self.measure_s), "round": self._round}
+        return state | ({"folded": dict(self.folded)} if self.folded else {})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.errors = list(state.get("errors", []))
         self.measure_s = list(state.get("measure_s", []))
         self._round = int(state.get("round", 0))
+        self.folded = dict(state.get("folded", {}))
 
     def describe(self) -> str:
         return (f"LoRA-{self.method}(client r={self.client_rank}, s={self.client_scaling:g}; "
@@ -317,6 +358,9 @@ def merge_adapter_dirs(adapter_dirs: Sequence[Path], out_dir: Path, method: str 
 
     from fedpeft.core.files import atomic_write_text
 
+    if method == "fedex":
+        raise ValueError("method = 'fedex' folds a dense residual into the frozen weights, which a peft adapter folder "
+                         "cannot hold; merge states with merge_adapter_states, or use svd, naive or flora here")
     dirs = [Path(d) for d in adapter_dirs]
     for d in dirs:
         if not (d / "adapter_config.json").is_file():

@@ -71,6 +71,8 @@ class FedAvg:
     """Federated Averaging (McMahan et al., 2017): the example-weighted mean of the clients' states."""
 
     name = "fedavg"
+    #: True when :meth:`base_delta` can return something: the strategy then needs the in-process round loop.
+    folds_base_weights = False
 
     def client_config(self) -> dict[str, float]:
         """What the server sends clients with each round's model, as Flower's train config (FedAvg: nothing)."""
@@ -93,6 +95,17 @@ class FedAvg:
         trainable_keys: Collection[str] | None = None,
     ) -> StateDict:
         return weighted_average(client_states, num_examples)
+
+    def base_delta(self) -> StateDict | None:
+        """What the last :meth:`aggregate` folds into the clients' frozen weights (parameter name -> tensor added to
+        it), sent with the next model; None for every strategy that only averages what clients send (FedEx-LoRA
+        overrides it). The round loop applies it to the clients' and the server's model and counts its bytes."""
+        return None
+
+    def folded_base(self) -> StateDict:
+        """Everything folded into the frozen weights so far (the sum of every :meth:`base_delta`), so that a
+        resumed run starts from the same frozen weights; empty here."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -49,6 +49,17 @@ from fedpeft.core.baselines import majority_baseline, majority_score  # noqa: F4
 
 VERDICTS = ("holds", "does not hold", "inconclusive", "not testable here", "fact")
 KINDS = ("seed claim", "study check")
+#: What a "not testable here" row would need, for a reader to tell what no CPU can test from what the study has not
+#: run yet: the key is the verdict's ``needs``, the value how the rule says it.
+NEEDS = {
+    "gpu": "a GPU",
+    "seed data": "the seed's own data",
+    "seed model": "the seed's own model",
+    "seed machine": "the seed's own machine",
+    "profile": "a larger profile (more rounds, steps, data or arms than this one runs)",
+    "signal": "runs that learn (here both arms stay at chance)",
+    "new arm": "an arm the study has not run yet",
+}
 LEVEL = 0.95
 
 
@@ -233,10 +244,14 @@ class Verdict:
     rule: str
     interval: Interval | None = None
     target: float | None = None
+    needs: str = ""  # a key of NEEDS, for "not testable here" only
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict = {self.verdict!r} is not allowed; it must be one of {list(VERDICTS)}")
+        if (self.verdict == "not testable here") != bool(self.needs) or (self.needs and self.needs not in NEEDS):
+            raise ValueError(f"needs = {self.needs!r} is not allowed for verdict {self.verdict!r}: a 'not testable here' "
+                             f"verdict says what it needs, one of {list(NEEDS)}; other verdicts leave it empty")
 
 
 def _from_side(side: int, expect: int) -> str:
@@ -447,10 +462,14 @@ def fact(measured: str, why: str) -> Verdict:
     return Verdict("fact", measured, f"true by construction: {why}")
 
 
-def not_testable(why: str, measured: str = "not measured") -> Verdict:
+def not_testable(why: str, measured: str = "not measured", *, needs: str) -> Verdict:
+    """A claim this profile cannot judge: ``why``, and what it ``needs`` (a key of :data:`NEEDS`: a GPU, the seed's
+    own data, model or machine, a larger profile, runs that learn, or an arm the study has not run yet)."""
     if not why:
         raise ValueError("a 'not testable here' verdict must say why")
-    return Verdict("not testable here", measured, why)
+    if needs not in NEEDS:
+        raise ValueError(f"needs = {needs!r} is not allowed; it must be one of {list(NEEDS)}")
+    return Verdict("not testable here", measured, f"needs {NEEDS[needs]}: {why}", needs=needs)
 
 
 def above_chance(scores: Sequence[float], chance: float, what: str = "score", fmt: str = "{:.4g}", unit: str = "",
@@ -554,7 +573,8 @@ class ClaimsLedger:
         self.rows.append({"claim": claim, "seed": seed_figure, "study": verdict.measured, "verdict": verdict.verdict,
                           "rule": verdict.rule, "evidence": evidence, "note": note, "kind": kind,
                           "evidence_profile": evidence_profile or self.profile, "device": device or self.device or "",
-                          "key": key or "", "estimate": verdict.interval.estimate if verdict.interval is not None else math.nan,
+                          "key": key or "", "needs": verdict.needs,
+                          "estimate": verdict.interval.estimate if verdict.interval is not None else math.nan,
                           "target": verdict.target if verdict.target is not None else math.nan})
         if key is not None:
             if key in self.verdicts:
@@ -570,7 +590,7 @@ class ClaimsLedger:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["claim", "seed", "study", "verdict", "rule", "evidence", "note", "kind",
-                                                "evidence_profile", "device", "key", "estimate", "target"]).assign(
+                                                "evidence_profile", "device", "key", "needs", "estimate", "target"]).assign(
             profile=self.profile, experiment=self.experiment)
 
 

@@ -274,7 +274,7 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
         falls = _monotone(main_hist, column)
         counted = exact(sum(falls), len(falls), f"seeds whose {label} falls every round", " seeds")
         ledger.add(f"The {label} falls every round over 20 rounds (FedProx mu {main_mu:g})", f"{seed_figure} over 20 rounds",
-                   counted if rounds >= 20 else not_testable(short, f"{sum(falls)} of {len(falls)} seeds fall every round of {rounds}"),
+                   counted if rounds >= 20 else not_testable(short, f"{sum(falls)} of {len(falls)} seeds fall every round of {rounds}", needs="profile"),
                    "eval_loss_per_round")
         if rounds < 20:
             ledger.check(f"The {label} falls every round of the study's {rounds} (FedProx mu {main_mu:g})", counted,
@@ -282,16 +282,16 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
     rises = [r for r in prox["loss_rises_at_round"] if r is not None and not pd.isna(r)]
     ledger.add("No overfitting with LoRA-FedProx up to round 20", "none up to round 20",
                exact(len(rises), 0, "seeds whose evaluation loss rises in some round", " seeds") if rounds >= 20 else
-               not_testable(short, f"{len(rises)} of {len(prox)} seeds rise within {rounds} rounds"), "eval_loss_per_round")
+               not_testable(short, f"{len(rises)} of {len(prox)} seeds rise within {rounds} rounds", needs="profile"), "eval_loss_per_round")
     ledger.add("Round 20's evaluation takes longer (about 891 s, the final aggregation's overhead)", "891 s",
-               not_testable("a timing of the seed's GPU and evaluation set"), "speed")
+               not_testable("a timing of the seed's GPU and evaluation set", needs="gpu"), "speed")
     full = table[table["adapter"] == "full"]
     if len(full):
         f = full.iloc[0]
         frise = f["loss_rises_at_round"]
         onset = None if frise is None or pd.isna(frise) else int(frise)
         ledger.add("Full-model FedProx starts overfitting at about round 6-7", "onset r6-r7",
-                   not_testable(f"the full-model run has {int(f['rounds'])} rounds", "no rise" if onset is None else f"rises at round {onset}")
+                   not_testable(f"the full-model run has {int(f['rounds'])} rounds", "no rise" if onset is None else f"rises at round {onset}", needs="profile")
                    if f["rounds"] < 7 else (matches(onset, stated_range(6, 7, "r6-r7"), "first rising round", "round {:.0f}", "")
                                            if onset is not None else Verdict("does not hold", f"no rise in {int(f['rounds'])} rounds",
                                                                              "first rising round in the seed's r6-r7")),
@@ -305,7 +305,7 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
         ledger.add("RAM stays under 11 GB with LoRA, against 30-40 GB for the full model", "< 11 GB vs 30-40 GB",
                    not_testable("absolute memory of the seed's OPT-350m GPU run (the seed also says 'under 9 GB')",
                                 f"{float(prox['peak_memory_mib'].mean()):,.0f} vs {float(f['peak_memory_mib']):,.0f} MiB "
-                                f"CPU resident-set growth here ({s['model']})"), "memory_and_traffic")
+                                f"CPU resident-set growth here ({s['model']})", needs="seed model"), "memory_and_traffic")
         payload = float(prox["payload_mib"].iloc[0] / f["payload_mib"])
         ledger.add("LoRA halves the communication", "halves",
                    matches(payload, stated_range(0.45, 0.55, "half"), "LoRA / full-model message bytes", "{:.4f}", "x"),
@@ -314,12 +314,12 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
                    fact(f"{float(prox['payload_mib'].iloc[0]):.2f} MiB per message", "the study's clients send the LoRA "
                         "matrices, the frozen base never travels"), "memory_and_traffic")
     ledger.add("VRAM is fully used (8 GB) in training and freed during server aggregation", "8 GB, freed",
-               not_testable("a GPU-memory statement; the local profile runs on a CPU (see the paper dry run for GPU peaks)"), "setup")
+               not_testable("a GPU-memory statement; the local profile runs on a CPU (see the paper dry run for GPU peaks)", needs="gpu"), "setup")
     ledger.add("Evaluation takes about 734 s per round at 4.10 samples/s", "734 s, 4.10 samples/s",
                not_testable("a timing of the seed's GPU and evaluation set; compare this machine's evaluation share in speed",
-                            f"evaluation is {100 * float((prox['eval_s'] / (prox['train_s'] + prox['eval_s'])).mean()):.0f} % of train + eval time here"),
+                            f"evaluation is {100 * float((prox['eval_s'] / (prox['train_s'] + prox['eval_s'])).mean()):.0f} % of train + eval time here", needs="gpu"),
                "speed")
-    ledger.add("The whole run takes 27,423.6 s (~7.6 h)", "27,423.6 s", not_testable("a timing of the seed's GPU"), "speed")
+    ledger.add("The whole run takes 27,423.6 s (~7.6 h)", "27,423.6 s", not_testable("a timing of the seed's GPU", needs="gpu"), "speed")
     ledger.add(f"FedProx (mu {main_mu:g}) keeps the client updates close to the global model", "asserted",
                paired_less(prox["mean_update_norm"], avg["mean_update_norm"], 0.0, "FedProx - FedAvg mean update norm", "{:+.3g}",
                            " L2 norm", "seeds, paired"), "main_comparison",
@@ -343,10 +343,10 @@ def claims(s: Settings, profile: str, table: pd.DataFrame, hist: pd.DataFrame, l
                    f"half-data arm's {half_rounds} rounds", key="plateau")
     else:
         ledger.add("More data per client delays the evaluation-loss plateau", "plateau later",
-                   not_testable("the profile runs no half-data arm (half_data_run: false)"), "eval_loss_per_round")
+                   not_testable("the profile runs no half-data arm (half_data_run: false)", needs="profile"), "eval_loss_per_round")
     ledger.add("The final evaluation loss is 2.207 after 20 rounds", "2.2073",
                not_testable(f"another model ({s['model']}), corpus and scale; {short}",
-                            f"{prox['final_eval_loss'].mean():.4f} nats/token after {rounds} rounds"), "main_comparison")
+                            f"{prox['final_eval_loss'].mean():.4f} nats/token after {rounds} rounds", needs="seed model"), "main_comparison")
 
     # --- the study's own checks ---
     blocks = probe_blocks if probe_blocks is not None else pd.DataFrame()

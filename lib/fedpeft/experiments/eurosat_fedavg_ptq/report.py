@@ -226,7 +226,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
                                                                            " parameters"), "setup")
     images = int(run["pool_images"]) + int(run["test_images"])
     ledger.add("EuroSAT has ~27,000 images in 10 land-use classes", "~27,000 images, 10 classes",
-               matches(images, stated("27,000"), "images", "{:,.0f}", " images") if real else not_testable(no_real), "setup",
+               matches(images, stated("27,000"), "images", "{:,.0f}", " images") if real else not_testable(no_real, needs="profile"), "setup",
                f"{int(run['classes'])} classes")
     per_client = run["client_train_images_mean"]
     share = float(run["pool_images"]) / p["num_clients"]
@@ -234,7 +234,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
                      f"{'generated' if not real else 'real'} images in this profile")
     ledger.add("Each of 10 clients gets ~2,700 images", "~2,700", matches(share, stated("2,700"), "images per client", "{:,.0f}",
                                                                         " images") if seed_setting else
-               not_testable(other_setting), "setup",
+               not_testable(other_setting, needs="profile"), "setup",
                "the server's test set held out first, as the seed's own later arithmetic does (21,600 / 10 = 2,160): "
                "the seed contradicts itself")
     if seed_setting:
@@ -247,12 +247,12 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
     else:
         for claim, fig in (("Each of 10 IID clients trains on 1,728 images and tests on 432", "1,728 / 432"),
                            ("108 local batches per client per round (54 per epoch x 2 epochs)", "108")):
-            ledger.add(claim, fig, not_testable(other_setting, f"{per_client:.0f} train images per client"), "setup")
+            ledger.add(claim, fig, not_testable(other_setting, f"{per_client:.0f} train images per client", needs="profile"), "setup")
     main = summary[(summary["partition"] == p["partition"]) & (summary["rounds"] == p["num_rounds"])]
     acc = (100 * main["server_accuracy"]).tolist()
     chance = 100 * float(main["chance_accuracy"].iloc[0])
     ledger.add(f"FP32 FedAvg test accuracy after {SEED_ROUNDS} rounds is 85.20 %", "85.20 % (one run)",
-               one_run_matches(acc, stated("85.20"), "test accuracy", "{:.2f}", " %") if real else not_testable(no_real),
+               one_run_matches(acc, stated("85.20"), "test accuracy", "{:.2f}", " %") if real else not_testable(no_real, needs="profile"),
                "accuracy", key="fp32_accuracy")
     methods = {"fp16": "FP16", "int8_dynamic": "INT8 (quantize_dynamic)"}
     for method, label in methods.items():
@@ -260,14 +260,14 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
         if pct:
             ledger.add(f"{label} test accuracy is {SEED['accuracy'][method]:.2f} %", f"{SEED['accuracy'][method]:.2f} % (one run)",
                        one_run_matches(pct, stated(f"{SEED['accuracy'][method]:.2f}"), f"{label} test accuracy", "{:.2f}", " %")
-                       if real else not_testable(no_real), "ptq_seeds")
+                       if real else not_testable(no_real, needs="profile"), "ptq_seeds")
     for method, label in methods.items():
         drops = _drops(by_seed, method)
         seed_drop = SEED["accuracy"][method] - SEED["accuracy"]["fp32"]
         if drops:
             ledger.add(f"{label} costs almost no accuracy ({seed_drop:+.2f} points against FP32)", f"{seed_drop:+.2f} points",
                        one_run_matches(drops, stated(f"{seed_drop:.2f}"), f"{label} - FP32 accuracy", "{:+.2f}", " points",
-                                       "seeds, each quantized model paired with its own FP32 model") if real else not_testable(no_real),
+                                       "seeds, each quantized model paired with its own FP32 model") if real else not_testable(no_real, needs="profile"),
                        "ptq_seeds", key=f"{method}_drop")
     by = by_seed.drop_duplicates("method").set_index("method")
     for method, label in (("fp32", "FP32"), ("fp16", "FP16"), ("int8_dynamic", "INT8 (quantize_dynamic)")):
@@ -324,13 +324,13 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
                    f"fully int8 model x {transfers} transfers")
     rounds_s = main["wall_s"] / main["rounds_completed"]
     ledger.add("A round takes 15-20 s and 10 rounds 2.5-3 min (GPU)", "15-20 s per round",
-               not_testable(f"the seed timed a GPU; these runs ran on {run_device(run)}", f"{rounds_s.mean():.1f} s per round here"),
+               not_testable(f"the seed timed a GPU; these runs ran on {run_device(run)}", f"{rounds_s.mean():.1f} s per round here", needs="gpu"),
                "speed")
     ledger.add("FP16 training would be 20-30 % faster, INT8 40-50 %", "20-30 % / 40-50 %",
                not_testable("the seed never trained in FP16 or INT8 (its own words: 'NOT IMPLEMENTED'); the study trains in "
-                            "FP32 (bf16 only on CPUs with native bf16) and quantizes after training"), "speed")
+                            "FP32 (bf16 only on CPUs with native bf16) and quantizes after training", needs="gpu"), "speed")
     ledger.add("PTQ is slightly less accurate than quantization-aware training", "slightly lower",
-               not_testable("the study has no QAT arm (the seed proposes QAT but did not run it)"), "ptq_seeds")
+               not_testable("the study has no QAT arm (the seed proposes QAT but did not run it)", needs="new arm"), "ptq_seeds")
 
     # --- the study's own checks ---
     ledger.check("The FedAvg model learns: test accuracy above chance (always the most frequent class)",
@@ -338,7 +338,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
     if "int8_static" in by.index:
         ledger.check("A fully INT8 model keeps accuracy within 0.5 points of FP32",
                      within(_drops(by_seed, "int8_static"), 0.0, 0.5, "int8_static - FP32 accuracy", "{:+.2f}", " points")
-                     if real else not_testable(no_real), "ptq_seeds", key="int8_static_drop")
+                     if real else not_testable(no_real, needs="profile"), "ptq_seeds", key="int8_static_drop")
     skews = main["label_skew_tv"].tolist()
     ledger.check("IID partitioning gives each client a similar class distribution (label skew below 0.05)",
                  within(skews, 0.0, 0.05, "label skew (total variation distance)", "{:.3f}", " TV"), "accuracy",
@@ -352,7 +352,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
         if len(seeds):
             ledger.check(f"{other} label skew lowers the final accuracy against {p['partition']} shards",
                          paired_less(skewed[seeds], iid[seeds], 0.0, f"{other} - {p['partition']} test accuracy", "{:+.2f}", " points",
-                                     "seeds, paired: same seed, different shards") if real else not_testable(no_real),
+                                     "seeds, paired: same seed, different shards") if real else not_testable(no_real, needs="profile"),
                          "accuracy", key=f"{other}_lowers")
     if p["extra_rounds"]:
         longer = _accuracy_by_seed(summary, p["partition"], p["extra_rounds"])
@@ -360,7 +360,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
         if len(seeds):
             ledger.check(f"{p['extra_rounds']} rounds reach a higher accuracy than {p['num_rounds']}",
                          paired_greater(longer[seeds], iid[seeds], 0.0, f"{p['extra_rounds']} - {p['num_rounds']} rounds test accuracy",
-                                        "{:+.2f}", " points", "seeds, paired") if real else not_testable(no_real),
+                                        "{:+.2f}", " points", "seeds, paired") if real else not_testable(no_real, needs="profile"),
                          "accuracy", key="more_rounds")
     return ledger
 

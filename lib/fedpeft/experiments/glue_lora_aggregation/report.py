@@ -50,6 +50,9 @@ LIMITATIONS = """\
   what it tests.
 - FLoRA is run as a one-shot merge and in the error study, not in the round loop: its adapter's rank grows by K r
   every round, so it needs clients that change shape between rounds, which the round loop does not model.
+- Clients with different ranks (SVD to a common rank, HetLoRA's zero-padding, FlexLoRA's per-client truncation) are
+  not run yet: the round loop gives every client the same adapter layout, so the seed's "SVD is more stable when
+  clients have different ranks" stays untested.
 - The category sharding of a two-label task with K > 2 gives each client a single label; such clients cannot learn
   the task alone, which is the point of the test."""
 PACKAGES = STUDY_PACKAGES + DECLARED.packages
@@ -109,8 +112,10 @@ def describe(s: Settings, records: Mapping[str, RunRecord]) -> tuple[str, float]
                                                                           f"{p['svd_rank']}"),
         ("optimizer, batch", "lr 2e-4, batch 32", f"lr {p['learning_rate']:g}, batch {p['batch_size']}"),
         ("precision, device", "not stated (fp32 by default; a CUDA GPU implied)", f"fp32 on {devices}"),
-        ("runs", "no measured scores reported", f"{n} seed{'s' if n != 1 else ''} per aggregation on IID shards, one seed on the "
-                                                 "other shardings"),
+        ("runs", "no measured scores reported", f"{n + len(p['extra_seeds'])} seeds per aggregation on IID and "
+                                                 f"{', '.join(p['repeat_shardings']) or 'no other'} shards, one seed on the other "
+                                                 f"shardings; a rank sweep {sorted({p['lora_rank'], *p['rank_sweep']})} and a "
+                                                 f"learning-rate study {list(p['lr_study'])} over {n} seeds"),
     ], s.profile)
     return text, trainable / total
 
@@ -162,8 +167,17 @@ def communication(scores: pd.DataFrame) -> pd.DataFrame:
                    "mean_aggregate_ms", "train_s", "wall_s"]]
 
 
-def final_scores(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """One row per federated run: the last round's validation metrics, aggregation time and traffic."""
+def kept_rank(r: RunRecord, svd_rank: int | None = None) -> int:
+    """The rank the server kept in a federated run: the rank sweep's own, ``svd_rank`` for svd (when given), else
+    the clients' rank."""
+    if r.scalars.get("global_rank"):
+        return int(r["global_rank"])
+    return int(svd_rank) if r["method"] == "svd" and svd_rank else int(r["client_rank"])
+
+
+def final_scores(records: Mapping[str, RunRecord], svd_rank: int | None = None) -> pd.DataFrame:
+    """One row per federated run: the last round's validation metrics, aggregation time and traffic, and the rank
+    the server kept (``kept_rank``, from ``svd_rank`` for svd runs outside the rank sweep)."""
     rows = []
     for r in federated(records):
         h = r.tables["history"]
@@ -171,7 +185,7 @@ def final_scores(records: Mapping[str, RunRecord]) -> pd.DataFrame:
         per_round = r.tables["ledger_per_round"]
         rows.append({
             "task": r["task"], "method": r["method"], "sharding": r["sharding"], "seed": r["seed"], "client_rank": r["client_rank"],
-            "label_skew": r["label_skew"], "score": last["server_score"], "chance_score": r["chance_score"],
+            "kept_rank": kept_rank(r, svd_rank), "label_skew": r["label_skew"], "score": last["server_score"], "chance_score": r["chance_score"],
             "eval_examples": r["eval_examples"],
             "round0_score": h.iloc[0]["server_score"],
             "last_round_gain": last["server_score"] - h.iloc[-2]["server_score"] if len(h) > 1 else np.nan,
@@ -197,10 +211,13 @@ def over_seeds(scores: pd.DataFrame) -> pd.DataFrame:
     a signal label: ``no signal`` when the 95 % interval over seeds reaches chance; a single run of an accuracy task
     is judged on the Wilson interval over its evaluation examples, of another metric it has no interval."""
     rows = []
-    for (task, sharding, method, rank), g in scores.groupby(["task", "sharding", "method", "client_rank"], sort=False):
+    keys = ["task", "sharding", "method", "client_rank"] + (["kept_rank"] if "kept_rank" in scores else [])
+    for key, g in scores.groupby(keys, sort=False):
+        task, sharding, method, rank = key[:4]
         mean, spread = mean_spread(100 * g["score"])
         chance = 100 * float(g["chance_score"].iloc[0])
-        rows.append({"task": task, "sharding": sharding, "method": method, "client_rank": int(rank), "seeds": len(g),
+        kept = {"kept_rank": int(key[4])} if len(key) > 4 else {}
+        rows.append({"task": task, "sharding": sharding, "method": method, "client_rank": int(rank), **kept, "seeds": len(g),
                      "score_mean_pct": mean, "score_std_pct": spread, "chance_pct": chance,
                      "signal": signal_label(100 * g["score"], chance, int(g["eval_examples"].iloc[0])
                                             if len(g) == 1 and glue.TASKS[task].metrics[0] == "accuracy" else None)})
@@ -211,7 +228,41 @@ def seed_table(scores: pd.DataFrame, task: str, rank: int, sharding: str = "iid"
     """:func:`over_seeds` for one task and sharding at the main rank: one row per aggregation."""
     table = over_seeds(scores)
     table = table[(table["task"] == task) & (table["sharding"] == sharding) & (table["client_rank"] == rank)]
-    return table.drop(columns=["task", "sharding", "client_rank"]).reset_index(drop=True)
+    return table.drop(columns=["task", "sharding", "client_rank", "kept_rank"], errors="ignore").reset_index(drop=True)
+
+
+def lr_study(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Centralized LoRA and full fine-tuning at each learning rate of the study, one row per training (all seeds);
+    empty when the profile runs no learning-rate study."""
+    frames = [r.tables["lr_study"] for r in records.values() if "lr_study" in r.tables]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def lr_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The learning-rate study over seeds: validation score (%) of each training and rate, mean ± sample sd."""
+    rows = []
+    for (baseline, lr), g in runs.groupby(["baseline", "lr"], sort=False):
+        mean, spread = mean_spread(100 * g["score"])
+        rows.append({"training": baseline, "lr": lr, "seeds": len(g), "score_mean_pct": mean, "score_std_pct": spread})
+    return pd.DataFrame(rows)
+
+
+def rank_sweep(scores: pd.DataFrame, s: Settings, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """svd on IID shards with the server keeping the clients' rank, per rank over seeds (score in %), beside
+    centralized full fine-tuning at the study's lower learning rate (the seed's rate for it) when ``runs`` (the
+    learning-rate study) has it."""
+    sel = scores[(scores["task"] == s["main_task"]) & (scores["sharding"] == "iid") & (scores["method"] == "svd")
+                 & (scores["client_rank"] == scores["kept_rank"])]
+    rows = []
+    for rank, g in sel.groupby("client_rank"):
+        mean, spread = mean_spread(100 * g["score"])
+        rows.append({"setting": f"LoRA r {int(rank)}", "rank": int(rank), "seeds": len(g), "score_mean_pct": mean, "score_std_pct": spread})
+    if runs is not None and len(runs):
+        full = runs[(runs["baseline"] == "full fine-tuning") & (runs["lr"] == runs["lr"].min())]
+        mean, spread = mean_spread(100 * full["score"])
+        rows.append({"setting": f"full fine-tuning (centralized, lr {runs['lr'].min():g})", "rank": np.nan, "seeds": len(full),
+                     "score_mean_pct": mean, "score_std_pct": spread})
+    return pd.DataFrame(rows)
 
 
 def _scores(scores: pd.DataFrame, task: str, sharding: str, method: str, rank: int) -> list[float]:
@@ -273,14 +324,16 @@ def roberta_counts(size: str, rank: int = 8, targets: tuple[str, ...] = ("query"
 
 
 def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baselines: pd.DataFrame, merge: pd.DataFrame,
-                 trainable: float, warm: pd.DataFrame | None = None) -> ClaimsLedger:
+                 trainable: float, warm: pd.DataFrame | None = None, lr_runs: pd.DataFrame | None = None) -> ClaimsLedger:
     """Every claim of the seed (``004_b0977eb72b9f505e.txt``) and the study's own checks, judged by the claims engine.
 
     ``trainable``: the fraction of this profile's model's parameters that LoRA trains. Scores are percent (F1 and
     correlations x 100). Aggregation methods of one seed share its shards and training, so they are compared paired
     by seed; the error study's methods share each case's client adapters, so they are paired by case (a client count
     x a sharding, one seed). The seed is a README: it states no measured score, so its claims are directions and
-    capabilities, and its model sizes are counted on RoBERTa's published architecture."""
+    capabilities, and its model sizes are counted on RoBERTa's published architecture. ``lr_runs``
+    (:func:`lr_study`) judges the learning-rate advice, and with the rank sweep's runs in ``scores`` the rank
+    guidance's r 32 against full fine-tuning."""
     task, rank = s["main_task"], s["lora_rank"]
     ledger = ClaimsLedger(s.profile, EXPERIMENT)
     base, large = roberta_counts("base", rank), roberta_counts("large", rank)
@@ -297,8 +350,10 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
     chance = 100 * float(scores.loc[scores["task"] == task, "chance_score"].iloc[0])
     n_eval = int(scores.loc[scores["task"] == task, "eval_examples"].iloc[0])
 
-    def per_seed(t: str, sharding: str, method: str, r: int) -> pd.Series:
+    def per_seed(t: str, sharding: str, method: str, r: int, kept: int | None = None) -> pd.Series:
         sel = scores[(scores["task"] == t) & (scores["sharding"] == sharding) & (scores["method"] == method) & (scores["client_rank"] == r)]
+        if kept is not None and "kept_rank" in sel:
+            sel = sel[sel["kept_rank"] == kept]
         return 100 * sel.set_index("seed")["score"]
 
     svd, naive = per_seed(task, "iid", "svd", rank), per_seed(task, "iid", "naive", rank)
@@ -320,7 +375,7 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
                                      "seeds, paired")
             ledger.add(f"Naive averaging is less stable with heterogeneous clients ({sharding} shards)", "may be less stable",
                        verdict if learned else not_testable(f"both arms stay at chance ({chance:.1f} %) on these shards, so they "
-                                                            "cannot separate the methods", verdict.measured), "over_seeds",
+                                                            "cannot separate the methods", verdict.measured, needs="signal"), "over_seeds",
                        "judged on the final score (a less stable aggregation ends lower); " + (
                            "one run a side: no interval" if one else f"{len(a)} seeds, paired"))
     times = scores[(scores["task"] == task) & (scores["sharding"] == "iid") & (scores["client_rank"] == rank)]
@@ -333,7 +388,7 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
     ledger.add("Naive averaging keeps the exact rank and cannot compress it", "cannot compress rank",
                fact(f"naive global rank = client rank = {rank}", "averaging A and B separately keeps their shapes"), "setup")
     comp = s["compress_client_rank"]
-    compressed = per_seed(task, "iid", "svd", comp) if comp else pd.Series(dtype=float)
+    compressed = per_seed(task, "iid", "svd", comp, kept=s["svd_rank"]) if comp else pd.Series(dtype=float)
     if len(compressed) and len(svd):
         ledger.add(f"Clients can train at r = {comp} and the server compress to r = {s['svd_rank']}", "supported (e.g. r 16 -> 8)",
                    fact(f"{len(compressed)} runs trained at r {comp}, aggregated at r {s['svd_rank']}",
@@ -343,16 +398,14 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
                fact("every message carries the head", "the study's aggregation averages the head with the adapters "
                     "(fedpeft.federated.lora_aggregation)"), "setup")
     ledger.add("SVD aggregation is more stable when clients have different ranks", "advantage",
-               not_testable("every client trains at one rank in the round loop; a mixed-rank federation is not run here"), "setup")
-    ledger.add("Rank guidance: r 4 may sacrifice accuracy, 8 is a good balance, 16 higher, 32 near full fine-tuning",
-               "r 4 / 8 / 16 / 32", not_testable(f"no rank sweep: the runs train at r {rank} (and {comp} compressed)"), "setup")
-    ledger.add("LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5)", "2e-4 vs 2e-5",
-               not_testable(f"a recommendation, not a measurement; no learning-rate sweep (this profile: LoRA "
-                            f"{s['learning_rate']:g}, full fine-tuning {s['full_finetune_lr']:g})"), "setup")
+               not_testable("every client trains at one rank in the round loop; a mixed-rank federation is not run here", needs="new arm"), "setup")
+    lr_runs = lr_runs if lr_runs is not None else pd.DataFrame()
+    _rank_guidance(ledger, s, {r: per_seed(task, "iid", "svd", r, kept=r) for r in {rank, *s["rank_sweep"]}}, lr_runs)
+    _learning_rates(ledger, s, lr_runs)
     present = sorted({task, *s["extra_tasks"]})
     ledger.add("The code supports all 9 GLUE tasks", "9 tasks",
                not_testable(f"the data here holds {', '.join(t.upper() for t in present)}; the study's code defines "
-                            f"{len(glue.TASKS)} tasks and the runs learn these (study checks)"), "setup")
+                            f"{len(glue.TASKS)} tasks and the runs learn these (study checks)", needs="seed data"), "setup")
 
     # --- the study's own checks ---
     if len(svd):
@@ -370,7 +423,7 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
                      "over_seeds", seed_figure="implied (better aligned)", key="svd_better")
     if len(compressed) and len(svd):
         ledger.check(f"Training at r = {comp} and compressing to r = {s['svd_rank']} loses less than 2 points",
-                     paired_greater(compressed, svd, -2.0, f"r {comp} compressed - r {rank} score", "{:+.2f}", " points",
+                     paired_greater(*common_seeds(compressed, svd), -2.0, f"r {comp} compressed - r {rank} score", "{:+.2f}", " points",
                                     "seeds, paired"), "over_seeds", "non-inferiority: holds when the loss is surely under 2 points")
     skews = scores[(scores["task"] == task) & (scores["sharding"] == "iid")].drop_duplicates("seed")["label_skew"]
     ledger.check("IID shards keep the label distribution across clients (label skew below 0.05)",
@@ -399,13 +452,86 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
         ledger.check("Centralized LoRA learns the task (the upper reference)",
                      one_model_learns(task, float(cen["centralized LoRA"]), chance / 100, n_eval, "score"), "baselines", "one seed",
                      seed_figure="baseline")
+    fedex, naive_runs = per_seed(task, "iid", "fedex", rank), per_seed(task, "iid", "naive", rank)
+    fx = scores[(scores["task"] == task) & (scores["method"] == "fedex")]
+    if len(fx):
+        ledger.check("FedEx-LoRA's frozen weight plus adapter is exactly the mean of the clients' updates (every layer and round)",
+                     at_most(float(fx["max_relative_error"].max()), 1e-5, "largest relative error of delta-W", "{:.1e}", " relative error"),
+                     "round_errors", f"{len(fx)} runs; the residual mean(B A) - mean(B) mean(A) is folded into the frozen weight",
+                     seed_figure="not in the seed", key="fedex_exact")
+        iid = scores[(scores["task"] == task) & (scores["sharding"] == "iid") & (scores["client_rank"] == rank)]
+        traffic = iid.groupby("method")["round_traffic_MiB"].mean()
+        if {"fedex", "naive"} <= set(traffic.index):
+            ledger.check("FedEx-LoRA's exactness costs traffic: the dense residual travels to every client each round",
+                         fact(f"{traffic['fedex']:.2f} MiB per round against naive's {traffic['naive']:.2f} MiB "
+                              f"({traffic['fedex'] / traffic['naive']:.1f}x)", "counted by the ledger, both directions, "
+                              "all clients"), "communication_and_time", seed_figure="not in the seed", key="fedex_traffic")
+    if len(fedex) and len(naive_runs):
+        ledger.check("FedEx-LoRA (exact) trains a better global model than naive A/B averaging (IID)",
+                     paired_greater(fedex, naive_runs, 0.0, "fedex - naive validation score", "{:+.2f}", " points", "seeds, paired"),
+                     "over_seeds", "the same A/B averages; FedEx adds what their product misses", seed_figure="not in the seed",
+                     key="fedex_better")
     if warm is not None and len(svd):
-        ledger.check("A warm start from the centralized adapter ends above a cold start (the seed's --init_adapter)",
-                     beyond_one_run(float(warm["warm start (%)"].iloc[-1]), svd.tolist(), "warm-started final validation score",
-                                    "{:.2f}", " %", "cold-started seeds"), "warm_start",
-                     "one warm-started run (the grid seed) against the cold-started runs over seeds", seed_figure="optional",
-                     key="warm")
+        ledger.add("Warm-starting the federated rounds from a centralized adapter (--init_adapter) helps", "recommended (tip 6)",
+                   beyond_one_run(float(warm["warm start (%)"].iloc[-1]), svd.tolist(), "warm-started final validation score",
+                                  "{:.2f}", " %", "cold-started seeds"), "warm_start",
+                   "one warm-started run (the grid seed) against the cold-started runs over seeds: helps = ends above them",
+                   key="warm")
     return ledger
+
+
+def common_seeds(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Two arms indexed by seed, kept to the seeds both ran (the extra seeds repeat some comparisons only)."""
+    seeds = a.index.intersection(b.index)
+    return a.loc[seeds], b.loc[seeds]
+
+
+def _rank_guidance(ledger: ClaimsLedger, s: Settings, by_rank: Mapping[int, pd.Series], lr_runs: pd.DataFrame) -> None:
+    """The seed's "r 4 may sacrifice accuracy, 8 is a good balance, 16 higher, 32 approaching full fine-tuning", one
+    row per comparison: svd on IID shards with the server keeping each rank, paired by seed against r 8 (and r 32
+    against centralized full fine-tuning at the study's lower learning rate)."""
+    have = {r: v for r, v in by_rank.items() if len(v)}
+    missing = lambda r: not_testable(f"the profile's rank_sweep {list(s['rank_sweep'])} with lora_rank {s['lora_rank']} has no r {r}", needs="profile")
+    unit = dict(fmt="{:+.2f}", unit=" points", n_counts="seeds, paired")
+    note = "svd on IID shards, the server keeping the clients' rank; final validation score"
+    ledger.add("Rank guidance: r 4 may sacrifice accuracy (against r 8)", "r 4 may sacrifice accuracy",
+               paired_less(*common_seeds(have[4], have[8]), 0.0, "r 4 - r 8 score", **unit) if {4, 8} <= set(have) else missing(4 if 8 in have else 8),
+               "rank_sweep", note, key="rank4")
+    ledger.add("Rank guidance: r 16 gives higher accuracy than r 8", "r 16 higher",
+               paired_greater(*common_seeds(have[16], have[8]), 0.0, "r 16 - r 8 score", **unit) if {16, 8} <= set(have) else missing(16 if 8 in have else 8),
+               "rank_sweep", note, key="rank16")
+    full = lr_runs[(lr_runs["baseline"] == "full fine-tuning") & (lr_runs["lr"] == lr_runs["lr"].min())] if len(lr_runs) else lr_runs
+    if 32 in have and len(full):
+        verdict = paired_greater(*common_seeds(have[32], 100 * full.set_index("seed")["score"]), -1.0,
+                                 "r 32 - full fine-tuning score", **unit)
+    else:
+        verdict = missing(32) if 32 not in have else not_testable("no full fine-tuning over seeds (lr_study: [])", needs="profile")
+    ledger.add("Rank guidance: r 32 approaches full fine-tuning (at most 1 point below)", "r 32 near full fine-tuning", verdict,
+               "rank_sweep", "federated r 32 against centralized full fine-tuning at the study's lower learning rate, paired "
+               "by seed: the gap also holds what federation costs; 'near' read as at most 1 point below", key="rank32")
+
+
+def _learning_rates(ledger: ClaimsLedger, s: Settings, lr_runs: pd.DataFrame) -> None:
+    """The seed's advice, 2e-4 for LoRA and 2e-5 for full fine-tuning, as two paired comparisons over seeds: each
+    training at its recommended rate against the other's."""
+    if not len(lr_runs) or lr_runs["lr"].nunique() < 2:
+        reason = not_testable(f"the profile runs no learning-rate study (lr_study: {list(s['lr_study'])})", needs="profile")
+        ledger.add("LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5)", "2e-4 vs 2e-5", reason, "setup")
+        return
+    high, low = float(lr_runs["lr"].max()), float(lr_runs["lr"].min())
+
+    def arm(baseline: str, lr: float) -> pd.Series:
+        sel = lr_runs[(lr_runs["baseline"] == baseline) & (lr_runs["lr"] == lr)]
+        return 100 * sel.set_index("seed")["score"]
+
+    unit = dict(fmt="{:+.2f}", unit=" points", n_counts="seeds, paired")
+    note = f"centralized, {int(lr_runs['epochs'].iloc[0])} epochs on the pooled data; the study's rates {high:g} and {low:g}"
+    ledger.add(f"LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5): LoRA learns better at {high:g} than at {low:g}",
+               "2e-4 for LoRA", paired_greater(arm("centralized LoRA", high), arm("centralized LoRA", low), 0.0,
+                                               f"LoRA at {high:g} - at {low:g} score", **unit), "lr_study", note, key="lr_lora")
+    ledger.add(f"... and full fine-tuning learns better at {low:g} than at {high:g}", "2e-5 for full fine-tuning",
+               paired_greater(arm("full fine-tuning", low), arm("full fine-tuning", high), 0.0,
+                              f"full fine-tuning at {low:g} - at {high:g} score", **unit), "lr_study", note, key="lr_full")
 
 
 def metrics(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.DataFrame, merge: pd.DataFrame,
@@ -446,8 +572,10 @@ def extra_task_sentences(scores: pd.DataFrame, tasks, rank: int) -> list[str]:
 
 
 def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.DataFrame, merge: pd.DataFrame,
-            baselines: pd.DataFrame, runs_wall_s: float, trainable: float, claims: ClaimsLedger) -> str:
-    """The report's opening paragraph, written from the measured tables and the ledger's verdicts."""
+            baselines: pd.DataFrame, runs_wall_s: float, trainable: float, claims: ClaimsLedger,
+            ranks: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None) -> str:
+    """The report's opening paragraph, written from the measured tables and the ledger's verdicts; ``ranks``
+    (:func:`rank_sweep`) and ``lrs`` (:func:`lr_table`) add the rank sweep and the learning-rate study."""
     v = claims.verdicts
     main = scores[(scores["task"] == s["main_task"]) & (scores["client_rank"] == s["lora_rank"]) & (scores["seed"] == s["grid_seed"])]
     by = main.set_index(["method", "sharding"])["score"]
@@ -463,6 +591,25 @@ def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.Da
                           "Naive A/B averaging trains the better global model, paired by seed ({measured}).",
                           "SVD aggregation and naive A/B averaging cannot be told apart by their global models "
                           "(paired by seed: {measured}).", ""))
+    if "fedex_exact" in v:
+        parts.append(says(v["fedex_exact"], "FedEx-LoRA reproduces the mean update exactly ({measured})",
+                          "FedEx-LoRA misses the mean update ({measured})", "", "")
+                     + (says(v["fedex_traffic"], ", at {measured}.", "", "", "") if "fedex_traffic" in v else ".")
+                     + (" " + says(v["fedex_better"], "Its global model beats naive averaging's, paired by seed ({measured}).",
+                                   "Its global model falls below naive averaging's, paired by seed ({measured}).",
+                                   "Its global model cannot be told apart from naive averaging's, paired by seed ({measured}).", "")
+                        if "fedex_better" in v else ""))
+    if ranks is not None and len(ranks):
+        txt = ", ".join(f"{r['setting']} {r['score_mean_pct']:.2f} ± {r['score_std_pct']:.2f}" for _, r in ranks.iterrows())
+        parts.append(f"Rank sweep (svd, IID, the server keeping each rank; mean ± sd over seeds, %): {txt}.")
+    if lrs is not None and len(lrs):
+        txt = ", ".join(f"{r['training']} at {r['lr']:g} {r['score_mean_pct']:.2f} ± {r['score_std_pct']:.2f}" for _, r in lrs.iterrows())
+        parts.append(f"Learning rates (centralized, %): {txt}"
+                     + (": " + says(v["lr_lora"], "LoRA does better at the higher rate", "LoRA does worse at the higher rate",
+                                    "LoRA's two rates cannot be told apart", "") + " and "
+                        + says(v["lr_full"], "full fine-tuning at the lower, as the seed advises.",
+                               "full fine-tuning does worse at the lower, against the seed's advice.",
+                               "full fine-tuning's two rates cannot be told apart.", "") if "lr_lora" in v else "."))
     parts += extra_task_sentences(scores, s["extra_tasks"], s["lora_rank"])
     if ("svd", "category") in by.index and ("naive", "category") in by.index:
         cat = {m: 100 * by[(m, "category")] for m in ("svd", "naive")}

@@ -9,7 +9,11 @@ Four kinds of run (each kind one DVC stage, ``foreach`` over its ids):
   on the same client adapters;
 - ``merge``: the seed's one-shot merge of K adapters trained apart, each merged adapter reloaded with peft and scored;
 - ``centralized``: centralized LoRA and full fine-tuning on the pooled data, and (``warm``) federated svd rounds
-  started from the centralized adapter.
+  started from the centralized adapter;
+- ``lr_study``: centralized LoRA and full fine-tuning each at every learning rate of ``lr_study``, one seed.
+
+A ``run`` whose spec has a ``global_rank`` (the rank sweep) keeps that rank on the server; the others keep
+``svd_rank`` with svd and the client rank otherwise.
 """
 
 from __future__ import annotations
@@ -53,13 +57,21 @@ def run_specs(s: Settings) -> list[RunSpec]:
     seeds = [p["grid_seed"]] + [seed for seed in p["seeds"] if seed != p["grid_seed"]]
     plan = [(p["main_task"], m, sh, p["grid_seed"], p["lora_rank"]) for sh in p["shardings"] for m in p["aggregations"]]
     repeated = ["iid"] + [sh for sh in p["shardings"] if sh in p["repeat_shardings"] and sh != "iid"]
-    plan += [(p["main_task"], m, sh, seed, p["lora_rank"]) for sh in repeated for seed in seeds[1:] for m in p["aggregations"]]
+    plan += [(p["main_task"], m, sh, seed, p["lora_rank"]) for sh in repeated for seed in seeds[1:] + p["extra_seeds"]
+             for m in p["aggregations"]]
     if p["compress_client_rank"]:
         plan += [(p["main_task"], "svd", "iid", seed, p["compress_client_rank"]) for seed in seeds]
     plan += [(task, m, "iid", seed, p["lora_rank"]) for task in p["extra_tasks"] for seed in seeds for m in ("svd", "naive")]
     specs = [RunSpec(f"{task}-{method}-{sharding}-r{rank}-s{seed}",
                      {"task": task, "method": method, "sharding": sharding, "seed": seed, "client_rank": rank}, "run")
              for task, method, sharding, seed, rank in plan]
+    specs += [RunSpec(f"{p['main_task']}-svd-iid-r{rank}-keep-s{seed}",
+                      {"task": p["main_task"], "method": "svd", "sharding": "iid", "seed": seed, "client_rank": rank,
+                       "global_rank": rank}, "run")
+              for rank in p["rank_sweep"] if rank != p["lora_rank"] for seed in seeds]
+    if p["lr_study"]:
+        specs += [RunSpec(f"{p['main_task']}-lr-study-s{seed}", {"task": p["main_task"], "seed": seed, "lrs": list(p["lr_study"])},
+                          "lr_study") for seed in seeds]
     specs.append(RunSpec(f"{p['main_task']}-error-study-s{p['grid_seed']}", {"task": p["main_task"], "seed": p["grid_seed"]}, "error_study"))
     specs.append(RunSpec(f"{p['main_task']}-one-shot-merge-s{p['grid_seed']}", {"task": p["main_task"], "seed": p["grid_seed"]}, "merge"))
     specs.append(RunSpec(f"{p['main_task']}-centralized-s{p['grid_seed']}" + ("-warm" if p["warm_start"] else ""),
@@ -70,7 +82,7 @@ def run_specs(s: Settings) -> list[RunSpec]:
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     data = prepare_task(s, spec.args["task"], seed=s["grid_seed"])
     kind = {"run": _federated_record, "error_study": _error_study_record, "merge": _merge_record,
-            "centralized": _centralized_record}[spec.kind]
+            "centralized": _centralized_record, "lr_study": _lr_study_record}[spec.kind]
     return kind(s, spec, data, progress)
 
 
@@ -211,17 +223,19 @@ class FederatedRun:
 
 
 def run_federated_lora(s: Settings, data: TaskData, method: str, sharding: str, seed: int, client_rank: int | None = None,
-                       progress: bool = True, init_adapter: Path | None = None, checkpoint: str = "rounds") -> FederatedRun:
+                       progress: bool = True, init_adapter: Path | None = None, checkpoint: str = "rounds",
+                       global_rank: int | None = None) -> FederatedRun:
     """One multi-round FedAvg run of adapters with the given aggregation and sharding; ``init_adapter``: a peft
     adapter folder to start from (the report's warm start) instead of a fresh adapter; ``checkpoint``: the name of
-    the round loop's checkpoint in the run's checkpoint folder (when the run harness executes it)."""
+    the round loop's checkpoint in the run's checkpoint folder (when the run harness executes it); ``global_rank``:
+    the rank the server keeps (default: ``svd_rank`` for svd, the client rank otherwise)."""
     client_rank = client_rank or s["lora_rank"]
     parts = shard(s, data, sharding, s["num_clients"], seed)
     clients = [Client(str(i + 1), data.train.subset(p), data.train.subset(p) if s["evaluate_clients"] else None) for i, p in enumerate(parts)]
     model, alpha = adapter_model(s, data, method, client_rank, seed)
     if init_adapter is not None:
         load_adapter(model, init_adapter)
-    global_rank = s["svd_rank"] if method == "svd" else client_rank
+    global_rank = global_rank or (s["svd_rank"] if method == "svd" else client_rank)
     strategy = LoraAggregation(method, client_rank, alpha, global_rank=global_rank,
                                global_alpha=s["lora_alpha"] * global_rank / s["lora_rank"], frozen=frozen_lora_a(model))
     config = RoundConfig(num_rounds=s["num_rounds"], seed=seed, exchange="trainable", evaluate_clients=s["evaluate_clients"])
@@ -233,7 +247,8 @@ def run_federated_lora(s: Settings, data: TaskData, method: str, sharding: str, 
 
 def _federated_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool) -> RunRecord:
     a = spec.args
-    run = run_federated_lora(s, data, a["method"], a["sharding"], a["seed"], client_rank=a["client_rank"], progress=progress)
+    run = run_federated_lora(s, data, a["method"], a["sharding"], a["seed"], client_rank=a["client_rank"], progress=progress,
+                             global_rank=a.get("global_rank"))
     return _run_record(spec, data, run)
 
 
@@ -250,14 +265,16 @@ def _run_record(spec: RunSpec, data: TaskData, run: FederatedRun, **extra: Any) 
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
 
 
-def train_centralized(s: Settings, data: TaskData, seed: int, full: bool, save_to: Path | None = None) -> dict[str, float]:
-    """Baselines on the pooled data for ``num_rounds * local_epochs`` epochs: LoRA, or every parameter.
-    ``save_to``: a folder to save the trained LoRA adapter in (peft format)."""
+def train_centralized(s: Settings, data: TaskData, seed: int, full: bool, save_to: Path | None = None,
+                      lr: float | None = None) -> dict[str, float]:
+    """Baselines on the pooled data for ``num_rounds * local_epochs`` epochs: LoRA, or every parameter, at ``lr``
+    (default: ``learning_rate`` for LoRA, ``full_finetune_lr`` for full fine-tuning). ``save_to``: a folder to save
+    the trained LoRA adapter in (peft format)."""
     epochs = s["num_rounds"] * s["local_epochs"]
     if full:
-        model, lr = copy.deepcopy(data.base_model), s["full_finetune_lr"]
+        model, lr = copy.deepcopy(data.base_model), lr or s["full_finetune_lr"]
     else:
-        (model, _), lr = adapter_model(s, data, "svd", s["lora_rank"], seed), s["learning_rate"]
+        (model, _), lr = adapter_model(s, data, "svd", s["lora_rank"], seed), lr or s["learning_rate"]
     trainer = make_trainer(s, data, epochs=epochs, lr=lr)
     start = time.perf_counter()
     trainer.train(model, data.train, seeded_generator(seed, 20_000))
@@ -288,6 +305,20 @@ def _centralized_record(s: Settings, spec: RunSpec, data: TaskData, progress: bo
             warm = run_federated_lora(s, data, "svd", "iid", seed, init_adapter=adapter_dir, progress=progress, checkpoint="warm-rounds")
             tables["warm_history"] = warm.result.history
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, {"seed": seed, "chance_score": chance_score(data)}, tables)
+
+
+def _lr_study_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool) -> RunRecord:
+    """Centralized LoRA and full fine-tuning at every learning rate of the spec, one seed: each training a
+    checkpointed part of the run."""
+    from tqdm.auto import tqdm
+
+    seed, lrs = spec.args["seed"], spec.args["lrs"]
+    arms = [(full, lr) for full in (False, True) for lr in lrs]
+    rows = [{"lr": lr} | checkpoints.part(f"{'full' if full else 'lora'}-lr{lr:g}",
+                                          lambda full=full, lr=lr: train_centralized(s, data, seed, full, lr=lr))
+            for full, lr in tqdm(arms, desc=spec.run_id, disable=not progress, leave=False)]
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, {"seed": seed, "chance_score": chance_score(data)},
+                     {"lr_study": pd.DataFrame(rows)})
 
 
 def train_clients_once(s: Settings, data: TaskData, parts: list[np.ndarray], seed: int, rank: int,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedpeft.core.config import Settings, Spec, load_settings, seed_spec, seeds_spec, threads_spec
+from fedpeft.core.config import SEED_HIGH, SEED_LOW, Settings, Spec, load_settings, seed_spec, seeds_spec, threads_spec
 from fedpeft.data import glue
 from fedpeft.federated.lora_aggregation import ROUND_METHODS
 
@@ -43,6 +43,12 @@ SCHEMA: dict[str, Spec] = {
     "target_modules": Spec(list, item=str, min_items=1),
     "svd_rank": Spec(int, low=1, high=1024),
     "compress_client_rank": Spec(int, low=0, high=1024, doc="extra runs (every seed): clients train at this rank, svd to svd_rank (0: none)"),
+    "rank_sweep": Spec(list, item=int, unique=True, low=1, high=1024, doc="extra runs (every seed, svd, IID): clients train at each rank and the "
+                                                              "server keeps it, beside lora_rank's runs (the seed's r 4 / 8 / 16 / 32)"),
+    "lr_study": Spec(list, item=float, unique=True, low=1e-8, high=1.0, doc="centralized LoRA and full fine-tuning each at every learning rate "
+                                                                "listed, per seed (the seed's 2e-4 for LoRA, 2e-5 for full); [] = none"),
+    "extra_seeds": Spec(list, item=int, unique=True, low=SEED_LOW, high=SEED_HIGH, doc="more seeds for the main task's repeated comparisons (IID and repeat_shardings, every "
+                                  "aggregation), where three seeds left an interval over its threshold"),
     "grid_seed": seed_spec(),
     "seeds": seeds_spec(doc="seeds of the repeated IID runs (grid_seed is reused if listed)"),
     "error_study_clients": Spec(list, item=int, low=1, high=1000, min_items=1, doc="client counts of the one-round aggregation-error study"),
@@ -55,7 +61,8 @@ SCHEMA: dict[str, Spec] = {
 }
 
 #: Keys that decide which runs exist (a run's task, method, sharding, seed and rank are in its spec).
-PLAN_KEYS = frozenset({"shardings", "repeat_shardings", "aggregations", "seeds", "extra_tasks", "compress_client_rank", "warm_start"})
+PLAN_KEYS = frozenset({"shardings", "repeat_shardings", "aggregations", "seeds", "extra_tasks", "compress_client_rank", "warm_start",
+                       "rank_sweep", "lr_study", "extra_seeds"})
 #: Keys only the report reads.
 REPORT_KEYS: frozenset[str] = frozenset()
 #: Keys only one kind of run reads: changing them reruns that kind's stage alone.
@@ -73,6 +80,12 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
                          "cannot be larger than the ones clients train")
     if s["compress_client_rank"] and s["compress_client_rank"] < s["svd_rank"]:
         raise ValueError(f"compress_client_rank = {s['compress_client_rank']} is below svd_rank = {s['svd_rank']}")
+    if s["svd_rank"] != s["lora_rank"] and s["rank_sweep"]:
+        raise ValueError(f"rank_sweep = {s['rank_sweep']} needs svd_rank = lora_rank ({s['lora_rank']}), so that lora_rank's "
+                         f"runs are the sweep's point at r {s['lora_rank']}; svd_rank is {s['svd_rank']}")
+    repeated = sorted(set(s["extra_seeds"]) & set(s["seeds"]))
+    if repeated:
+        raise ValueError(f"extra_seeds = {s['extra_seeds']} is not allowed; {repeated} already in seeds = {s['seeds']}")
     unknown = sorted(set(s["repeat_shardings"]) - set(s["shardings"]))
     if unknown:
         raise ValueError(f"repeat_shardings = {s['repeat_shardings']} names {unknown}, which shardings = {s['shardings']} "

@@ -303,7 +303,7 @@ def claims(s: Settings, profile: str, lm: pd.DataFrame, dm: pd.DataFrame, adapte
                    "gpu_measurements", "one value per run: the median it/s of its timed steps", key="gpu_unet_speed", **gpu_where)
     else:
         for claim in ("Gemma-2-2B peak VRAM 7.71 (LoRA) vs 7.40 GB (QLoRA)", "SD 1.5 UNet: QLoRA uses 4.20 GB vs LoRA's 2.43 GB"):
-            ledger.add(claim, "GPU memory", not_testable("needs the GPU benchmark (benchmarks/paper_lora_vs_qlora_gpu.py)"), "setup")
+            ledger.add(claim, "GPU memory", not_testable("needs the GPU benchmark (benchmarks/paper_lora_vs_qlora_gpu.py)", needs="gpu"), "setup")
     gm = memory[memory["model"] == "google/gemma-2-2b"].set_index("storage")
     bits = 8 * float(gm.loc["nf4 (linear) + bf16", "bytes"] - gm.loc["nf4 + double quant (linear) + bf16", "bytes"]) / float(gm["linear_parameters"].iloc[0])
     ledger.add("Double quantization saves 0.37 bits per parameter", "0.37 bits",
@@ -314,19 +314,19 @@ def claims(s: Settings, profile: str, lm: pd.DataFrame, dm: pd.DataFrame, adapte
                "setup", "the seed's summary quotes its optimized 4-bit run's 0.276 as LoRA's; its own table gives LoRA 0.60")
     ledger.add("LoRA reaches a lower final loss than QLoRA (0.60 vs 0.70)", f"{SEED['lora_final_loss']:.2f} vs {SEED['qlora_final_loss']:.2f}",
                not_testable("the seed's training losses after two epochs of Gemma-2-2B on Dolly; this profile trains another model "
-                            f"for {s['lm_steps']} steps (the held-out losses are compared in the study's checks)"), "lm_runs")
+                            f"for {s['lm_steps']} steps (the held-out losses are compared in the study's checks)", needs="seed model"), "lm_runs")
     ledger.add("An evaluation loss of 1.65 indicates some overfitting", "1.65",
-               not_testable("no run here reaches the seed's 3,714 steps, and the seed gives no starting evaluation loss"), "lm_runs")
+               not_testable("no run here reaches the seed's 3,714 steps, and the seed gives no starting evaluation loss", needs="gpu"), "lm_runs")
     ledger.add("Pure FP16 training gives NaN gradients; BF16 fixes it", "NaN in fp16",
-               not_testable("no fp16 training run here: the CPU profiles compute in fp32 and the GPU benchmark in bf16"), "setup")
+               not_testable("no fp16 training run here: the CPU profiles compute in fp32 and the GPU benchmark in bf16", needs="gpu"), "setup")
     ledger.add("The optimized 4-bit run peaked at 14.13 GB through Windows shared memory", "14.13 GB",
-               not_testable("a Windows shared-GPU-memory effect of the seed's 12 GB card; not reproducible on Linux"), "setup")
+               not_testable("a Windows shared-GPU-memory effect of the seed's 12 GB card; not reproducible on Linux", needs="seed machine"), "setup")
     ledger.add("Both methods yield comparable generation quality", "comparable",
-               not_testable("no generation-quality evaluation (the held-out loss is compared instead)"), "setup")
+               not_testable("no generation-quality evaluation (the held-out loss is compared instead)", needs="seed model"), "setup")
     ledger.add("The overhead of 4-bit dequantization outweighs the memory-bandwidth savings", "slower",
-               not_testable("no kernel-level timing: the step times include everything"), "speed_and_memory")
+               not_testable("no kernel-level timing: the step times include everything", needs="gpu"), "speed_and_memory")
     ledger.add("For models above 7B QLoRA becomes essential", "> 7B",
-               not_testable("no model above 2B is built here; paper_memory gives the per-parameter weight bytes to extrapolate"),
+               not_testable("no model above 2B is built here; paper_memory gives the per-parameter weight bytes to extrapolate", needs="seed model"),
                "paper_memory")
 
     # --- the study's own checks ---

@@ -529,12 +529,12 @@ def claims(s: Settings, summary: pd.DataFrame, arch: pd.DataFrame, traffic: pd.D
     few = not all(v and not np.isnan(list(v.values())).any() for v in drift.values())
     too_few = f"DiLoCo runs {s['diloco_rounds']} rounds here: drift needs at least 3 to compare windows of rounds"
     ledger.add("DiLoCo's training loss drifts upward in later rounds", "0.023 (round 8) -> 0.501 (round 20)",
-               not_testable(too_few) if few else
+               not_testable(too_few, needs="profile") if few else
                positive(list(drift["diloco"].values()), "DiLoCo's late rise of the training loss", "{:+.3f}", " nats"),
                "train_loss_per_step", "rise = mean over the last third of rounds minus the middle third, per seed", key="drift")
     ranges = _val_range(history, label["diloco"], second_half=False)
     ledger.add("Validation stays stable despite the drift (DiLoCo val accuracy 0.825-0.883 over 20 rounds)",
-               "range 0.058", not_testable(f"DiLoCo runs {s['diloco_rounds']} rounds here: a range over rounds needs at least 3")
+               "range 0.058", not_testable(f"DiLoCo runs {s['diloco_rounds']} rounds here: a range over rounds needs at least 3", needs="profile")
                if few else
                one_run_matches(ranges, stated_range(0.0575, 0.0585, "0.058"), "validation-accuracy range over the rounds",
                                "{:.3f}", " accuracy"), "val_f1_per_step", "max - min of the validation accuracy over every round, per seed")
@@ -553,13 +553,13 @@ def claims(s: Settings, summary: pd.DataFrame, arch: pd.DataFrame, traffic: pd.D
                    "8,460 vs 11,524", not_testable("the seed's two adapters sat on different backbones and layers; at the same "
                                                    "target and rank the two adapters are the same (a study check below)",
                                                    f"{int(per_seed('fedavg', 'adapter_params').iloc[0]):,} vs "
-                                                   f"{int(o['adapter_params'].iloc[0]):,} parameters"), "rank_and_transport")
+                                                   f"{int(o['adapter_params'].iloc[0]):,} parameters", needs="seed model"), "rank_and_transport")
         ledger.check(f"QLoRA's and {name}'s adapters have the same size at the same target and rank",
                      fact(f"{int(per_seed('fedavg', 'adapter_params').iloc[0]):,} and {int(o['adapter_params'].iloc[0]):,} parameters",
                           "quantizing the frozen base weight leaves the adapter's shapes unchanged"), "rank_and_transport")
     ledger.add("Peak VRAM ~479 MB per farmer", f"{SEED['peak_vram_mb']} MB (GPU)",
                not_testable("GPU memory; this profile measures the CPU process",
-                            f"{memory['peak_step_memory_mib']:.0f} MiB step peak ({memory['memory_kind']})"), "farmer_memory")
+                            f"{memory['peak_step_memory_mib']:.0f} MiB step peak ({memory['memory_kind']})", needs="gpu"), "farmer_memory")
     ledger.add("A farmer's training fits a 2 GB phone", "< 2 GB",
                at_most(float(memory["peak_step_memory_mib"]) + float(memory["backbone_weight_mib"]), 2 * 1024,
                        "step peak + backbone weights", "{:,.0f}", " MiB"), "farmer_memory",
