@@ -491,7 +491,7 @@ def _rank_guidance(ledger: ClaimsLedger, s: Settings, by_rank: Mapping[int, pd.S
     row per comparison: svd on IID shards with the server keeping each rank, paired by seed against r 8 (and r 32
     against centralized full fine-tuning at the study's lower learning rate)."""
     have = {r: v for r, v in by_rank.items() if len(v)}
-    missing = lambda r: not_testable(f"the profile's rank_sweep {list(s['rank_sweep'])} with lora_rank {s['lora_rank']} has no r {r}", needs="profile")
+    missing = lambda r: not_testable(f"the profile's rank_sweep {list(s['rank_sweep'])} with lora_rank {s['lora_rank']} has no r {r}", needs="new arm")
     unit = dict(fmt="{:+.2f}", unit=" points", n_counts="seeds, paired")
     note = "svd on IID shards, the server keeping the clients' rank; final validation score"
     ledger.add("Rank guidance: r 4 may sacrifice accuracy (against r 8)", "r 4 may sacrifice accuracy",
@@ -505,7 +505,7 @@ def _rank_guidance(ledger: ClaimsLedger, s: Settings, by_rank: Mapping[int, pd.S
         verdict = paired_greater(*common_seeds(have[32], 100 * full.set_index("seed")["score"]), -1.0,
                                  "r 32 - full fine-tuning score", **unit)
     else:
-        verdict = missing(32) if 32 not in have else not_testable("no full fine-tuning over seeds (lr_study: [])", needs="profile")
+        verdict = missing(32) if 32 not in have else not_testable("no full fine-tuning over seeds (lr_study: [])", needs="new arm")
     ledger.add("Rank guidance: r 32 approaches full fine-tuning (at most 1 point below)", "r 32 near full fine-tuning", verdict,
                "rank_sweep", "federated r 32 against centralized full fine-tuning at the study's lower learning rate, paired "
                "by seed: the gap also holds what federation costs; 'near' read as at most 1 point below", key="rank32")
@@ -515,7 +515,7 @@ def _learning_rates(ledger: ClaimsLedger, s: Settings, lr_runs: pd.DataFrame) ->
     """The seed's advice, 2e-4 for LoRA and 2e-5 for full fine-tuning, as two paired comparisons over seeds: each
     training at its recommended rate against the other's."""
     if not len(lr_runs) or lr_runs["lr"].nunique() < 2:
-        reason = not_testable(f"the profile runs no learning-rate study (lr_study: {list(s['lr_study'])})", needs="profile")
+        reason = not_testable(f"the profile runs no learning-rate study (lr_study: {list(s['lr_study'])})", needs="new arm")
         ledger.add("LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5)", "2e-4 vs 2e-5", reason, "setup")
         return
     high, low = float(lr_runs["lr"].max()), float(lr_runs["lr"].min())
