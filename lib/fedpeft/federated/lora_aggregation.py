@@ -71,8 +71,8 @@ def mean_delta(factors: Sequence[LoraFactors], weights: Sequence[float] | None =
     return sum(wi * f.delta() for wi, f in zip(w, factors, strict=True))
 
 
-def aggregate_naive(factors: Sequence[LoraFactors], weights: Sequence[float] | None = None) -> LoraFactors:
-    """Average ``A`` and ``B`` separately (all clients must share rank and scaling)."""
+def _mean_factors(factors: Sequence[LoraFactors], weights: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted means of ``A`` and of ``B`` in float64 (all clients must share rank and scaling)."""
     w = normalize_weights(weights, len(factors))
     ranks = {f.rank for f in factors}
     scalings = {f.scaling for f in factors}
@@ -80,6 +80,12 @@ def aggregate_naive(factors: Sequence[LoraFactors], weights: Sequence[float] | N
         raise ValueError(f"naive averaging needs equal ranks and scalings; got ranks {sorted(ranks)}, scalings {sorted(scalings)}")
     A = sum(wi * f.A.double() for wi, f in zip(w, factors, strict=True))
     B = sum(wi * f.B.double() for wi, f in zip(w, factors, strict=True))
+    return A, B
+
+
+def aggregate_naive(factors: Sequence[LoraFactors], weights: Sequence[float] | None = None) -> LoraFactors:
+    """Average ``A`` and ``B`` separately (all clients must share rank and scaling)."""
+    A, B = _mean_factors(factors, weights)
     return LoraFactors(A.to(factors[0].A.dtype), B.to(factors[0].B.dtype), factors[0].scaling)
 
 
@@ -123,12 +129,10 @@ def aggregate_svd(factors: Sequence[LoraFactors], weights: Sequence[float] | Non
 def fedex_residual(factors: Sequence[LoraFactors], weights: Sequence[float] | None = None) -> torch.Tensor:
     """FedEx-LoRA's residual ``s * (sum_i w_i B_i A_i - (sum_i w_i B_i)(sum_i w_i A_i))`` (float64, ``out x in``):
     what naive averaging leaves out of the mean ``delta_W``. Clients must share rank and scaling."""
-    naive = aggregate_naive(factors, weights)  # checks equal ranks and scalings
+    A, B = _mean_factors(factors, weights)  # checks equal ranks and scalings
     w = normalize_weights(weights, len(factors))
     mean_product = sum(wi * (f.B.double() @ f.A.double()) for wi, f in zip(w, factors, strict=True))
-    A = sum(wi * f.A.double() for wi, f in zip(w, factors, strict=True))
-    B = sum(wi * f.B.double() for wi, f in zip(w, factors, strict=True))
-    return naive.scaling * (mean_product - B @ A)
+    return factors[0].scaling * (mean_product - B @ A)
 
 
 def aggregate_frozen_a(factors: Sequence[LoraFactors], weights: Sequence[float] | None = None) -> LoraFactors:
