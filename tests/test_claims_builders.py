@@ -209,7 +209,8 @@ def test_glue_svd_against_naive_is_a_paired_study_check_and_the_prose_follows(sv
 def _rank_and_lr_inputs(by_rank: dict[int, list[float]], lora_lrs: tuple[list[float], list[float]],
                         full_lrs: tuple[list[float], list[float]], fedex: list[float] | None = None):
     g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
-    s = g.load("local", {"shardings": ["iid"], "repeat_shardings": [], "extra_tasks": [], "compress_client_rank": 0})
+    s = g.load("local", {"shardings": ["iid"], "repeat_shardings": [], "extra_tasks": [], "compress_client_rank": 0,
+                         "rank_sweep": [4, 16, 32], "lr_study": [2e-4, 2e-5]})
     base = scores[(scores["method"] == "svd") & (scores["sharding"] == "iid")].iloc[0].to_dict()
     rows = [{**base, "client_rank": r, "kept_rank": r, "seed": seed, "score": v}
             for r, values in by_rank.items() if r != 8 for seed, v in zip((42, 43, 44), values, strict=True)]
