@@ -274,6 +274,34 @@ def test_glue_fedex_is_checked_exact_costed_in_bytes_and_compared_with_naive(fed
     assert g.build_claims(s, inexact, errors, baselines, merge, 0.0033).verdicts["fedex_exact"].verdict == "does not hold"
 
 
+@pytest.mark.parametrize("svd, verdict, sentence", [
+    ([0.82, 0.83, 0.81, 0.82, 0.84], "holds", "SVD to a common rank beats HetLoRA's zero-padding"),
+    ([0.76, 0.77, 0.75, 0.76, 0.78], "does not hold", "SVD to a common rank falls below HetLoRA's zero-padding"),
+    ([0.80, 0.78, 0.82, 0.79, 0.81], "inconclusive", "cannot be told apart"),
+])
+def test_glue_mixed_ranks_judge_svd_against_zero_padding_paired_by_seed(svd, verdict, sentence):
+    g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
+    arms = {"svd": svd, "hetlora": [0.79, 0.80, 0.80, 0.79, 0.81], "flexlora": [0.85, 0.87, 0.84, 0.86, 0.87]}
+    runs = pd.DataFrame([{"method": m, "seed": seed, "client_ranks": "4/8/16", "global_rank": 8 if m == "svd" else 16,
+                          "score": v, "max_relative_error": 0.3 if m == "hetlora" else 0.01, "round_traffic_MiB": 1.0,
+                          "min_rank_up_MiB": 0.1, "max_rank_up_MiB": 0.4}
+                         for m, values in arms.items() for seed, v in zip((42, 43, 44, 45, 46), values, strict=True)])
+    ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033, mixed_runs=runs)
+    assert ledger.verdicts["mixed_svd"].verdict == verdict and "n = 5 seeds, paired" in ledger.verdicts["mixed_svd"].rule
+    assert ledger.verdicts["mixed_flex"].verdict == "holds"  # FlexLoRA ends 2-9 points above svd in every seed
+    frame = ledger.frame().set_index("claim")
+    assert frame.loc["SVD aggregation is more stable when clients have different ranks", "kind"] == "seed claim"
+    assert (frame[frame.index.str.startswith("With clients of different ranks, FlexLoRA")]["kind"] == "study check").all()
+    table = g.mixed_rank_table(runs)
+    assert table["aggregation"].tolist() == ["svd", "hetlora", "flexlora"] and table["seeds"].tolist() == [5, 5, 5]
+    seeds = g.seed_table(scores, "sst2", s["lora_rank"])
+    text = g.finding(s, scores, seeds, errors, merge, baselines, 60.0, 0.0033, ledger, mixed=table)
+    assert sentence in text and "With clients of ranks 4/8/16" in text
+    untested = g.build_claims(s, scores, errors, baselines, merge, 0.0033).frame().set_index("claim")
+    row = untested.loc["SVD aggregation is more stable when clients have different ranks"]
+    assert row["verdict"] == "not testable here" and row["needs"] == "new arm"
+
+
 def test_glue_counts_the_seeds_model_and_judges_one_accuracy_on_its_examples():
     g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
     frame = g.build_claims(s, scores, errors, baselines, merge, 0.0033).frame().set_index("claim")

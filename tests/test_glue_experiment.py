@@ -121,3 +121,47 @@ def test_the_learning_rate_study_trains_each_arm_at_each_rate(toy):
     assert table[["baseline", "lr"]].values.tolist() == [["centralized LoRA", 1e-3], ["centralized LoRA", 1e-5],
                                                          ["full fine-tuning", 1e-3], ["full fine-tuning", 1e-5]]
     assert table["trainable_params"].iloc[2] > 10 * table["trainable_params"].iloc[0]
+
+
+def test_plan_runs_clients_of_different_ranks_with_each_aggregation_over_every_seed():
+    s = load("embedded", {"mixed_ranks": [2, 4, 8], "mixed_rank_aggregations": ["svd", "flexlora"], "extra_seeds": [45]})
+    mixed = {spec.run_id: spec for spec in exp.run_specs(s) if spec.kind == "mixed_rank"}
+    assert sorted(mixed) == sorted(f"sst2-{m}-iid-mixed-r2-4-8-s{seed}" for m in ("svd", "flexlora") for seed in (42, 43, 44, 45))
+    assert all(spec.args["client_ranks"] == [2, 4, 8] for spec in mixed.values())
+    assert not [spec for spec in exp.run_specs(load("embedded", {"mixed_ranks": []})) if spec.kind == "mixed_rank"]
+    with pytest.raises(ValueError, match=r"mixed_ranks = \[4, 8\] gives 2 ranks for num_clients = 3"):
+        load("embedded", {"mixed_ranks": [4, 8]})
+    with pytest.raises(ParameterError, match="mixed_rank_aggregations"):
+        load("embedded", {"mixed_rank_aggregations": ["naive"]})
+    with pytest.raises(ValueError, match=r"svd_rank = 8 is above the largest of mixed_ranks = \[2, 4, 4\]"):
+        load("embedded", {"mixed_ranks": [2, 4, 4]})
+
+
+def test_a_mixed_rank_run_records_each_clients_own_traffic_and_the_aggregation_error(toy):
+    s, data = toy
+    spec = exp.RunSpec("sst2-flexlora-iid-mixed-r2-4-8-s0", {"task": "sst2", "method": "flexlora", "sharding": "iid", "seed": 0,
+                                                              "client_ranks": [2, 4, 8]}, "mixed_rank")
+    record = exp._mixed_rank_record(s, spec, data, progress=False)
+    traffic = record.tables["traffic_by_client"]
+    assert traffic["rank"].tolist() == [2, 4, 8]
+    assert traffic["up_bytes"].is_monotonic_increasing and traffic["down_bytes"].is_monotonic_increasing
+    assert record["global_rank"] == 8 and len(record.tables["mixed_history"]) == s["num_rounds"] + 1
+    errors = record.tables["mixed_errors"]
+    assert len(errors) == s["num_rounds"] * 2 * data.base_model.config.num_hidden_layers  # query and value per layer
+    assert errors["relative_error"].between(0, 1).all()
+
+
+def test_a_text_client_of_rank_2_trains_two_components_of_its_rank_8_model(toy):
+    from fedpeft.federated.loop import Client, client_update
+    from fedpeft.federated.mixed_rank import MixedRankLora
+
+    s, data = toy
+    model, alpha = exp.adapter_model(s, data, "hetlora", 8, seed=0)
+    strategy = MixedRankLora("hetlora", [2, 4, 8], alpha / 8)
+    glob = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    new, _ = client_update(model, strategy.downlink(glob, 0), Client("1", data.train.subset(range(20))), 0, 1, strategy,
+                           exp.make_trainer(s, data), seed=0)
+    pairs = [(k, k.replace(".lora_A", ".lora_B")) for k in new if ".lora_A" in k]
+    assert pairs and all(new[a].shape[0] == 8 for a, _ in pairs)
+    assert all(not new[a][2:].any() and not new[b][:, 2:].any() for a, b in pairs)  # AdamW leaves zero components at zero
+    assert any(new[b][:, :2].abs().max() > 0 for _, b in pairs)

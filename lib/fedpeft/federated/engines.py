@@ -48,6 +48,10 @@ def run_rounds(engine: str, model: nn.Module, clients: Sequence[Client], strateg
     if engine != "inprocess" and strategy.folds_base_weights:
         raise ValueError(f"engine = {engine!r} is not allowed with {strategy.describe()}: it folds a residual into the "
                          "clients' frozen weights, which only the in-process round loop sends; use engine 'inprocess'")
+    if engine != "inprocess" and strategy.per_client_messages:
+        raise ValueError(f"engine = {engine!r} is not allowed with {strategy.describe()}: it sends each client its own "
+                         "message (adapters of different ranks), which only the in-process round loop does; use engine "
+                         "'inprocess'")
     if engine == "flower":
         from fedpeft.federated.flower_engine import run_flower
 

@@ -1,8 +1,9 @@
 """The in-process federated round loop: broadcast, local training, upload, aggregation, evaluation.
 
 One round, as in Flower's FedAvg: the server samples ``fraction_train`` of the clients, serializes the global
-state and sends it to each (``down``); each client loads it, trains locally (plus its strategy's proximal term)
-and sends its state back (``up``); the strategy aggregates the states weighted by the clients' example counts.
+state and sends it to each (``down``; a strategy with ``per_client_messages`` sends each client its own part, as to
+clients of different LoRA ranks); each client loads it, trains locally (plus its strategy's proximal term) and sends
+its state back (``up``); the strategy aggregates the states weighted by the clients' example counts.
 The server then evaluates the new global model on its own test set and every client evaluates it on its local
 test split. The loop stops between rounds once a wall-clock limit is reached, and writes a checkpoint after
 every round from which an interrupted run resumes with identical results (all randomness is derived from
@@ -188,7 +189,7 @@ def client_update(
     mu = float((strategy.client_config() if client_config is None else client_config).get("proximal-mu", 0.0))
     generator = seeded_generator(seed, round_, client_index)
     seed_global_rng(seed, round_, client_index)  # dropout draws from the global generator
-    received = strategy.expand_for_model(received, generator)
+    received = strategy.client_view(received, client_index, generator)
     model.load_state_dict(received, strict=False)
     global_params = {k: v.detach().clone() for k, v in received.items()}
     stats = trainer.train(model, client.train, generator, lambda m: proximal_term(m, global_params, mu), client_id=client.cid)
@@ -357,11 +358,12 @@ def run_federated(
         train_s = comm_s = 0.0
         states, weights, losses = [], [], []
         t0 = time.perf_counter()
-        down = serialize_state(global_state, config.transport)
+        shared_down = None if strategy.per_client_messages else serialize_state(global_state, config.transport)
         comm_s += time.perf_counter() - t0
         for i in chosen:
             c = clients[i]
             t0 = time.perf_counter()
+            down = shared_down if shared_down is not None else serialize_state(strategy.downlink(global_state, i), config.transport)
             received = deserialize_state(down, like=global_state)
             ledger.record(round_, c.cid, "down", len(down))
             comm_s += time.perf_counter() - t0
@@ -382,9 +384,9 @@ def run_federated(
             client_train_s = time.perf_counter() - t0
             train_s += client_train_s
             t0 = time.perf_counter()
-            up = serialize_state(new_state, config.transport)
+            up = serialize_state(strategy.uplink(new_state, i), config.transport)
             ledger.record(round_, c.cid, "up", len(up))
-            states.append(deserialize_state(up, like=global_state))
+            states.append(strategy.from_uplink(deserialize_state(up, like=global_state), i))
             comm_s += time.perf_counter() - t0
             weights.append(c.num_examples)
             losses.append(stats.loss)

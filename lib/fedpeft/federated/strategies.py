@@ -73,6 +73,9 @@ class FedAvg:
     name = "fedavg"
     #: True when :meth:`base_delta` can return something: the strategy then needs the in-process round loop.
     folds_base_weights = False
+    #: True when the server sends each client its own message (:meth:`downlink`) and reads each client's back
+    #: (:meth:`from_uplink`): clients that train adapters of different ranks. Needs the in-process round loop.
+    per_client_messages = False
 
     def client_config(self) -> dict[str, float]:
         """What the server sends clients with each round's model, as Flower's train config (FedAvg: nothing)."""
@@ -85,6 +88,24 @@ class FedAvg:
     def expand_for_model(self, state: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> StateDict:
         """The global state laid out as the clients' model holds it (unchanged here; LoRA strategies that keep
         a smaller global adapter than clients train override it). ``generator`` seeds any new values."""
+        return dict(state)
+
+    def downlink(self, state: Mapping[str, torch.Tensor], client_index: int) -> StateDict:
+        """What the server sends client ``client_index`` of the global ``state`` (all of it here)."""
+        return dict(state)
+
+    def client_view(self, received: Mapping[str, torch.Tensor], client_index: int,
+                    generator: torch.Generator | None = None) -> StateDict:
+        """What client ``client_index`` loads into its model from what it ``received``: :meth:`expand_for_model`
+        here, the same for every client."""
+        return self.expand_for_model(received, generator)
+
+    def uplink(self, state: Mapping[str, torch.Tensor], client_index: int) -> StateDict:
+        """What client ``client_index`` sends of its trained ``state`` (all of it here)."""
+        return dict(state)
+
+    def from_uplink(self, state: Mapping[str, torch.Tensor], client_index: int) -> StateDict:
+        """The server's layout of what client ``client_index`` sent (unchanged here), as :meth:`aggregate` takes it."""
         return dict(state)
 
     def aggregate(

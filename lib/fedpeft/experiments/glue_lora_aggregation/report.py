@@ -50,9 +50,10 @@ LIMITATIONS = """\
   what it tests.
 - FLoRA is run as a one-shot merge and in the error study, not in the round loop: its adapter's rank grows by K r
   every round, so it needs clients that change shape between rounds, which the round loop does not model.
-- Clients with different ranks (SVD to a common rank, HetLoRA's zero-padding, FlexLoRA's per-client truncation) are
-  not run yet: the round loop gives every client the same adapter layout, so the seed's "SVD is more stable when
-  clients have different ranks" stays untested.
+- Clients with different ranks train one adapter of the largest rank whose extra components stay exactly zero, at
+  one scaling `lora_alpha / r` for every client; HetLoRA is run as zero-padding alone (without its sparsity-weighted
+  aggregation and rank self-pruning), and FlexLoRA's server keeps the top components at the largest client rank
+  rather than the dense mean (its error is in the table).
 - The category sharding of a two-label task with K > 2 gives each client a single label; such clients cannot learn
   the task alone, which is the point of the test."""
 PACKAGES = STUDY_PACKAGES + DECLARED.packages
@@ -265,6 +266,46 @@ def rank_sweep(scores: pd.DataFrame, s: Settings, runs: pd.DataFrame | None = No
     return pd.DataFrame(rows)
 
 
+def mixed_rank(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """One row per mixed-rank run (clients of different ranks): the last round's validation score, the largest
+    aggregation error against the exact mean delta-W, the mean traffic per round, and the smallest and largest
+    client's upload per round; empty when the profile runs none."""
+    rows = []
+    for r in records.values():
+        if "mixed_history" not in r.tables:
+            continue
+        h, by_client = r.tables["mixed_history"], r.tables["traffic_by_client"]
+        errors = r.tables["mixed_errors"]["relative_error"]
+        rows.append({"method": r["method"], "seed": r["seed"], "client_ranks": "/".join(str(k) for k in r["client_ranks"]),
+                     "global_rank": r["global_rank"], "score": h.iloc[-1]["server_score"], "round0_score": h.iloc[0]["server_score"],
+                     "chance_score": r["chance_score"], "max_relative_error": errors.max() if len(errors) else np.nan,
+                     "round_traffic_MiB": r.tables["ledger_per_round"]["total"].mean() / MIB,
+                     "min_rank_up_MiB": by_client.loc[by_client["rank"].idxmin(), "up_bytes"] / MIB,
+                     "max_rank_up_MiB": by_client.loc[by_client["rank"].idxmax(), "up_bytes"] / MIB})
+    return pd.DataFrame(rows)
+
+
+def mixed_histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """The per-round history of every mixed-rank run, with its method, seed and client ranks."""
+    return pd.concat([r.tables["mixed_history"].assign(method=r["method"], seed=r["seed"],
+                                                       client_ranks="/".join(str(k) for k in r["client_ranks"]))
+                      for r in records.values() if "mixed_history" in r.tables], ignore_index=True)
+
+
+def mixed_rank_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The mixed-rank runs over seeds, one row per aggregation: score (%) mean and sample sd, the largest aggregation
+    error and the traffic."""
+    rows = []
+    for method, g in runs.groupby("method", sort=False):
+        mean, spread = mean_spread(100 * g["score"])
+        rows.append({"aggregation": method, "client ranks": g["client_ranks"].iloc[0], "server rank": int(g["global_rank"].iloc[0]),
+                     "seeds": len(g), "score_mean_pct": mean, "score_std_pct": spread,
+                     "max_relative_error": g["max_relative_error"].max(), "MiB_per_round": g["round_traffic_MiB"].mean(),
+                     "smallest client up (MiB/round)": g["min_rank_up_MiB"].mean(),
+                     "largest client up (MiB/round)": g["max_rank_up_MiB"].mean()})
+    return pd.DataFrame(rows)
+
+
 def _scores(scores: pd.DataFrame, task: str, sharding: str, method: str, rank: int) -> list[float]:
     sel = scores[(scores["task"] == task) & (scores["sharding"] == sharding) & (scores["method"] == method)
                  & (scores["client_rank"] == rank)]
@@ -324,7 +365,8 @@ def roberta_counts(size: str, rank: int = 8, targets: tuple[str, ...] = ("query"
 
 
 def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baselines: pd.DataFrame, merge: pd.DataFrame,
-                 trainable: float, warm: pd.DataFrame | None = None, lr_runs: pd.DataFrame | None = None) -> ClaimsLedger:
+                 trainable: float, warm: pd.DataFrame | None = None, lr_runs: pd.DataFrame | None = None,
+                 mixed_runs: pd.DataFrame | None = None) -> ClaimsLedger:
     """Every claim of the seed (``004_b0977eb72b9f505e.txt``) and the study's own checks, judged by the claims engine.
 
     ``trainable``: the fraction of this profile's model's parameters that LoRA trains. Scores are percent (F1 and
@@ -397,8 +439,7 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
     ledger.add("The script averages both the LoRA adapters and the classification head", "adapters and head",
                fact("every message carries the head", "the study's aggregation averages the head with the adapters "
                     "(fedpeft.federated.lora_aggregation)"), "setup")
-    ledger.add("SVD aggregation is more stable when clients have different ranks", "advantage",
-               not_testable("every client trains at one rank in the round loop; a mixed-rank federation is not run here", needs="new arm"), "setup")
+    _mixed_ranks(ledger, s, mixed_runs if mixed_runs is not None else pd.DataFrame())
     lr_runs = lr_runs if lr_runs is not None else pd.DataFrame()
     _rank_guidance(ledger, s, {r: per_seed(task, "iid", "svd", r, kept=r) for r in {rank, *s["rank_sweep"]}}, lr_runs)
     _learning_rates(ledger, s, lr_runs)
@@ -478,6 +519,35 @@ def build_claims(s: Settings, scores: pd.DataFrame, errors: pd.DataFrame, baseli
                    "one warm-started run (the grid seed) against the cold-started runs over seeds: helps = ends above them",
                    key="warm")
     return ledger
+
+
+def _mixed_ranks(ledger: ClaimsLedger, s: Settings, runs: pd.DataFrame) -> None:
+    """The seed's "SVD is more stable when clients have different ranks", from the mixed-rank runs
+    (:func:`mixed_rank`): SVD to the common rank against HetLoRA's zero-padding (the naive average of the padded
+    factors, the seed's other method made to take different ranks), paired by seed on the final score, as the seed's
+    "naive is less stable with heterogeneous clients" is judged; and, as the study's check, FlexLoRA against SVD."""
+    claim, figure = "SVD aggregation is more stable when clients have different ranks", "advantage"
+    per = {m: g.set_index("seed")["score"] * 100 for m, g in runs.groupby("method")} if len(runs) else {}
+    if not {"svd", "hetlora"} <= set(per):
+        ranks = list(s["mixed_ranks"])
+        why = (f"the profile runs no clients of different ranks (mixed_ranks: {ranks})" if not ranks else
+               f"mixed_rank_aggregations {list(s['mixed_rank_aggregations'])} lacks svd or hetlora, or their runs are missing")
+        ledger.add(claim, figure, not_testable(why, needs="new arm"), "mixed_rank")
+        return
+    ranks = runs["client_ranks"].iloc[0]
+    note = (f"clients of ranks {ranks} on IID shards; svd keeps rank {s['svd_rank']}, HetLoRA averages the zero-padded A and B; "
+            "judged on the final score (a less stable aggregation ends lower)")
+    ledger.add(claim, figure, paired_greater(*common_seeds(per["svd"], per["hetlora"]), 0.0,
+                                             "svd - HetLoRA zero-padding final score", "{:+.2f}", " points", "seeds, paired"),
+               "mixed_rank", note, key="mixed_svd")
+    if "flexlora" in per:
+        ledger.check("With clients of different ranks, FlexLoRA (each client its top components of the mean's SVD) trains a "
+                     "better global model than SVD to a common rank",
+                     paired_greater(*common_seeds(per["flexlora"], per["svd"]), 0.0, "FlexLoRA - svd final score", "{:+.2f}",
+                                    " points", "seeds, paired"),
+                     "mixed_rank", f"clients of ranks {ranks}, IID; FlexLoRA's server keeps rank "
+                                   f"{int(runs.loc[runs['method'] == 'flexlora', 'global_rank'].iloc[0])}",
+                     seed_figure="not in the seed", key="mixed_flex")
 
 
 def common_seeds(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -573,9 +643,10 @@ def extra_task_sentences(scores: pd.DataFrame, tasks, rank: int) -> list[str]:
 
 def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.DataFrame, merge: pd.DataFrame,
             baselines: pd.DataFrame, runs_wall_s: float, trainable: float, claims: ClaimsLedger,
-            ranks: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None) -> str:
+            ranks: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None, mixed: pd.DataFrame | None = None) -> str:
     """The report's opening paragraph, written from the measured tables and the ledger's verdicts; ``ranks``
-    (:func:`rank_sweep`) and ``lrs`` (:func:`lr_table`) add the rank sweep and the learning-rate study."""
+    (:func:`rank_sweep`), ``lrs`` (:func:`lr_table`) and ``mixed`` (:func:`mixed_rank_table`) add the rank sweep, the
+    learning-rate study and the clients of different ranks."""
     v = claims.verdicts
     main = scores[(scores["task"] == s["main_task"]) & (scores["client_rank"] == s["lora_rank"]) & (scores["seed"] == s["grid_seed"])]
     by = main.set_index(["method", "sharding"])["score"]
@@ -610,6 +681,14 @@ def finding(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.Da
                         + says(v["lr_full"], "full fine-tuning at the lower, as the seed advises.",
                                "full fine-tuning does worse at the lower, against the seed's advice.",
                                "full fine-tuning's two rates cannot be told apart.", "") if "lr_lora" in v else "."))
+    if mixed is not None and len(mixed) and "mixed_svd" in v:
+        txt = ", ".join(f"{r['aggregation']} {r['score_mean_pct']:.2f} ± {r['score_std_pct']:.2f}" for _, r in mixed.iterrows())
+        parts.append(f"With clients of ranks {mixed['client ranks'].iloc[0]} (IID, %): {txt}; "
+                     + says(v["mixed_svd"], "SVD to a common rank beats HetLoRA's zero-padding, paired by seed ({measured})",
+                            "SVD to a common rank falls below HetLoRA's zero-padding, paired by seed ({measured})",
+                            "SVD to a common rank and HetLoRA's zero-padding cannot be told apart, paired by seed ({measured})", "")
+                     + (says(v["mixed_flex"], ", and FlexLoRA beats SVD ({measured}).", ", and FlexLoRA falls below SVD ({measured}).",
+                             ", and FlexLoRA and SVD cannot be told apart ({measured}).", ".") if "mixed_flex" in v else "."))
     parts += extra_task_sentences(scores, s["extra_tasks"], s["lora_rank"])
     if ("svd", "category") in by.index and ("naive", "category") in by.index:
         cat = {m: 100 * by[(m, "category")] for m in ("svd", "naive")}

@@ -10,7 +10,10 @@ Four kinds of run (each kind one DVC stage, ``foreach`` over its ids):
 - ``merge``: the seed's one-shot merge of K adapters trained apart, each merged adapter reloaded with peft and scored;
 - ``centralized``: centralized LoRA and full fine-tuning on the pooled data, and (``warm``) federated svd rounds
   started from the centralized adapter;
-- ``lr_study``: centralized LoRA and full fine-tuning each at every learning rate of ``lr_study``, one seed.
+- ``lr_study``: centralized LoRA and full fine-tuning each at every learning rate of ``lr_study``, one seed;
+- ``mixed_rank``: one multi-round FedAvg on IID shards whose clients train adapters of different ranks
+  (``mixed_ranks``, one per client), aggregated by one of ``mixed_rank_aggregations``
+  (:mod:`fedpeft.federated.mixed_rank`), one seed.
 
 A ``run`` whose spec has a ``global_rank`` (the rank sweep) keeps that rank on the server; the others keep
 ``svd_rank`` with svd and the client rank otherwise.
@@ -41,6 +44,7 @@ from fedpeft.experiments.runs import reused_in_process
 from fedpeft.federated.ledger import serialize_state
 from fedpeft.federated.loop import Client, RoundConfig, client_update, run_federated
 from fedpeft.federated.lora_aggregation import LoraAggregation, merge_adapter_dirs, merge_adapter_states
+from fedpeft.federated.mixed_rank import MixedRankLora
 from fedpeft.federated.partition import label_skew, partition, save_shard_manifests
 from fedpeft.federated.strategies import FedAvg, normalize_weights
 from fedpeft.models.counting import count_parameters
@@ -69,6 +73,12 @@ def run_specs(s: Settings) -> list[RunSpec]:
                       {"task": p["main_task"], "method": "svd", "sharding": "iid", "seed": seed, "client_rank": rank,
                        "global_rank": rank}, "run")
               for rank in p["rank_sweep"] if rank != p["lora_rank"] for seed in seeds]
+    if p["mixed_ranks"]:
+        ranks = "-".join(str(r) for r in p["mixed_ranks"])
+        specs += [RunSpec(f"{p['main_task']}-{method}-iid-mixed-r{ranks}-s{seed}",
+                          {"task": p["main_task"], "method": method, "sharding": "iid", "seed": seed,
+                           "client_ranks": list(p["mixed_ranks"])}, "mixed_rank")
+                  for method in p["mixed_rank_aggregations"] for seed in seeds + p["extra_seeds"]]
     if p["lr_study"]:
         specs += [RunSpec(f"{p['main_task']}-lr-study-s{seed}", {"task": p["main_task"], "seed": seed, "lrs": list(p["lr_study"])},
                           "lr_study") for seed in seeds]
@@ -82,7 +92,7 @@ def run_specs(s: Settings) -> list[RunSpec]:
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     data = prepare_task(s, spec.args["task"], seed=s["grid_seed"])
     kind = {"run": _federated_record, "error_study": _error_study_record, "merge": _merge_record,
-            "centralized": _centralized_record, "lr_study": _lr_study_record}[spec.kind]
+            "centralized": _centralized_record, "lr_study": _lr_study_record, "mixed_rank": _mixed_rank_record}[spec.kind]
     return kind(s, spec, data, progress)
 
 
@@ -250,6 +260,43 @@ def _federated_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool
     run = run_federated_lora(s, data, a["method"], a["sharding"], a["seed"], client_rank=a["client_rank"], progress=progress,
                              global_rank=a.get("global_rank"))
     return _run_record(spec, data, run)
+
+
+def run_mixed_rank(s: Settings, data: TaskData, method: str, seed: int, client_ranks: list[int], progress: bool = True,
+                   checkpoint: str = "rounds") -> FederatedRun:
+    """FedAvg on IID shards with client ``i`` training a LoRA adapter of rank ``client_ranks[i]`` (every adapter at the
+    scaling ``lora_alpha / lora_rank``), aggregated by ``method`` (:class:`~fedpeft.federated.mixed_rank.MixedRankLora`)."""
+    if len(client_ranks) != s["num_clients"]:
+        raise ValueError(f"client_ranks = {client_ranks} gives {len(client_ranks)} ranks for num_clients = {s['num_clients']}")
+    parts = shard(s, data, "iid", s["num_clients"], seed)
+    clients = [Client(str(i + 1), data.train.subset(p), data.train.subset(p) if s["evaluate_clients"] else None) for i, p in enumerate(parts)]
+    model, alpha = adapter_model(s, data, method, max(client_ranks), seed)
+    strategy = MixedRankLora(method, client_ranks, alpha / max(client_ranks), svd_rank=s["svd_rank"])
+    config = RoundConfig(num_rounds=s["num_rounds"], seed=seed, exchange="trainable", evaluate_clients=s["evaluate_clients"])
+    result = run_federated(model, clients, strategy, make_trainer(s, data), config, server_test=data.dev,
+                           checkpoint_path=checkpoints.path(checkpoint), progress=progress,
+                           description=f"{data.task} {method}/iid ranks {client_ranks} seed {seed}")
+    return FederatedRun(result, strategy, parts, model)
+
+
+def traffic_by_client(ledger_frame: pd.DataFrame, client_ranks: list[int]) -> pd.DataFrame:
+    """Mean bytes per round each client received and sent, beside its rank (clients ``1..K`` in order)."""
+    per = ledger_frame.groupby(["client", "direction", "round"])["bytes"].sum().groupby(["client", "direction"]).mean().unstack()
+    return pd.DataFrame({"client": [str(i + 1) for i in range(len(client_ranks))], "rank": client_ranks}).assign(
+        down_bytes=lambda t: t["client"].map(per["down"]).astype(float), up_bytes=lambda t: t["client"].map(per["up"]).astype(float))
+
+
+def _mixed_rank_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool) -> RunRecord:
+    a = spec.args
+    run = run_mixed_rank(s, data, a["method"], a["seed"], a["client_ranks"], progress=progress)
+    h = run.result.history
+    scalars = {**a, "global_rank": run.strategy.global_rank, "wall_s": run.result.wall_s, "rounds_completed": run.result.rounds_completed,
+               "eval_examples": len(data.dev), "chance_score": chance_score(data)}
+    tables = {"mixed_history": h, "mixed_errors": run.strategy.error_frame(),
+              "ledger_per_round": run.result.ledger.per_round().reset_index(),
+              "traffic_by_client": traffic_by_client(run.result.ledger.frame(), a["client_ranks"]),
+              "shards": shard_table(data, run.parts)}
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
 
 
 def _run_record(spec: RunSpec, data: TaskData, run: FederatedRun, **extra: Any) -> RunRecord:

@@ -11,6 +11,7 @@ from typing import Any
 from fedpeft.core.config import SEED_HIGH, SEED_LOW, Settings, Spec, load_settings, seed_spec, seeds_spec, threads_spec
 from fedpeft.data import glue
 from fedpeft.federated.lora_aggregation import ROUND_METHODS
+from fedpeft.federated.mixed_rank import MIXED_RANK_METHODS
 
 EXPERIMENT = "glue_lora_aggregation"
 SHARDINGS = ("iid", "overlap", "category", "dirichlet")
@@ -47,6 +48,11 @@ SCHEMA: dict[str, Spec] = {
                                                               "server keeps it, beside lora_rank's runs (the seed's r 4 / 8 / 16 / 32)"),
     "lr_study": Spec(list, item=float, unique=True, low=1e-8, high=1.0, doc="centralized LoRA and full fine-tuning each at every learning rate "
                                                                 "listed, per seed (the seed's 2e-4 for LoRA, 2e-5 for full); [] = none"),
+    "mixed_ranks": Spec(list, item=int, low=1, high=1024, doc="extra runs (IID, every seed and extra seed): one LoRA rank per client, "
+                                                            "the clients training adapters of different ranks (the seed's 'different ranks'); [] = none"),
+    "mixed_rank_aggregations": Spec(list, item=str, choices=MIXED_RANK_METHODS, unique=True,
+                                    doc="how the mixed-rank runs aggregate: svd to svd_rank, hetlora (zero-padding), flexlora "
+                                        "(per-client truncation of the mean's SVD)"),
     "extra_seeds": Spec(list, item=int, unique=True, low=SEED_LOW, high=SEED_HIGH, doc="more seeds for the main task's repeated comparisons (IID and repeat_shardings, every "
                                   "aggregation), where three seeds left an interval over its threshold"),
     "grid_seed": seed_spec(),
@@ -62,7 +68,7 @@ SCHEMA: dict[str, Spec] = {
 
 #: Keys that decide which runs exist (a run's task, method, sharding, seed and rank are in its spec).
 PLAN_KEYS = frozenset({"shardings", "repeat_shardings", "aggregations", "seeds", "extra_tasks", "compress_client_rank", "warm_start",
-                       "rank_sweep", "lr_study", "extra_seeds"})
+                       "rank_sweep", "lr_study", "extra_seeds", "mixed_ranks", "mixed_rank_aggregations"})
 #: Keys only the report reads.
 REPORT_KEYS: frozenset[str] = frozenset()
 #: Keys only one kind of run reads: changing them reruns that kind's stage alone.
@@ -83,6 +89,14 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     if s["svd_rank"] != s["lora_rank"] and s["rank_sweep"]:
         raise ValueError(f"rank_sweep = {s['rank_sweep']} needs svd_rank = lora_rank ({s['lora_rank']}), so that lora_rank's "
                          f"runs are the sweep's point at r {s['lora_rank']}; svd_rank is {s['svd_rank']}")
+    if s["mixed_ranks"] and len(s["mixed_ranks"]) != s["num_clients"]:
+        raise ValueError(f"mixed_ranks = {s['mixed_ranks']} gives {len(s['mixed_ranks'])} ranks for num_clients = "
+                         f"{s['num_clients']}; give one rank per client, or [] for no mixed-rank runs")
+    if s["mixed_ranks"] and not s["mixed_rank_aggregations"]:
+        raise ValueError(f"mixed_ranks = {s['mixed_ranks']} needs at least one of mixed_rank_aggregations "
+                         f"({list(MIXED_RANK_METHODS)}); it is []")
+    if s["mixed_ranks"] and "svd" in s["mixed_rank_aggregations"] and s["svd_rank"] > max(s["mixed_ranks"]):
+        raise ValueError(f"svd_rank = {s['svd_rank']} is above the largest of mixed_ranks = {s['mixed_ranks']}")
     repeated = sorted(set(s["extra_seeds"]) & set(s["seeds"]))
     if repeated:
         raise ValueError(f"extra_seeds = {s['extra_seeds']} is not allowed; {repeated} already in seeds = {s['seeds']}")
