@@ -93,6 +93,21 @@ def test_exact_fact_and_not_testable():
     assert ledger.frame()["needs"].tolist() == ["gpu", ""]
 
 
+def test_an_inconclusive_row_on_fewer_than_five_seeds_says_why():
+    ledger = c.ClaimsLedger("local", "x", few_seeds="three folds")
+    paired = lambda a, b: c.paired_greater(dict(enumerate(a)), dict(enumerate(b)), 0.0, "a - b", "{:+.2f}", " points", "seeds, paired")
+    unsure = paired([1.0, 2.0, 3.0], [1.5, 1.0, 3.2])
+    sure = paired([2.0, 3.0, 4.0], [1.0, 1.9, 3.1])
+    five = paired([1.0, 2.0, 3.0, 1.0, 2.0], [1.5, 1.0, 3.2, 1.2, 1.9])
+    assert (unsure.verdict, sure.verdict, five.verdict) == ("inconclusive", "holds", "inconclusive")
+    for claim, verdict in (("unsure", unsure), ("sure", sure), ("five", five)):
+        ledger.add(claim, "x", verdict, "table", note="paired")
+    assert ledger.frame()["note"].tolist() == ["paired; 3 seeds, not 5: three folds", "paired", "paired"]
+    plain = c.ClaimsLedger("local", "x")
+    plain.add("unsure", "x", unsure, "table")
+    assert plain.frame()["note"].tolist() == [""]
+
+
 @pytest.mark.parametrize("scores, verdict, label", [
     ([0.80, 0.81, 0.79], "holds", "above chance"),
     ([0.51, 0.50, 0.52], "inconclusive", "no signal"),  # at MRPC-like chance 0.5092

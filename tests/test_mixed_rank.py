@@ -88,9 +88,9 @@ def test_the_three_aggregations_on_known_clients():
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="mixed_rank_aggregation = 'naive' is not allowed"):
+    with pytest.raises(ValueError, match="mixed_rank_aggregations: 'naive' is not allowed"):
         MixedRankLora("naive", [4, 8], 1.0)
-    with pytest.raises(ValueError, match=r"client_ranks = \[4, 0\] is not allowed"):
+    with pytest.raises(ValueError, match=r"mixed_ranks \(client_ranks\) = \[4, 0\] is not allowed"):
         MixedRankLora("hetlora", [4, 0], 1.0)
     with pytest.raises(ValueError, match=r"svd_rank = 16 is not allowed with client ranks \[4, 8\]"):
         MixedRankLora("svd", [4, 8], 1.0, svd_rank=16)
@@ -149,3 +149,28 @@ def test_mixed_ranks_in_the_round_loop_send_each_clients_rank_and_equal_ranks_ar
     assert all(torch.equal(het.final_state[k], naive.final_state[k]) for k in naive.final_state)
     assert het.ledger.frame()["bytes"].tolist() == naive.ledger.frame()["bytes"].tolist()
     assert het.history["server_loss"].tolist() == naive.history["server_loss"].tolist()
+
+
+def test_svd_to_a_common_rank_resumes_to_the_same_result_and_flower_refuses_it(tmp_path):
+    from fedpeft.federated.flower_bridge import RoundLog, fedpeft_strategy_class
+    from fedpeft.federated.loop import Client, RoundConfig, run_federated
+
+    model, data, test, trainer = _loop_setup()
+    clients = [Client(str(i + 1), d) for i, d in enumerate(data)]
+    config = RoundConfig(num_rounds=3, seed=3, exchange="trainable", evaluate_clients=False)
+    make = lambda: MixedRankLora("svd", [1, 2, 4], scaling=1.0, svd_rank=2)  # the rank-4 client draws 2 fresh rows
+    whole_strategy = make()
+    whole = run_federated(model, clients, whole_strategy, trainer, config, server_test=test, progress=False)
+    a_keys = [k for k in whole.final_state if ".lora_A" in k]
+    assert all(not whole.final_state[k][2:].any() and whole.final_state[k][:2].abs().max() > 0 for k in a_keys)
+    ckpt = tmp_path / "rounds.pt"
+    run_federated(model, clients, make(), trainer, config, server_test=test, progress=False, checkpoint_path=ckpt, stop_after_round=1)
+    strategy = make()
+    resumed = run_federated(model, clients, strategy, trainer, config, server_test=test, progress=False, checkpoint_path=ckpt)
+    assert resumed.resumed_from_round == 1
+    assert all(torch.equal(resumed.final_state[k], v) for k, v in whole.final_state.items())
+    assert resumed.ledger.frame().equals(whole.ledger.frame())
+    assert strategy.error_frame().equals(whole_strategy.error_frame())
+    assert resumed.history["server_loss"].tolist() == whole.history["server_loss"].tolist()
+    with pytest.raises(ValueError, match="sends each client its own message .* use engine 'inprocess'"):
+        fedpeft_strategy_class(strategy, clients, [], lambda record: {}, RoundLog())

@@ -93,7 +93,14 @@ class RoundLog:
 
 def fedpeft_strategy_class(strategy: FedAvg, clients: Sequence[Client], trainable_keys: Sequence[str],
                            to_state: Callable[[Any], StateDict], log: RoundLog, transport: str = "fp32") -> type:
-    """A subclass of Flower's ``FedAvg`` whose aggregation is ``strategy``'s (Flower keeps the message flow)."""
+    """A subclass of Flower's ``FedAvg`` whose aggregation is ``strategy``'s (Flower keeps the message flow). Flower
+    sends every client the same arrays, so a strategy that folds a residual into the frozen weights or sends each
+    client its own message is refused here (the in-process round loop runs it)."""
+    if strategy.folds_base_weights or strategy.per_client_messages:
+        raise ValueError(f"{strategy.describe()} cannot run on Flower's engines: it "
+                         + ("folds a residual into the clients' frozen weights" if strategy.folds_base_weights
+                            else "sends each client its own message (adapters of different ranks)")
+                         + ", and Flower sends every client the same arrays; use engine 'inprocess'")
     from flwr.app import ArrayRecord, MetricRecord
     from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 

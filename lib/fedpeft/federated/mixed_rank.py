@@ -10,13 +10,17 @@ components train.
 
 ``svd``       the GLUE report's aggregation: the exact mean ``delta_W``, factored back by a truncated SVD to a common
               ``svd_rank``; client ``i`` receives the top ``min(r_i, svd_rank)`` components and draws fresh ``A`` rows
-              for any it trains beyond them (``B`` zero), as peft initializes a new adapter.
+              for any it trains beyond them (``B`` zero), as peft initializes a new adapter: a client above the
+              common rank restarts its extra components every round. With ``svd_rank`` = the largest rank it is
+              ``flexlora``; the two differ only in the rank the server keeps.
 ``hetlora``   HetLoRA's zero-padding (Cho et al., 2024): average the zero-padded ``A`` and ``B`` separately (inexact,
               like naive averaging); client ``i`` receives the first ``r_i`` components of the average. HetLoRA's
               sparsity-weighted aggregation and rank self-pruning are not used.
 ``flexlora``  FlexLoRA (Bai et al., 2024): the SVD of the exact mean ``delta_W``; client ``i`` receives its top ``r_i``
               components. The server keeps the top ``R`` (the largest client rank) rather than the dense mean, so that
-              its model has the clients' layout; the error of that truncation is recorded every round.
+              its model has the clients' layout; as every ``r_i <= R``, each client still receives exactly FlexLoRA's
+              components, and only the model the server evaluates is the rank-``R`` truncation (its error is recorded
+              every round).
 
 Pure layout functions (:func:`keep_components`, :func:`pad_components`) and one round-loop strategy,
 :class:`MixedRankLora`, built on :func:`~fedpeft.federated.lora_aggregation.merge_lora_states`.
@@ -74,10 +78,11 @@ class MixedRankLora(FedAvg):
 
     def __init__(self, method: str, client_ranks: Sequence[int], scaling: float, svd_rank: int | None = None) -> None:
         if method not in MIXED_RANK_METHODS:
-            raise ValueError(f"mixed_rank_aggregation = {method!r} is not allowed; allowed: {list(MIXED_RANK_METHODS)}")
+            raise ValueError(f"mixed_rank_aggregations: {method!r} is not allowed; allowed: {list(MIXED_RANK_METHODS)}")
         ranks = list(client_ranks)
         if not ranks or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in ranks):
-            raise ValueError(f"client_ranks = {ranks!r} is not allowed; it must be a non-empty list of integers >= 1")
+            raise ValueError(f"mixed_ranks (client_ranks) = {ranks!r} is not allowed; it must be a non-empty list of integers >= 1, "
+                             "one per client")
         if not scaling > 0:
             raise ValueError(f"scaling = {scaling!r} is not allowed; it must be > 0")
         self.method, self.client_ranks, self.scaling = method, ranks, float(scaling)

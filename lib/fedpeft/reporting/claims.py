@@ -541,6 +541,10 @@ def says(verdict: Verdict, holds: str, fails: str, unsure: str, untestable: str 
     return text.format(measured=verdict.measured)
 
 
+#: Seeds a comparison runs before an inconclusive verdict needs no further reason (issue: five seeds where an interval
+#: still covers its threshold after three).
+FULL_SEEDS = 5
+_SEEDS_IN_RULE = re.compile(r"n = (\d+) seeds")
 _BARE_NUMBER = re.compile(r"[-+~]?[\d.,]+(?:e[-+]?\d+)?")
 
 
@@ -556,6 +560,9 @@ class ClaimsLedger:
     device: str | None = None
     rows: list[dict] = field(default_factory=list)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    #: Why this profile runs fewer than :data:`FULL_SEEDS` seeds; added to the note of every inconclusive row judged
+    #: on fewer (an interval that covers its threshold, from few seeds, must say why there are not more).
+    few_seeds: str = ""
 
     def add(self, claim: str, seed_figure: str, verdict: Verdict, evidence: str, note: str = "", kind: str = "seed claim",
             evidence_profile: str | None = None, device: str | None = None, key: str | None = None) -> Verdict:
@@ -570,6 +577,10 @@ class ClaimsLedger:
         if _BARE_NUMBER.fullmatch(head):
             raise ValueError(f"claim {claim!r}: the study's cell {verdict.measured!r} is a bare number; give its unit "
                              "(MiB, MB, %, points, nats, x, parameters, seeds ...)")
+        seeds = _SEEDS_IN_RULE.search(verdict.rule)
+        if verdict.verdict == "inconclusive" and seeds and int(seeds.group(1)) < FULL_SEEDS and self.few_seeds:
+            n = int(seeds.group(1))
+            note = (f"{note}; " if note else "") + f"{n} seed{'s' if n != 1 else ''}, not {FULL_SEEDS}: {self.few_seeds}"
         self.rows.append({"claim": claim, "seed": seed_figure, "study": verdict.measured, "verdict": verdict.verdict,
                           "rule": verdict.rule, "evidence": evidence, "note": note, "kind": kind,
                           "evidence_profile": evidence_profile or self.profile, "device": device or self.device or "",

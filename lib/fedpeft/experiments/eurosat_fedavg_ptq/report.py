@@ -221,6 +221,9 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
     real = p["source"] != "generated"
     seed_setting = p["num_clients"] == SEED_CLIENTS and real
     ledger = ClaimsLedger(s.profile, EXPERIMENT)
+    if real:
+        ledger.few_seeds = ("a EuroSAT run is this profile's longest (see the compute table); five seeds of each arm did not "
+                            "fit the 2-core budget")
     no_real = "generated images in this profile: accuracy claims need the real EuroSAT images (profile local or paper)"
     ledger.add("The CNN has 434,602 parameters", f"{SEED['params']:,}", exact(int(run["model_parameters"]), SEED["params"], "parameters",
                                                                            " parameters"), "setup")

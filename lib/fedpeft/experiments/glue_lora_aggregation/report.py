@@ -535,8 +535,10 @@ def _mixed_ranks(ledger: ClaimsLedger, s: Settings, runs: pd.DataFrame) -> None:
         ledger.add(claim, figure, not_testable(why, needs="new arm"), "mixed_rank")
         return
     ranks = runs["client_ranks"].iloc[0]
-    note = (f"clients of ranks {ranks} on IID shards; svd keeps rank {s['svd_rank']}, HetLoRA averages the zero-padded A and B; "
-            "judged on the final score (a less stable aggregation ends lower)")
+    kept = runs.groupby("method")["global_rank"].first()
+    note = (f"clients of ranks {ranks} on IID shards; svd keeps rank {int(kept['svd'])} (a client above it restarts its extra "
+            f"components every round), HetLoRA averages the zero-padded A and B at rank {int(kept['hetlora'])}; judged on the "
+            "final score, as the seed's 'naive is less stable' (a less stable aggregation ends lower)")
     ledger.add(claim, figure, paired_greater(*common_seeds(per["svd"], per["hetlora"]), 0.0,
                                              "svd - HetLoRA zero-padding final score", "{:+.2f}", " points", "seeds, paired"),
                "mixed_rank", note, key="mixed_svd")
@@ -545,8 +547,9 @@ def _mixed_ranks(ledger: ClaimsLedger, s: Settings, runs: pd.DataFrame) -> None:
                      "better global model than SVD to a common rank",
                      paired_greater(*common_seeds(per["flexlora"], per["svd"]), 0.0, "FlexLoRA - svd final score", "{:+.2f}",
                                     " points", "seeds, paired"),
-                     "mixed_rank", f"clients of ranks {ranks}, IID; FlexLoRA's server keeps rank "
-                                   f"{int(runs.loc[runs['method'] == 'flexlora', 'global_rank'].iloc[0])}",
+                     "mixed_rank", f"clients of ranks {ranks}, IID; the two differ in the rank the server keeps: FlexLoRA "
+                                   f"{int(runs.loc[runs['method'] == 'flexlora', 'global_rank'].iloc[0])} (each client its own "
+                                   f"rank's components), svd {int(kept['svd'])}",
                      seed_figure="not in the seed", key="mixed_flex")
 
 

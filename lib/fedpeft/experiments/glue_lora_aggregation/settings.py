@@ -96,7 +96,8 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
         raise ValueError(f"mixed_ranks = {s['mixed_ranks']} needs at least one of mixed_rank_aggregations "
                          f"({list(MIXED_RANK_METHODS)}); it is []")
     if s["mixed_ranks"] and "svd" in s["mixed_rank_aggregations"] and s["svd_rank"] > max(s["mixed_ranks"]):
-        raise ValueError(f"svd_rank = {s['svd_rank']} is above the largest of mixed_ranks = {s['mixed_ranks']}")
+        raise ValueError(f"svd_rank = {s['svd_rank']} is above the largest of mixed_ranks = {s['mixed_ranks']}; lower "
+                         "svd_rank, raise a client's rank, or drop svd from mixed_rank_aggregations")
     repeated = sorted(set(s["extra_seeds"]) & set(s["seeds"]))
     if repeated:
         raise ValueError(f"extra_seeds = {s['extra_seeds']} is not allowed; {repeated} already in seeds = {s['seeds']}")

@@ -418,6 +418,9 @@ def claims(s: Settings, summary: pd.DataFrame, arch: pd.DataFrame, traffic: pd.D
     scores and resolution; the seed's sizes are computed exactly on YOLO11s-cls with the seed's r-4 head adapter and
     matched to the precision the seed states them with (its KB and MB are binary: 8,460 x 4 B = 33.05 KiB)."""
     ledger = ClaimsLedger(s.profile, EXPERIMENT)
+    if s["folds"] and len(s["seeds"]) == s["folds"]:
+        ledger.few_seeds = (f"the {s['folds']} seeds are the {s['folds']} cross-validation folds of the fields (every tile "
+                            "tested once); a further seed would test a fold's tiles again")
     r4 = arch[(arch["rank"] == SEED["rank"]) & (arch["transport"] == "fp32")].iloc[0]
     ledger.add("QLoRA r 4 on the 3-class head trains ~8,460 adapter parameters", f"~{SEED['adapter_params']:,}",
                matches(int(r4["adapter_params"]), stated(f"{SEED['adapter_params']:,}"), "adapter parameters", "{:,.0f}", " parameters"),
