@@ -386,7 +386,8 @@ def run_federated(
             t0 = time.perf_counter()
             up = serialize_state(strategy.uplink(new_state, i), config.transport)
             ledger.record(round_, c.cid, "up", len(up))
-            states.append(strategy.from_uplink(deserialize_state(up, like=global_state), i))
+            # a per-client strategy reads its own messages (another layout, or an encoded update) in from_uplink
+            states.append(strategy.from_uplink(deserialize_state(up, like=None if strategy.per_client_messages else global_state), i))
             comm_s += time.perf_counter() - t0
             weights.append(c.num_examples)
             losses.append(stats.loss)

@@ -130,6 +130,7 @@ class MixedRankLora(FedAvg):
         return keep_components(state, self.rank_of(client_index))
 
     def from_uplink(self, state: Mapping[str, torch.Tensor], client_index: int) -> StateDict:
+        """The client's components padded with zeros to the model's rank (in the precision they travelled in)."""
         return pad_components(state, self.model_rank)
 
     def aggregate(self, global_state, client_states, num_examples, trainable_keys=None) -> StateDict:

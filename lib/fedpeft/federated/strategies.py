@@ -105,7 +105,9 @@ class FedAvg:
         return dict(state)
 
     def from_uplink(self, state: Mapping[str, torch.Tensor], client_index: int) -> StateDict:
-        """The server's layout of what client ``client_index`` sent (unchanged here), as :meth:`aggregate` takes it."""
+        """The server's layout of what client ``client_index`` sent (unchanged here), as :meth:`aggregate` takes it. With
+        ``per_client_messages`` it gets the message as it travelled (not cast to the global state's dtypes): another
+        layout, or an encoded update."""
         return dict(state)
 
     def aggregate(

@@ -216,6 +216,26 @@ def score_vs_bytes(runs: pd.DataFrame, x: str = "total_MiB", y: str = "test_macr
     return fig
 
 
+def savings_frontier(table: pd.DataFrame, ylabel: str = "score (points)"):
+    """The savings frontier: mean score against mean total traffic (MiB, log scale), one marker per technique with
+    the paired interval of its cost drawn around its mean (``cost_low``/``cost_high`` relative to ``cost_points``),
+    and the Pareto frontier (``on_frontier``) joined by a line. ``table``: :func:`fedpeft.reporting.frontier.savings_table`."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    front = table[table["on_frontier"]].sort_values("total_MiB")
+    ax.plot(front["total_MiB"], front["score_mean"], color="0.6", lw=1, zorder=1, label="Pareto frontier")
+    for (_, row), color in zip(table.iterrows(), sns.color_palette(n_colors=len(table)), strict=True):
+        low, high = row["cost_low"] - row["cost_points"], row["cost_high"] - row["cost_points"]
+        err = None if pd.isna(low) else [[-low], [high]]
+        ax.errorbar(row["total_MiB"], row["score_mean"], yerr=err, fmt="o", color=color, capsize=3, label=row["technique"], zorder=2)
+    ax.set_xscale("log")
+    readable_log_axis(ax.xaxis)
+    ax.set_xlabel("total traffic, both directions (MiB, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
 def single_image(image, title: str):
     """One (H, W, 3) image with a short title, e.g. a diffusion sample."""
     fig, ax = plt.subplots(figsize=(3, 3))
