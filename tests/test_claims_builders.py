@@ -219,7 +219,7 @@ def _rank_and_lr_inputs(by_rank: dict[int, list[float]], lora_lrs: tuple[list[fl
         fx = [{**base, "method": "fedex", "kept_rank": 8, "seed": seed, "score": v, "max_relative_error": 3e-8,
                "round_traffic_MiB": 40.0} for seed, v in zip((42, 43, 44), fedex, strict=True)]
         scores = pd.concat([scores.assign(round_traffic_MiB=0.5, max_relative_error=0.2), pd.DataFrame(fx)], ignore_index=True)
-    lr_runs = pd.DataFrame([{"baseline": baseline, "lr": lr, "seed": seed, "score": v, "epochs": 5}
+    lr_runs = pd.DataFrame([{"baseline": baseline, "lr": lr, "seed": seed, "score": v, "epochs": 5, "train_s": 150.0}
                             for baseline, (high, low) in (("centralized LoRA", lora_lrs), ("full fine-tuning", full_lrs))
                             for lr, values in ((2e-4, high), (2e-5, low)) for seed, v in zip((42, 43, 44), values, strict=True)])
     return g, s, scores, errors, baselines, merge, lr_runs
@@ -251,6 +251,12 @@ def test_glue_learning_rate_advice_is_two_paired_rows(lora, full, verdicts):
     ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033, lr_runs=lr_runs)
     assert (ledger.verdicts["lr_lora"].verdict, ledger.verdicts["lr_full"].verdict) == verdicts
     frame = ledger.frame()
+    unsure = g.build_claims(s, scores, errors, baselines, merge, 0.0033, lr_runs=lr_runs.assign(
+        score=lr_runs["score"] + np.where(lr_runs["seed"] == 43, 0.3, 0.0) * np.where(lr_runs["lr"] == 2e-4, 1, -1))).frame()
+    notes = unsure.set_index("key").loc[["lr_lora", "lr_full"], ["verdict", "note"]]
+    assert (notes["verdict"] == "inconclusive").all()  # one seed flips each direction: 3 seeds cannot decide
+    assert notes["note"].str.endswith("3 seeds, not 5: each seed trains four centralized models (10 min of training a seed "
+                                      "here), the GLUE runs' longest; further seeds did not fit the CPU budget").all()
     assert (frame[frame["claim"].str.contains("learns better at")]["kind"] == "seed claim").all()
     assert "rank4" in ledger.verdicts and ledger.verdicts["rank4"].verdict == "not testable here"  # no r 4 runs
     untested = g.build_claims(s, scores, errors, baselines, merge, 0.0033)

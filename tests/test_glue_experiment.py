@@ -74,10 +74,10 @@ def test_plan_adds_fedex_the_rank_sweep_the_learning_rates_and_extra_seeds_where
     fedex = [i for i in specs if "-fedex-" in i]
     assert "sst2-fedex-category-r8-s42" in fedex and "sst2-fedex-dirichlet-r8-s45" in fedex
     # extra seeds repeat the repeated comparisons only: IID and repeat_shardings, every aggregation
-    assert sorted(i for i in specs if i.endswith("-s45") and "-mixed-" not in i) == sorted(
+    assert sorted(i for i in specs if i.endswith("-s45") and "-mixed-" not in i and "-keep-" not in i) == sorted(
         f"sst2-{m}-{sh}-r8-s45" for m in ("svd", "naive", "fedex") for sh in ("iid", "dirichlet"))
     sweep = {i: spec.args for i, spec in specs.items() if "-keep-" in i}
-    assert sorted(sweep) == sorted(f"sst2-svd-iid-r{r}-keep-s{seed}" for r in (4, 16) for seed in (42, 43, 44))
+    assert sorted(sweep) == sorted(f"sst2-svd-iid-r{r}-keep-s{seed}" for r in (4, 16) for seed in (42, 43, 44, 45))
     assert all(a["global_rank"] == a["client_rank"] for a in sweep.values())
     assert specs["sst2-svd-iid-r16-s42"].args.get("global_rank") is None  # compress 16 -> svd_rank stays as it was
     lr = [spec for spec in specs.values() if spec.kind == "lr_study"]

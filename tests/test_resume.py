@@ -28,6 +28,7 @@ KILLS = [
     ("glue_lora_aggregation", "sst2-one-shot-merge-s42", 2, "checkpoints"),          # merge: client 2 of 3
     ("glue_lora_aggregation", "sst2-centralized-s42-warm", 3, "checkpoints"),        # centralized: both baselines, warm round 1
     ("glue_lora_aggregation", "sst2-lr-study-s42", 2, "checkpoints"),                # lr_study: LoRA at both rates of 4 trainings
+    ("glue_lora_aggregation", "sst2-flexlora-iid-mixed-r4-8-16-s42", 1, "checkpoints"),  # mixed_rank: round 1 of 3
     ("weeds_qlora_federated", "setup-qlora-r4", 1, "features"),                      # setup: after the feature cache
     ("weeds_qlora_federated", "fedavg-qlora-r4-fp32-s0", 4, "checkpoints"),          # run: round 4 of 10
     ("lora_vs_qlora", "lm-qlora-s0", 3, "checkpoints"),                              # lm: step 3 of 6

@@ -565,10 +565,12 @@ class ClaimsLedger:
     few_seeds: str = ""
 
     def add(self, claim: str, seed_figure: str, verdict: Verdict, evidence: str, note: str = "", kind: str = "seed claim",
-            evidence_profile: str | None = None, device: str | None = None, key: str | None = None) -> Verdict:
+            evidence_profile: str | None = None, device: str | None = None, key: str | None = None,
+            few_seeds: str | None = None) -> Verdict:
         """Add a row and return its verdict. ``key``: a short name under which the verdict is kept in
         :attr:`verdicts`, so a finding is written from it. ``evidence_profile`` and ``device``: where the evidence comes
-        from when it is not this profile's runs (the committed GPU measurements of the ``paper`` profile, say)."""
+        from when it is not this profile's runs (the committed GPU measurements of the ``paper`` profile, say).
+        ``few_seeds``: this row's reason for fewer than :data:`FULL_SEEDS` seeds (default: the ledger's)."""
         if not evidence:
             raise ValueError(f"claim {claim!r} has no evidence (a table, figure or record it is judged on)")
         if kind not in KINDS:
@@ -578,9 +580,10 @@ class ClaimsLedger:
             raise ValueError(f"claim {claim!r}: the study's cell {verdict.measured!r} is a bare number; give its unit "
                              "(MiB, MB, %, points, nats, x, parameters, seeds ...)")
         seeds = _SEEDS_IN_RULE.search(verdict.rule)
-        if verdict.verdict == "inconclusive" and seeds and int(seeds.group(1)) < FULL_SEEDS and self.few_seeds:
+        reason = few_seeds or self.few_seeds
+        if verdict.verdict == "inconclusive" and seeds and int(seeds.group(1)) < FULL_SEEDS and reason:
             n = int(seeds.group(1))
-            note = (f"{note}; " if note else "") + f"{n} seed{'s' if n != 1 else ''}, not {FULL_SEEDS}: {self.few_seeds}"
+            note = (f"{note}; " if note else "") + f"{n} seed{'s' if n != 1 else ''}, not {FULL_SEEDS}: {reason}"
         self.rows.append({"claim": claim, "seed": seed_figure, "study": verdict.measured, "verdict": verdict.verdict,
                           "rule": verdict.rule, "evidence": evidence, "note": note, "kind": kind,
                           "evidence_profile": evidence_profile or self.profile, "device": device or self.device or "",

@@ -599,12 +599,17 @@ def _learning_rates(ledger: ClaimsLedger, s: Settings, lr_runs: pd.DataFrame) ->
 
     unit = dict(fmt="{:+.2f}", unit=" points", n_counts="seeds, paired")
     note = f"centralized, {int(lr_runs['epochs'].iloc[0])} epochs on the pooled data; the study's rates {high:g} and {low:g}"
+    minutes = lr_runs.groupby("seed")["train_s"].sum().mean() / 60
+    few = (f"each seed trains four centralized models ({minutes:.0f} min of training a seed here), the GLUE runs' "
+           "longest; further seeds did not fit the CPU budget")
     ledger.add(f"LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5): LoRA learns better at {high:g} than at {low:g}",
                "2e-4 for LoRA", paired_greater(arm("centralized LoRA", high), arm("centralized LoRA", low), 0.0,
-                                               f"LoRA at {high:g} - at {low:g} score", **unit), "lr_study", note, key="lr_lora")
+                                               f"LoRA at {high:g} - at {low:g} score", **unit), "lr_study", note, key="lr_lora",
+               few_seeds=few)
     ledger.add(f"... and full fine-tuning learns better at {low:g} than at {high:g}", "2e-5 for full fine-tuning",
                paired_greater(arm("full fine-tuning", low), arm("full fine-tuning", high), 0.0,
-                              f"full fine-tuning at {low:g} - at {high:g} score", **unit), "lr_study", note, key="lr_full")
+                              f"full fine-tuning at {low:g} - at {high:g} score", **unit), "lr_study", note, key="lr_full",
+               few_seeds=few)
 
 
 def metrics(s: Settings, scores: pd.DataFrame, seeds: pd.DataFrame, study: pd.DataFrame, merge: pd.DataFrame,

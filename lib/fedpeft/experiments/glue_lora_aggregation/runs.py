@@ -72,7 +72,7 @@ def run_specs(s: Settings) -> list[RunSpec]:
     specs += [RunSpec(f"{p['main_task']}-svd-iid-r{rank}-keep-s{seed}",
                       {"task": p["main_task"], "method": "svd", "sharding": "iid", "seed": seed, "client_rank": rank,
                        "global_rank": rank}, "run")
-              for rank in p["rank_sweep"] if rank != p["lora_rank"] for seed in seeds]
+              for rank in p["rank_sweep"] if rank != p["lora_rank"] for seed in seeds + p["extra_seeds"]]
     if p["mixed_ranks"]:
         ranks = "-".join(str(r) for r in p["mixed_ranks"])
         specs += [RunSpec(f"{p['main_task']}-{method}-iid-mixed-r{ranks}-s{seed}",

@@ -44,7 +44,7 @@ SCHEMA: dict[str, Spec] = {
     "target_modules": Spec(list, item=str, min_items=1),
     "svd_rank": Spec(int, low=1, high=1024),
     "compress_client_rank": Spec(int, low=0, high=1024, doc="extra runs (every seed): clients train at this rank, svd to svd_rank (0: none)"),
-    "rank_sweep": Spec(list, item=int, unique=True, low=1, high=1024, doc="extra runs (every seed, svd, IID): clients train at each rank and the "
+    "rank_sweep": Spec(list, item=int, unique=True, low=1, high=1024, doc="extra runs (every seed and extra seed, svd, IID): clients train at each rank and the "
                                                               "server keeps it, beside lora_rank's runs (the seed's r 4 / 8 / 16 / 32)"),
     "lr_study": Spec(list, item=float, unique=True, low=1e-8, high=1.0, doc="centralized LoRA and full fine-tuning each at every learning rate "
                                                                 "listed, per seed (the seed's 2e-4 for LoRA, 2e-5 for full); [] = none"),

@@ -245,6 +245,8 @@ def claims(s: Settings, profile: str, lm: pd.DataFrame, dm: pd.DataFrame, adapte
     the ``paper`` profile and the GPU as their evidence and are tallied there. Sizes computed on the meta device are
     matched to the seed's stated precision."""
     ledger = ClaimsLedger(profile, EXPERIMENT)
+    ledger.few_seeds = ("its rows are speeds and losses paired within each seed on one kind of CPU (see the compute "
+                        "table); more seeds must come from that kind of machine, whose kernels the speeds depend on")
     g = adapters.iloc[0]
     ledger.add("Gemma-2-2B LoRA r 16 adapter is 83.1 MB saved in fp32", f"{SEED['adapter_fp32_mb']} MB",
                matches(float(g["fp32_MB"]), stated(str(SEED["adapter_fp32_mb"])), "safetensors size", "{:.2f}", " MB"), "paper_adapters",
