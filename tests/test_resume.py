@@ -33,6 +33,7 @@ KILLS = [
     ("weeds_qlora_federated", "fedavg-qlora-r4-fp32-s0", 4, "checkpoints"),          # run: round 4 of 10
     ("lora_vs_qlora", "lm-qlora-s0", 3, "checkpoints"),                              # lm: step 3 of 6
     ("lora_vs_qlora", "unet-lora-s0", 3, "checkpoints"),                             # unet: step 3 of 6
+    ("savings_frontier", "sst2-lora-naive-int8ef-every-iid-s42", 1, "checkpoints"),  # point: round 1 of 2, error feedback kept
 ]
 # Differ by design: how far the interrupted attempt had come.
 RESUME_FIELDS = ("resumed_from_round",)

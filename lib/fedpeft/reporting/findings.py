@@ -37,6 +37,20 @@ class FindingSpec:
 
 
 FINDINGS: tuple[FindingSpec, ...] = (
+    FindingSpec("savings_frontier", "cost:LoRA naive", {
+        "holds": "**Sending LoRA adapters instead of the full model saves traffic at no real cost in accuracy**: {study} "
+                 "(against full-model FedAvg, paired by seed).",
+        "does not hold": "**Sending LoRA adapters instead of the full model saves traffic but costs accuracy**: {study} "
+                         "(against full-model FedAvg, paired by seed).",
+        "inconclusive": "**Sending LoRA adapters instead of the full model saves traffic; whether it costs accuracy is "
+                        "undecided**: {study} (against full-model FedAvg, paired by seed)."}),
+    FindingSpec("savings_frontier", "cost:LoRA naive nf4 + EF", {
+        "holds": "**4-bit NF4 updates with error feedback on top of LoRA save still more, at no real cost in accuracy**: "
+                 "{study} (against full-model FedAvg, paired by seed).",
+        "does not hold": "**4-bit NF4 updates with error feedback on top of LoRA cost accuracy**: {study} (against "
+                         "full-model FedAvg, paired by seed).",
+        "inconclusive": "**Whether 4-bit NF4 updates with error feedback on top of LoRA cost accuracy is undecided**: "
+                        "{study} (against full-model FedAvg, paired by seed)."}),
     FindingSpec("lora_vs_qlora", "gpu_memory_768", {
         "holds": "**QLoRA saves Gemma-2-2B the GPU memory its seed reported** ({seed}): {study}.",
         "does not hold/below": "**QLoRA's 4-bit weights save Gemma-2-2B more GPU memory than its seed reported** "

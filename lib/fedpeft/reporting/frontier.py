@@ -50,12 +50,13 @@ def cost_sentence(saved_x: float, verdict: Verdict, margin: float) -> str:
 def savings_table(runs: pd.DataFrame, baseline: str, margin: float = 1.0) -> pd.DataFrame:
     """One row per technique: mean total bytes (MiB), bytes saved against ``baseline`` (x), the paired score
     difference (points, estimate and 95 % interval over the seeds both ran), the non-inferiority verdict at
-    ``margin`` points, the sentence, and whether it lies on the Pareto frontier of (mean bytes, mean score)."""
+    ``margin`` points, the sentence, and whether it lies on the Pareto frontier of (mean bytes, mean score). The
+    verdicts themselves, for a claims ledger, are in ``table.attrs["verdicts"]`` (technique -> Verdict)."""
     _check(runs)
     if baseline not in set(runs["technique"]):
         raise ValueError(f"baseline = {baseline!r} has no runs; techniques: {sorted(set(runs['technique']))}")
     base = runs[runs["technique"] == baseline].set_index("seed")
-    rows = []
+    rows, verdicts = [], {}
     for technique, g in runs.groupby("technique", sort=False):
         arm = g.set_index("seed")
         saved = float(base["total_bytes"].mean() / arm["total_bytes"].mean())
@@ -63,10 +64,12 @@ def savings_table(runs: pd.DataFrame, baseline: str, margin: float = 1.0) -> pd.
         a, b = arm.loc[shared, "score"], base.loc[shared, "score"]
         verdict = paired_greater(a, b, -margin, f"{technique} - {baseline} score", "{:+.2f}", " points", "seeds, paired")
         d = paired_difference_interval(a, b)
+        verdicts[technique] = verdict
         rows.append({"technique": technique, "seeds": d.n, "total_MiB": arm["total_bytes"].mean() / 2**20,
                      "score_mean": arm["score"].mean(), "saved_x": saved, "cost_points": d.estimate, "cost_low": d.low,
                      "cost_high": d.high, "verdict": verdict.verdict if technique != baseline else "baseline",
                      "reading": cost_sentence(saved, verdict, margin) if technique != baseline else "the baseline"})
     table = pd.DataFrame(rows)
     table["on_frontier"] = pareto_front(table, "total_MiB", "score_mean").to_numpy()
+    table.attrs["verdicts"] = verdicts
     return table

@@ -1,0 +1,204 @@
+"""The savings frontier: the points' table, the savings table against the full model, the Pareto figure's data,
+the study's checks and the conclusion, from the runs' records.
+
+Notebook: ``notebooks/06_savings_frontier.ipynb``. Nothing here trains: the runs are
+:mod:`fedpeft.experiments.savings_frontier.runs`, one DVC stage each. Bytes are the ledger's (serialized messages,
+both directions, every client and round); MiB = 2**20 bytes; scores are in points (percent of the validation set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping
+
+import pandas as pd
+
+from fedpeft.core.config import Settings
+from fedpeft.core.records import RunRecord
+from fedpeft.experiments import runs as run_stages
+from fedpeft.experiments.savings_frontier.experiment import EXPERIMENT as DECLARED
+from fedpeft.experiments.savings_frontier.settings import EXPERIMENT, load  # noqa: F401 - the notebook's API
+from fedpeft.reporting.claims import ClaimsLedger, Verdict, fact, paired_greater, says
+from fedpeft.reporting.frontier import savings_table
+from fedpeft.reporting.outputs import STUDY_PACKAGES
+
+TITLE = DECLARED.title
+SEED_REPORT = DECLARED.seed_report
+NOTEBOOK = DECLARED.notebook
+PACKAGES = STUDY_PACKAGES + DECLARED.packages
+BASELINE = "full model"
+LIMITATIONS = """\
+- One task (SST-2) and one small federation (the GLUE experiment's clients); the EuroSAT CNN's full-model updates,
+  which the plan also names, are not run yet, so the frontier is that of one text classifier.
+- FLoRA is not a point: its adapter's rank grows by K r every round, which the round loop does not model (the GLUE
+  experiment runs it as a one-shot merge).
+- Quantized updates are the client's uplink; the server's broadcast travels in fp32, as in NVIDIA FLARE's example.
+- The client's memory is its model state (frozen weights as stored, and per trainable parameter its fp32 value,
+  gradient and AdamW's two moments), computed from the model's tensors; activations, which depend on the batch and
+  not on the technique, are not counted.
+- `embedded` trains a 2-layer RoBERTa on generated sentences: it tests the plumbing, not the savings' costs."""
+
+
+def collect(s: Settings, progress: bool = True) -> dict[str, RunRecord]:
+    """Every planned run's record (see :func:`fedpeft.experiments.runs.collect`)."""
+    return run_stages.collect(s, progress)
+
+
+def technique(args: Mapping) -> str:
+    """A point's name: what is sent, how and how often ("LoRA naive int8 + EF", "full model", "LoRA naive DiLoCo H=2")."""
+    name = BASELINE if args["model"] == "full" else f"{'QLoRA' if args['model'] == 'qlora' else 'LoRA'} {args['aggregation']}"
+    if args["codec"] != "fp32":
+        name += f" {args['codec']}"
+    if args["error_feedback"]:
+        name += " + EF"
+    if args["sync_interval"]:
+        name += f" DiLoCo H={args['sync_interval']}"
+    return name
+
+
+def points(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """One row per run: its technique, axis values, seed, score (points), bytes both ways and client memory."""
+    rows = []
+    for r in records.values():
+        a = r.spec
+        rows.append({"technique": technique(a), "sharding": a["sharding"], "seed": a["seed"], "model": a["model"],
+                     "aggregation": a["aggregation"], "codec": a["codec"], "error_feedback": a["error_feedback"],
+                     "sync_interval": a["sync_interval"], "score": 100 * r["score"], "chance": 100 * r["chance_score"],
+                     "rounds": r["rounds_completed"], "up_bytes": r["up_bytes"], "down_bytes": r["down_bytes"],
+                     "total_bytes": r["total_bytes"], "trainable": r["trainable"],
+                     "client_state_bytes": r["client_state_bytes"], "wall_s": r["wall_s"]})
+    return pd.DataFrame(rows)
+
+
+def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Every run's per-round validation score, with its technique, sharding and seed."""
+    return pd.concat([r.tables["history"].assign(technique=technique(r.spec), sharding=r.spec["sharding"], seed=r.spec["seed"])
+                      for r in records.values()], ignore_index=True)
+
+
+def savings(runs: pd.DataFrame, sharding: str, margin: float) -> pd.DataFrame:
+    """The savings table of the points run on ``sharding`` against the full model there
+    (:func:`fedpeft.reporting.frontier.savings_table`), with each technique's client memory (MiB) and rounds."""
+    part = runs[runs["sharding"] == sharding]
+    table = savings_table(part, BASELINE, margin)
+    extra = part.groupby("technique").agg(client_state_MiB=("client_state_bytes", lambda b: b.mean() / 2**20),
+                                          rounds=("rounds", "max"))
+    out = table.merge(extra, left_on="technique", right_index=True, how="left")
+    out.attrs = table.attrs
+    return out.sort_values("total_MiB", ascending=False, ignore_index=True)
+
+
+def _arm(runs: pd.DataFrame, name: str, sharding: str = "iid") -> pd.Series:
+    return runs[(runs["technique"] == name) & (runs["sharding"] == sharding)].set_index("seed")["score"]
+
+
+def _with_saving(verdict: Verdict, saved_x: float) -> Verdict:
+    """The cost verdict with the bytes saved in its measured text ("48x fewer bytes at -0.40 points [...]"), so that a
+    finding quoting it carries both."""
+    return replace(verdict, measured=f"{saved_x:.3g}x fewer bytes at {verdict.measured}")
+
+
+def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: pd.DataFrame | None = None) -> ClaimsLedger:
+    """The study's checks (this experiment has no seed report): each technique's cost against the full model,
+    judged as non-inferiority at ``cost_margin`` points, paired by seed; error feedback against none; on label skew;
+    and the client memory QLoRA saves."""
+    ledger = ClaimsLedger(s.profile, EXPERIMENT)
+    ledger.few_seeds = (f"every point runs on the same {runs['seed'].nunique()} seeds ({len(runs)} runs, "
+                        f"{runs['wall_s'].sum() / 3600:.1f} h of training here); more seeds for every point did not fit the budget")
+    margin = s["cost_margin"]
+    points = f"{margin:g} point{'' if margin == 1 else 's'}"
+    for _, row in table[table["technique"] != BASELINE].iterrows():
+        ledger.check(f"{row['technique']} saves {row['saved_x']:.3g}x of the full model's traffic at a cost of at most {points}",
+                     _with_saving(table.attrs["verdicts"][row["technique"]], row["saved_x"]), "savings",
+                     f"IID shards; {row['reading']}", seed_figure="not in a seed", key=f"cost:{row['technique']}")
+    for codec in ("int8", "nf4", "fp16"):
+        base = f"LoRA {s['base_aggregation']} {codec}"
+        for prefix in ("LoRA", BASELINE):
+            plain = base if prefix == "LoRA" else f"{BASELINE} {codec}"
+            with_ef, without = _arm(runs, plain + " + EF"), _arm(runs, plain)
+            if len(with_ef) and len(without):
+                ledger.check(f"Error feedback recovers accuracy that {plain} loses",
+                             paired_greater(with_ef, without, 0.0, f"{plain} with - without error feedback score", "{:+.2f}",
+                                            " points", "seeds, paired"),
+                             "points", "the same bytes: the residual stays on the client", seed_figure="not in a seed",
+                             key=f"ef:{plain}")
+    if skewed is not None and len(skewed):
+        for _, row in skewed[skewed["technique"] != BASELINE].iterrows():
+            ledger.check(f"On Dirichlet label skew too, {row['technique']} costs at most {points} against the full model",
+                         _with_saving(skewed.attrs["verdicts"][row["technique"]], row["saved_x"]), "savings_dirichlet",
+                         f"alpha = {s['dirichlet_alpha']:g}; {row['reading']}", seed_figure="not in a seed",
+                         key=f"skew:{row['technique']}")
+    memory = runs[runs["sharding"] == "iid"].groupby("technique")["client_state_bytes"].mean()
+    lora, qlora = f"LoRA {s['base_aggregation']}", f"QLoRA {s['base_aggregation']}"
+    if {lora, qlora, BASELINE} <= set(memory.index):
+        ledger.check("A client needs less memory for QLoRA than for LoRA, and far less than for the full model",
+                     fact(f"{memory[qlora] / 2**20:.1f} MiB (QLoRA) vs {memory[lora] / 2**20:.1f} MiB (LoRA) vs "
+                          f"{memory[BASELINE] / 2**20:.1f} MiB (full model)",
+                          "computed from the model's tensors: frozen weights as stored, 16 bytes per trainable parameter"),
+                     "savings", "model state only; activations are not counted", seed_figure="not in a seed", key="memory")
+    return ledger
+
+
+def finding(s: Settings, table: pd.DataFrame, claims: ClaimsLedger, skewed: pd.DataFrame | None = None) -> str:
+    """The report's opening paragraph, written from the savings table and the verdicts."""
+    base = table[table["technique"] == BASELINE]
+    parts = []
+    if len(base):
+        b = base.iloc[0]
+        parts.append(f"The full model sent in fp32 every round moves {b['total_MiB']:,.1f} MiB over {int(b['rounds'])} rounds "
+                     f"({s['num_clients']} clients, both directions) and reaches {b['score_mean']:.2f} % "
+                     f"({int(b['seeds'])} seeds).")
+    ranked = table[table["technique"] != BASELINE].sort_values("saved_x", ascending=False)
+    if len(ranked):
+        parts.append("Against it, paired by seed: " + "; ".join(f"{r['technique']} {r['reading']}" for _, r in ranked.iterrows()) + ".")
+    front = table[table["on_frontier"]].sort_values("total_MiB")
+    if len(front):
+        parts.append("On the Pareto frontier of traffic against accuracy: " + ", ".join(front["technique"]) + ".")
+    v = claims.verdicts
+    ef = [k for k in v if k.startswith("ef:")]
+    if ef:
+        parts.append("Error feedback: " + "; ".join(
+            says(v[k], f"{k[3:]} gains {{measured}} with it", f"{k[3:]} loses {{measured}} with it",
+                 f"{k[3:]} cannot be told apart with and without it ({{measured}})", "") for k in ef) + ".")
+    if skewed is not None and len(skewed) > 1:
+        parts.append("On Dirichlet label skew: " + "; ".join(f"{r['technique']} {r['reading']}"
+                                                              for _, r in skewed[skewed["technique"] != BASELINE].iterrows()) + ".")
+    if "memory" in v:
+        parts.append(f"A client's model state: {v['memory'].measured}.")
+    return " ".join(parts)
+
+
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The savings table, one row per technique (IID)."""
+    return table[["technique", "total_MiB", "saved_x", "score_mean", "cost_points", "cost_low", "cost_high", "verdict",
+                  "client_state_MiB", "on_frontier"]]
+
+
+def _key(name: str) -> str:
+    return name.lower().replace(" + ", "_").replace(" ", "_").replace("=", "")
+
+
+def metrics(table: pd.DataFrame, runs: pd.DataFrame) -> dict[str, float]:
+    """Flat numbers for ``dvc metrics``: per technique (IID) its mean score (%), total bytes and client memory (bytes)."""
+    out: dict[str, float] = {}
+    iid = runs[runs["sharding"] == "iid"].groupby("technique")
+    for _, r in table.iterrows():
+        k = _key(r["technique"])
+        out[f"{k}_score_pct"] = float(r["score_mean"])
+        out[f"{k}_total_bytes"] = int(iid.get_group(r["technique"])["total_bytes"].iloc[0])
+        out[f"{k}_client_state_bytes"] = int(iid.get_group(r["technique"])["client_state_bytes"].iloc[0])
+    out["runs_wall_s"] = float(runs["wall_s"].sum())
+    return out
+
+
+def describe(s: Settings, runs: pd.DataFrame) -> str:
+    """What ran, as markdown: the model, data, federation, budget and the axes."""
+    return (f"`{s['model']}` on {s['main_task']} ({s['source']} data: {s['train_examples'] or 'all'} training examples, "
+            f"{s['eval_examples'] or 'all'} validation examples), {s['num_clients']} clients. Every point trains each client "
+            f"for {s['num_rounds'] * s['local_epochs']:g} epochs in all: FedAvg {s['num_rounds']} rounds of "
+            f"{s['local_epochs']:g} epochs; DiLoCo at H {s['num_rounds']} / H rounds of H x {s['local_epochs']:g} epochs "
+            f"(outer lr {s['diloco_outer_lr']:g}, Nesterov momentum {s['diloco_momentum']:g}). LoRA r {s['lora_rank']} "
+            f"(alpha {s['lora_alpha']:g}) on {', '.join(s['target_modules'])} at lr {s['learning_rate']:g}; the full model "
+            f"at lr {s['full_finetune_lr']:g}. {runs['technique'].nunique()} techniques, {runs['seed'].nunique()} seeds "
+            f"({', '.join(str(x) for x in sorted(runs['seed'].unique()))}), {len(runs)} runs; Dirichlet alpha "
+            f"{s['dirichlet_alpha']:g} for the skewed points.")

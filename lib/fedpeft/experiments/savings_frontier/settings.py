@@ -1,0 +1,98 @@
+"""The savings frontier: the experiment's name, settings and its plan and report keys.
+
+One task (a GLUE task, SST-2 in every profile) and one federation; every point of the plan varies one axis around a
+base point (LoRA adapters of rank ``lora_rank`` aggregated by ``base_aggregation``, sent in fp32, FedAvg every round,
+IID shards), with the same clients, data and budget of local steps (``num_rounds * local_epochs`` epochs per client):
+
+- *what is sent*: the full model (``full_model``) or the adapters, aggregated by each of ``aggregations``;
+- *how it is sent*: each of ``codecs`` (``fp16``, ``int8``, ``nf4``; ``+ef`` with error feedback) for the adapters,
+  and each of ``full_model_codecs`` for the full model (:mod:`fedpeft.federated.compression`);
+- *how often*: DiLoCo (outer Nesterov step) synchronizing every ``H`` of ``sync_intervals``: ``num_rounds / H``
+  rounds of ``H * local_epochs`` epochs each;
+- *data*: the points of ``skewed_points`` again on Dirichlet label skew (``dirichlet_alpha``);
+- *memory*: the adapters on a 4-bit NF4 base (``qlora``, QLoRA).
+
+Runs are in :mod:`.runs` (one DVC stage each), the table, figure and claims in :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedpeft.core.config import Settings, Spec, load_settings, seed_spec, seeds_spec, threads_spec
+from fedpeft.data import glue
+from fedpeft.federated.compression import CODECS
+from fedpeft.federated.lora_aggregation import ROUND_METHODS
+
+EXPERIMENT = "savings_frontier"
+#: A codec as the plan names it: one of CODECS, with "+ef" for error feedback (fp32 is the base point's own).
+CODEC_CHOICES = tuple(c for c in CODECS if c != "fp32") + tuple(f"{c}+ef" for c in CODECS if c != "fp32")
+SKEWABLE = ("lora", "full")
+
+SCHEMA: dict[str, Spec] = {
+    "source": Spec(str, choices=("generated", "tsv", "hub"), doc="generated sentences, the data root's TSVs, or the hub"),
+    "model": Spec(str, doc="tiny-roberta, minilm, or a hub id such as FacebookAI/roberta-base"),
+    "main_task": Spec(str, choices=tuple(glue.TASKS), doc="the task every point trains on"),
+    "train_examples": Spec(int, low=0, high=10_000_000, doc="training examples drawn (stratified) from the task's train split; 0 = all"),
+    "eval_examples": Spec(int, low=0, high=10_000_000, doc="validation examples used; 0 = all"),
+    "pretrain_examples": Spec(int, low=0, high=10_000_000, doc="tiny-roberta only: generated sentences its encoder is first trained on"),
+    "max_length": Spec(int, low=8, high=512, doc="tokens per example after truncation"),
+    "num_clients": Spec(int, low=1, high=1000),
+    "dirichlet_alpha": Spec(float, low=1e-3, high=1e6, doc="label skew of the skewed points (smaller: more skewed)"),
+    "num_rounds": Spec(int, low=1, high=1000, doc="rounds of FedAvg every round (DiLoCo at H: num_rounds / H rounds)"),
+    "local_epochs": Spec(float, low=0.01, high=100.0, doc="local epochs per FedAvg round (DiLoCo at H: H times as many)"),
+    "batch_size": Spec(int, low=1, high=4096),
+    "eval_batch_size": Spec(int, low=1, high=4096),
+    "learning_rate": Spec(float, low=1e-7, high=1.0, doc="the adapters' learning rate"),
+    "full_finetune_lr": Spec(float, low=1e-8, high=1.0, doc="the full model's learning rate"),
+    "lora_rank": Spec(int, low=1, high=1024),
+    "lora_alpha": Spec(float, low=1e-3, high=10_000),
+    "lora_dropout": Spec(float, low=0.0, high=0.9),
+    "target_modules": Spec(list, item=str, min_items=1),
+    "diloco_outer_lr": Spec(float, low=1e-3, high=10.0, doc="DiLoCo's outer learning rate (Douillard et al.: 0.7)"),
+    "diloco_momentum": Spec(float, low=0.0, high=0.99, doc="DiLoCo's outer Nesterov momentum (0.9)"),
+    "model_seed": seed_spec(doc="seed of the classifier head every point starts from"),
+    "base_aggregation": Spec(str, choices=ROUND_METHODS, doc="the base point's aggregation of the adapters"),
+    "aggregations": Spec(list, item=str, choices=ROUND_METHODS, unique=True, doc="what is sent: the adapters aggregated by each"),
+    "full_model": Spec(bool, doc="the full model, FedAvg in fp32 every round: the yardstick every saving is measured against"),
+    "codecs": Spec(list, item=str, choices=CODEC_CHOICES, unique=True, doc="how the base point's updates travel ('+ef': with error feedback)"),
+    "full_model_codecs": Spec(list, item=str, choices=CODEC_CHOICES, unique=True, doc="how the full model's updates travel"),
+    "sync_intervals": Spec(list, item=int, unique=True, low=1, high=1000,
+                           doc="DiLoCo on the base point, synchronizing every H FedAvg rounds' worth of local epochs"),
+    "skewed_points": Spec(list, item=str, choices=SKEWABLE, unique=True, doc="base points (LoRA, full model) run again on Dirichlet shards"),
+    "qlora": Spec(bool, doc="the base point on a 4-bit NF4 base model (QLoRA): the client's memory"),
+    "seeds": seeds_spec(doc="every point runs once per seed (shards, adapters' initialization, batches)"),
+    "cost_margin": Spec(float, low=0.0, high=100.0, doc="points of accuracy a technique may lose and still count as no real cost"),
+    "torch_threads": threads_spec(),
+}
+
+#: Keys that decide which runs exist.
+PLAN_KEYS = frozenset({"base_aggregation", "aggregations", "full_model", "codecs", "full_model_codecs", "sync_intervals",
+                       "skewed_points", "qlora", "seeds"})
+#: Keys only the report reads.
+REPORT_KEYS = frozenset({"cost_margin"})
+
+
+def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
+    s = load_settings(profile, EXPERIMENT, SCHEMA, overrides)
+    uneven = [h for h in s["sync_intervals"] if s["num_rounds"] % h]
+    if uneven:
+        raise ValueError(f"sync_intervals = {s['sync_intervals']} holds {uneven}, which do not divide num_rounds = "
+                         f"{s['num_rounds']}; every point trains the same local epochs, so H must divide the rounds")
+    if s["sync_intervals"] and s["base_aggregation"] != "naive":
+        raise ValueError(f"sync_intervals = {s['sync_intervals']} needs base_aggregation = 'naive' (DiLoCo's outer step "
+                         f"acts on the averaged adapters); it is {s['base_aggregation']!r}")
+    if (s["full_model_codecs"] or "full" in s["skewed_points"]) and not s["full_model"]:
+        raise ValueError(f"full_model_codecs = {s['full_model_codecs']} and skewed_points = {s['skewed_points']} vary the "
+                         "full model, which full_model = false does not run")
+    if s["source"] == "generated" and s["main_task"] != "sst2":
+        raise ValueError("source = 'generated' makes SST-2-like sentences only: set main_task: sst2")
+    return s
+
+
+def data_files(s: Settings) -> list[str]:
+    """The data-root files (manifest paths) the runs read: the task's train and dev split."""
+    folders = {"sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": "glue/STS-B"}
+    if s["source"] != "tsv" or s["main_task"] not in folders:
+        return []
+    return [f"{folders[s['main_task']]}/{split}" for split in ("train.tsv", "dev.tsv")]
