@@ -236,6 +236,10 @@ def test_glue_rank_guidance_is_judged_row_by_row_against_r8_and_full_fine_tuning
     ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033, lr_runs=lr_runs)
     assert tuple(ledger.verdicts[k].verdict for k in ("rank4", "rank16", "rank32")) == verdicts
     assert "r 32 - full fine-tuning score > -1.00 points" in ledger.verdicts["rank32"].rule
+    note = ledger.frame().set_index("key").loc["rank32", "note"]
+    assert note.endswith("3 seeds, not 5: the full fine-tuning it is paired with comes from the learning-rate study, where "
+                         "each seed trains four centralized models (10 min of training a seed here), the GLUE runs' longest; "
+                         "further seeds did not fit the CPU budget") == (verdicts[2] == "inconclusive")
     table = g.rank_sweep(scores, s, lr_runs)
     assert table["setting"].tolist() == ["LoRA r 4", "LoRA r 8", "LoRA r 16", "LoRA r 32", "full fine-tuning (centralized, lr 2e-05)"]
     without = g.build_claims(s, scores[scores["client_rank"] != 32], errors, baselines, merge, 0.0033, lr_runs=lr_runs)

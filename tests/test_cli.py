@@ -12,7 +12,7 @@ from fedpeft.experiments import cli
 
 def test_experiments_lists_every_experiment_with_its_seed_and_notebook():
     table = cli.experiments().set_index("experiment")
-    assert sorted(table.index) == sorted(cli.registry.names()) and len(table) == 5
+    assert sorted(table.index) == sorted(cli.registry.names()) and len(table) == 6
     assert table.loc["eurosat_fedavg_ptq", "notebook"] == "notebooks/04_eurosat_fedavg_ptq.ipynb"
 
 

@@ -20,9 +20,9 @@ def test_the_pareto_front_keeps_only_the_undominated_points():
 
 @pytest.mark.parametrize("lora, verdict, reading", [
     ([89.9, 90.1, 90.0], "holds", "no measurable cost"),                      # -0.0 points, tight
-    ([89.5, 89.6, 89.4], "holds", "a measurable cost, at most 1 points"),     # -0.5 [-0.75, -0.25]
-    ([86.0, 86.2, 85.8], "does not hold", "a measurable cost, possibly over 1 points"),
-    ([88.0, 92.0, 89.0], "inconclusive", "no measurable cost (nor is it surely under 1 points)"),
+    ([89.5, 89.6, 89.4], "holds", "a measurable cost, at most 1 point"),     # -0.5 [-0.75, -0.25]
+    ([86.0, 86.2, 85.8], "does not hold", "a measurable cost, more than 1 point"),
+    ([88.0, 92.0, 89.0], "inconclusive", "no measurable cost (nor is it surely under 1 point)"),
     ([91.0, 91.2, 91.1], "holds", "a measurable gain"),
 ])
 def test_savings_are_ratios_of_bytes_and_costs_are_paired_by_seed(lora, verdict, reading):

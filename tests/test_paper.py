@@ -53,6 +53,8 @@ def test_the_paper_has_every_experiment_and_every_claim(tmp_path):
         rows = claims[claims["kind"] == kind]
         assert len(re.findall(r"\\\\$", part, flags=re.M)) == len(rows) + rows["experiment"].nunique()
         assert part.count("verdict & rule") == part.count("Evidence: ") == rows["experiment"].nunique()
+    found = tex[tex.index("\\section*{What the study found}"):tex.index("\\section{Question}")]
+    assert "figures/frontier.pdf" in found and "What each technique saves" in found  # the study's answer opens it
     figures = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\}", tex)
     assert figures and all((tmp_path / f).is_file() for f in figures)
     assert tex.count("\\begin{table}[H]") >= len(registry.names())  # the tally and each headline

@@ -17,7 +17,7 @@ from fedpeft.core.records import RESULTS_ENV
 def test_the_registry_finds_every_experiment_package_in_notebook_order():
     found = registry.experiments()
     packages = sorted(p.parent.name for p in (REPO_ROOT / "lib" / "fedpeft" / "experiments").glob("*/runs.py"))
-    assert sorted(e.name for e in found) == packages and len(found) == 5
+    assert sorted(e.name for e in found) == packages and len(found) == 6
     assert [e.notebook for e in found] == sorted(e.notebook for e in found)
     for e in found:
         assert (REPO_ROOT / e.notebook).is_file() and e.name == e.settings.EXPERIMENT

@@ -84,6 +84,11 @@ def test_codecs_shrink_the_uplink_and_diloco_syncs_less_often(toy):
     assert (diloco["rounds_completed"], diloco["total_bytes"]) == (1, base["total_bytes"] // 2)
     assert diloco["local_epochs_per_round"] == 2 * base["local_epochs_per_round"]
     assert "DiLoCo" in diloco["strategy"] and "nf4 updates and error feedback" in nf4["strategy"]
+    # 20 examples a client, batches of 8: FedAvg 2 rounds x ceil(20 / 8) = 6 steps, DiLoCo 1 x ceil(40 / 8) = 5
+    assert (report.local_steps(base, 8), report.local_steps(diloco, 8)) == (6, 5)
+    # a compressing client keeps what it received, and with error feedback its residual: 4 + 4 bytes a trainable value
+    assert report.client_memory_bytes(nf4) == nf4["client_state_bytes"] + 8 * nf4["trainable"]
+    assert report.client_memory_bytes(base) == base["client_state_bytes"]
 
 
 def _runs_table(cost_of_lora: list[float]) -> pd.DataFrame:
@@ -99,7 +104,7 @@ def _runs_table(cost_of_lora: list[float]) -> pd.DataFrame:
                   "total_bytes": 2**19, "client_state_bytes": 100 * 2**20, "rounds": 5},
                  {"technique": "QLoRA naive", "sharding": "iid", "seed": seed, "score": full + lora, "total_bytes": 2**20,
                   "client_state_bytes": 40 * 2**20, "rounds": 5}]
-    return pd.DataFrame(rows).assign(wall_s=60.0)
+    return pd.DataFrame(rows).assign(wall_s=60.0, local_steps=126)
 
 
 @pytest.mark.parametrize(("cost", "verdict"), [([-0.1, 0.1, 0.0], "holds"), ([-3.0, -2.5, -2.8], "does not hold"),
@@ -116,9 +121,14 @@ def test_each_technique_is_judged_on_its_paired_cost_against_the_full_model(cost
     assert row["note"].endswith("3 seeds, not 5: every point runs on the same 3 seeds (15 runs, 0.2 h of training here); "
                                 "more seeds for every point did not fit the budget") == (verdict == "inconclusive")
     assert ledger.verdicts["ef:LoRA naive int8"].verdict == "holds"  # EF gains about 2 points on every seed
-    assert ledger.verdicts["memory"].measured == "40.0 MiB (QLoRA) vs 100.0 MiB (LoRA) vs 300.0 MiB (full model)"
+    assert (ledger.verdicts["memory_lora"].verdict, ledger.verdicts["memory_qlora"].verdict) == ("holds", "holds")
+    assert ledger.verdicts["memory_qlora"].measured == "40.0 MiB"
     text = report.finding(s, table, ledger)
     assert "LoRA naive saves 48x" in text and "The full model sent in fp32 every round moves 48.0 MiB" in text
+    assert "A client's model state: full model 300.0 MiB, LoRA naive 100.0 MiB, QLoRA naive 40.0 MiB." in text
+    bigger = _runs_table(cost).assign(client_state_bytes=lambda t: t["client_state_bytes"].where(t["technique"] != "QLoRA naive", 120 * 2**20))
+    assert report.build_claims(s, bigger, report.savings(bigger, "iid", 1.0)).verdicts["memory_qlora"].verdict == "does not hold"
+    assert report.savings(_runs_table(cost), "dirichlet", 1.0) is None  # no full-model run there: no table
     assert list(table["technique"])[0] == "full model"  # most traffic first
 
 

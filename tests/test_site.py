@@ -45,6 +45,8 @@ def test_the_ledger_holds_every_claim_with_its_verdict_linked_to_evidence(built)
     claims = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False)
                         for f in sorted((REPO_ROOT / "reports" / "embedded").glob("*/claims.csv"))])
     page = (built / "index.html").read_text()
+    assert page.index('<figure id="frontier">') < page.index("<h2>Verdicts</h2>")  # the study's answer comes first
+    assert (built / "assets" / "frontier.png").is_file()
     rows = re.findall(r'<tr data-verdict="([^"]+)" data-experiment="([^"]+)">', page)
     assert len(rows) == len(claims)
     assert sorted(v for v, _ in rows) == sorted(claims["verdict"])

@@ -22,6 +22,7 @@ from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
 from fedpeft.experiments.site import QUESTION, claims_ledger
 from fedpeft.reporting.claims import evidence_source
+from fedpeft.reporting.findings import ANSWER_EXPERIMENT
 
 METHODS = r"""
 Every experiment is a parameterised notebook that imports the study's helper library (\texttt{fedpeft}); a DVC pipeline
@@ -210,7 +211,8 @@ def experiment_section(experiment: str, folder: Path, build: Path) -> str:
         return f"\\section{{{latex_escape(title)}}}\nNot run in this profile yet.\n"
     sections = report_sections((folder / "report.md").read_text())
     out = [f"\\section{{{latex_escape(title)}}}\\label{{sec:{experiment}}}"]
-    out += [r"\subsection*{What ran against the seed}", markdown_to_latex(sections.get("What ran against the seed", ""))]
+    ran = "What ran against the seed" if "What ran against the seed" in sections else "What ran"
+    out += [f"\\subsection*{{{ran}}}", markdown_to_latex(sections.get(ran, ""))]
     out += [r"\subsection*{What this means}", markdown_to_latex(sections.get("What this means", ""))]
     if (folder / "headline.tex").is_file():
         out.append(fit_table((folder / "headline.tex").read_text()))
@@ -255,6 +257,7 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
         shutil.copyfile(reports / "verdicts.pdf", build / "figures" / "verdicts.pdf")
         found += ("\n\\begin{figure}[H]\\centering\\includegraphics[width=0.8\\linewidth]{figures/verdicts.pdf}"
                   "\\caption{The seeds' claims by verdict, per experiment, on this profile's evidence.}\\end{figure}\n")
+    found += answer_figure(reports, build)
     profile_note = {"embedded": "generated data and tiny models: it tests the plumbing, its numbers are not findings",
                     "local": "real data at CPU scale: the study's findings",
                     "paper": "the seeds' own models and data"}[profile]
@@ -287,6 +290,24 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
     return "\n".join(parts)
 
 
+def answer_figure(reports: Path, build: Path) -> str:
+    """The savings frontier's figure and savings table (from its report, when this profile has one), for the opening
+    section: what each technique saves against the full model and what it costs, on one task."""
+    folder = reports / ANSWER_EXPERIMENT
+    if not (folder / "frontier.pdf").is_file() or not (folder / "report.md").is_file():
+        return ""
+    (build / "figures").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "frontier.pdf", build / "figures" / "frontier.pdf")
+    out = ("\n\\begin{figure}[H]\\centering\\includegraphics[width=0.8\\linewidth]{figures/frontier.pdf}"
+           f"\\caption{{{latex_escape(registry.get(ANSWER_EXPERIMENT).title)}: accuracy against total traffic (log axis), one "
+           "marker per technique with the paired interval of its cost against the full model; the line joins the Pareto "
+           "frontier (Section~\\ref{sec:savings_frontier}).}\\end{figure}\n")
+    if (folder / "headline.tex").is_file():
+        out += fit_table((folder / "headline.tex").read_text(), caption="What each technique saves against the full model (x) "
+                         "and what it costs in accuracy (points, paired by seed)")
+    return out
+
+
 def discussion_and_conclusion(profile: str, reports: Path, ledger: pd.DataFrame) -> str:
     """The discussion across experiments and the conclusion, written from the ledgers: per experiment how its seed's
     claims fared on this profile's evidence, then the findings that answer the study's question."""
@@ -296,7 +317,8 @@ def discussion_and_conclusion(profile: str, reports: Path, ledger: pd.DataFrame)
     if ledger.empty:
         return "\\section{Discussion across experiments}\nNo claims have been judged in this profile yet.\n"
     lines = []
-    for experiment, rows in ledger.groupby("experiment", sort=False):
+    seeded = ledger[ledger["experiment"].isin(ledger.loc[ledger["kind"] == "seed claim", "experiment"])]
+    for experiment, rows in seeded.groupby("experiment", sort=False):
         counts = tally(rows, "seed claim", profile)
         judged = counts["holds"] + counts["does not hold"] + counts["inconclusive"]
         lines.append(f"\\item \\textbf{{{latex_escape(registry.get(experiment).title)}}}: of its seed's {sum(counts.values())} claims judged on "
@@ -305,7 +327,7 @@ def discussion_and_conclusion(profile: str, reports: Path, ledger: pd.DataFrame)
                      f"this scale and {counts['fact']} are facts of construction.")
     total = tally(ledger, "seed claim", profile)
     found = findings(reports)
-    conclusion = (f"Across the {ledger['experiment'].nunique()} seed reports, {total['does not hold']} of the "
+    conclusion = (f"Across the {seeded['experiment'].nunique()} seed reports, {total['does not hold']} of the "
                   f"{total['holds'] + total['does not hold'] + total['inconclusive']} claims this profile could measure do not "
                   f"hold and {total['inconclusive']} cannot be decided with the study's runs. ")
     if found:

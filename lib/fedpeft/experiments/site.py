@@ -33,6 +33,7 @@ from fedpeft.core import registry
 from fedpeft.core.config import PROFILES, REPO_ROOT
 from fedpeft.core.records import results_root
 from fedpeft.reporting.claims import evidence_source
+from fedpeft.reporting.findings import ANSWER_EXPERIMENT
 
 ASSETS = REPO_ROOT / "site"
 QUESTION = ("Federated learning, LoRA/QLoRA adapters and post-training quantization promise to make fine-tuning cheap "
@@ -119,6 +120,13 @@ def front_page(profile: str, reports: Path) -> str:
     figure = ('<figure id="verdicts"><img src="assets/verdicts.png" alt="The seeds\' claims by verdict, per experiment">'
               "<figcaption>The seeds' claims by verdict, per experiment, on this profile's evidence.</figcaption></figure>"
               if (reports / "verdicts.png").is_file() else "")
+    answer = reports / ANSWER_EXPERIMENT
+    if (answer / "frontier.png").is_file():  # the study's answer across techniques, first
+        figure = (f'<figure id="frontier"><img src="assets/frontier.png" alt="The savings frontier"><figcaption>'
+                  f'{html.escape(registry.get(ANSWER_EXPERIMENT).title)}: accuracy against total traffic (log axis), one marker '
+                  'per technique with the paired interval of its cost against the full model; the line joins the Pareto '
+                  f'frontier (<a href="{ANSWER_EXPERIMENT}.html">the experiment</a>; its table is under Headlines).'
+                  '</figcaption></figure>' + figure)
     heads = []
     for e in registry.names():
         headline = reports / e / "headline.md"
@@ -336,6 +344,8 @@ def build(profile: str, out: Path | None = None, reports: Path | None = None) ->
             shutil.copyfile(ASSETS / asset, staging / "assets" / asset)
         if (reports / "verdicts.png").is_file():
             shutil.copyfile(reports / "verdicts.png", staging / "assets" / "verdicts.png")
+        if (reports / ANSWER_EXPERIMENT / "frontier.png").is_file():
+            shutil.copyfile(reports / ANSWER_EXPERIMENT / "frontier.png", staging / "assets" / "frontier.png")
         (staging / "index.html").write_text(front_page(profile, reports))
         for e in registry.names():
             (staging / f"{e}.html").write_text(experiment_page(profile, e, reports, staging))

@@ -22,6 +22,8 @@ from fedpeft.core.config import REPO_ROOT
 from fedpeft.reporting.claims import evidence_source
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
+#: The experiment that answers the study's question across techniques: the paper and the site open with its frontier.
+ANSWER_EXPERIMENT = "savings_frontier"
 
 
 @dataclass(frozen=True)

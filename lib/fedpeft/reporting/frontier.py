@@ -40,10 +40,13 @@ def cost_sentence(saved_x: float, verdict: Verdict, margin: float) -> str:
     if d.low > 0:
         reading = "a measurable gain"
     elif d.high < 0:
-        reading = (f"a measurable cost, at most {margin:g} points" if verdict.verdict == "holds"
-                   else f"a measurable cost, possibly over {margin:g} points")
+        points = f"{margin:g} point{'' if margin == 1 else 's'}"
+        reading = {"holds": f"a measurable cost, at most {points}",
+                   "does not hold": f"a measurable cost, more than {points}"}.get(verdict.verdict,
+                                                                               f"a measurable cost, possibly over {points}")
     else:
-        reading = "no measurable cost" + ("" if verdict.verdict == "holds" else f" (nor is it surely under {margin:g} points)")
+        reading = "no measurable cost" + ("" if verdict.verdict == "holds" else
+                                          f" (nor is it surely under {margin:g} point{'' if margin == 1 else 's'})")
     return f"saves {saved_x:.3g}x at {verdict.measured}: {reading}"
 
 

@@ -81,12 +81,14 @@ def traffic_and_cost(comm: pd.DataFrame):
     return fig
 
 
-def score_per_round_by_group(history: pd.DataFrame, y: str, ylabel: str, hue: str, col: str, scale: float = 1.0):
-    """One panel per ``col`` value (e.g. sharding), one line per ``hue`` value (e.g. aggregation)."""
+def score_per_round_by_group(history: pd.DataFrame, y: str, ylabel: str, hue: str, col: str, scale: float = 1.0,
+                             x: str = "round", xlabel: str = "round (0 = initial model)"):
+    """One panel per ``col`` value (e.g. sharding), one line per ``hue`` value (e.g. aggregation), against ``x``
+    (rounds, or the local epochs trained so far where rounds differ in length)."""
     df = history.assign(**{y: history[y] * scale})
-    grid = sns.relplot(data=df, x="round", y=y, hue=hue, col=col, kind="line", marker="o", errorbar="sd",
+    grid = sns.relplot(data=df, x=x, y=y, hue=hue, col=col, kind="line", marker="o", errorbar="sd",
                        height=3.0, aspect=1.0, facet_kws={"sharey": True})
-    grid.set_axis_labels("round (0 = initial model)", ylabel)
+    grid.set_axis_labels(xlabel, ylabel)
     for ax in grid.axes.flat:
         ax.xaxis.get_major_locator().set_params(integer=True)
     return grid.figure

@@ -144,14 +144,16 @@ class StudyReport:
 
         report = MarkdownReport(f"{self.title} ({profile} profile)")
         report.text(f"Seed report: `{self.seed_report}`. Notebook: `{self.notebook}` (executed copy beside this file).")
-        report.heading("What ran against the seed")
+        seeded = len(tables["seed claim"]) > 0  # the savings frontier asks the study's own question: checks only
+        report.heading("What ran against the seed" if seeded else "What ran")
         report.text(setup)
         report.heading("What this means")
         report.text(finding)
         report.table(shown_headline, "Headline")
-        report.heading("Claims")
-        report.text(claims_tally_text(claims_df, profile))
-        report.table(tables["seed claim"], "Claims of the seed")
+        if seeded:
+            report.heading("Claims")
+            report.text(claims_tally_text(claims_df, profile))
+            report.table(tables["seed claim"], "Claims of the seed")
         if len(tables["study check"]):
             report.heading("The study's own checks")
             report.text("What the study adds to the seed's claims (a score above chance, a partition's sanity, comparisons "

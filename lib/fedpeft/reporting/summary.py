@@ -32,9 +32,12 @@ def _claims_section(exp_dir: Path, claims: pd.DataFrame) -> str:
 
 def tally(claims: Mapping[str, pd.DataFrame], kind: str = "seed claim", profile: str | None = None) -> pd.DataFrame:
     """Verdict counts per experiment (rows) and in total, every verdict word of the engine a column: the rows of
-    ``kind`` (the seed's claims, or the study's own checks) whose evidence is ``profile``'s own (every row when None)."""
+    ``kind`` (the seed's claims, or the study's own checks) whose evidence is ``profile``'s own (every row when None).
+    An experiment with no row of ``kind`` at all (the savings frontier has no seed report) has no row."""
     rows = []
     for name, c in claims.items():
+        if "kind" in c and not (c["kind"] == kind).any():
+            continue
         counts = count_verdicts(c, kind, profile)
         rows.append({"experiment": name, **counts, "claims": sum(counts.values())})
     table = pd.DataFrame(rows, columns=["experiment", *VERDICTS, "claims"])

@@ -581,7 +581,17 @@ def _rank_guidance(ledger: ClaimsLedger, s: Settings, by_rank: Mapping[int, pd.S
         verdict = missing(32) if 32 not in have else not_testable("no full fine-tuning over seeds (lr_study: [])", needs="new arm")
     ledger.add("Rank guidance: r 32 approaches full fine-tuning (at most 1 point below)", "r 32 near full fine-tuning", verdict,
                "rank_sweep", "federated r 32 against centralized full fine-tuning at the study's lower learning rate, paired "
-               "by seed: the gap also holds what federation costs; 'near' read as at most 1 point below", key="rank32")
+               "by seed: the gap also holds what federation costs; 'near' read as at most 1 point below", key="rank32",
+               few_seeds=lr_study_few_seeds(lr_runs, paired_with=True) if len(lr_runs) else None)
+
+
+def lr_study_few_seeds(lr_runs: pd.DataFrame, paired_with: bool = False) -> str:
+    """Why the learning-rate study has fewer seeds than the rest (``paired_with``: said of a row paired with it),
+    from its records."""
+    minutes = lr_runs.groupby("seed")["train_s"].sum().mean() / 60
+    why = (f"each seed trains four centralized models ({minutes:.0f} min of training a seed here), the GLUE runs' "
+           "longest; further seeds did not fit the CPU budget")
+    return f"the full fine-tuning it is paired with comes from the learning-rate study, where {why}" if paired_with else why
 
 
 def _learning_rates(ledger: ClaimsLedger, s: Settings, lr_runs: pd.DataFrame) -> None:
@@ -599,9 +609,7 @@ def _learning_rates(ledger: ClaimsLedger, s: Settings, lr_runs: pd.DataFrame) ->
 
     unit = dict(fmt="{:+.2f}", unit=" points", n_counts="seeds, paired")
     note = f"centralized, {int(lr_runs['epochs'].iloc[0])} epochs on the pooled data; the study's rates {high:g} and {low:g}"
-    minutes = lr_runs.groupby("seed")["train_s"].sum().mean() / 60
-    few = (f"each seed trains four centralized models ({minutes:.0f} min of training a seed here), the GLUE runs' "
-           "longest; further seeds did not fit the CPU budget")
+    few = lr_study_few_seeds(lr_runs)
     ledger.add(f"LoRA's learning rate (2e-4) is higher than full fine-tuning's (2e-5): LoRA learns better at {high:g} than at {low:g}",
                "2e-4 for LoRA", paired_greater(arm("centralized LoRA", high), arm("centralized LoRA", low), 0.0,
                                                f"LoRA at {high:g} - at {low:g} score", **unit), "lr_study", note, key="lr_lora",

@@ -8,6 +8,7 @@ both directions, every client and round); MiB = 2**20 bytes; scores are in point
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Mapping
 
@@ -18,7 +19,7 @@ from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
 from fedpeft.experiments.savings_frontier.experiment import EXPERIMENT as DECLARED
 from fedpeft.experiments.savings_frontier.settings import EXPERIMENT, load  # noqa: F401 - the notebook's API
-from fedpeft.reporting.claims import ClaimsLedger, Verdict, fact, paired_greater, says
+from fedpeft.reporting.claims import ClaimsLedger, Verdict, at_most, paired_greater, says
 from fedpeft.reporting.frontier import savings_table
 from fedpeft.reporting.outputs import STUDY_PACKAGES
 
@@ -34,8 +35,14 @@ LIMITATIONS = """\
   experiment runs it as a one-shot merge).
 - Quantized updates are the client's uplink; the server's broadcast travels in fp32, as in NVIDIA FLARE's example.
 - The client's memory is its model state (frozen weights as stored, and per trainable parameter its fp32 value,
-  gradient and AdamW's two moments), computed from the model's tensors; activations, which depend on the batch and
-  not on the technique, are not counted.
+  gradient and AdamW's two moments; with a codec, the fp32 state it received, to compute its update, and with error
+  feedback its fp32 residual), computed from the records; activations, which depend on the batch and not on the
+  technique, are not counted. QLoRA quantizes the encoder's linear layers only, as bitsandbytes does: the embeddings
+  (a third of MiniLM's weights), the pooler and the head stay fp32.
+- DiLoCo's outer Nesterov step acts on the averaged A, B and head, each apart, not on the product B A.
+- Each call of local training starts a fresh AdamW with its own linear decay (in every point). The trainer rounds a
+  call's steps up, so DiLoCo at H takes ceil(H x) steps where FedAvg takes H ceil(x); the budget table gives each
+  point's steps per client.
 - `embedded` trains a 2-layer RoBERTa on generated sentences: it tests the plumbing, not the savings' costs."""
 
 
@@ -56,8 +63,33 @@ def technique(args: Mapping) -> str:
     return name
 
 
-def points(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """One row per run: its technique, axis values, seed, score (points), bytes both ways and client memory."""
+#: Bytes a client keeps per trainable value beyond its model when it compresses its update: the fp32 state it
+#: received (its update is the difference), and with error feedback its fp32 residual.
+RECEIVED_BYTES = RESIDUAL_BYTES = 4
+
+
+def client_memory_bytes(r: RunRecord) -> int:
+    """The client's memory for this point (see LIMITATIONS): the model state the run recorded, plus what sending a
+    compressed update needs."""
+    extra = 0
+    if r.spec["codec"] != "fp32" or r.spec["error_feedback"]:
+        extra += RECEIVED_BYTES * int(r["trainable"])
+    if r.spec["error_feedback"]:
+        extra += RESIDUAL_BYTES * int(r["trainable"])
+    return int(r["client_state_bytes"]) + extra
+
+
+def local_steps(r: RunRecord, batch_size: int) -> int:
+    """Optimizer steps of the largest client over the whole run: per round ceil(epochs x examples / batch), as the
+    trainer takes them."""
+    largest = int(r.tables["shards"]["examples"].max())
+    per_round = max(1, math.ceil(float(r["local_epochs_per_round"]) * largest / batch_size))
+    return per_round * int(r["rounds_completed"])
+
+
+def points(records: Mapping[str, RunRecord], batch_size: int) -> pd.DataFrame:
+    """One row per run: its technique, axis values, seed, score (points), bytes both ways, the client's memory
+    (:func:`client_memory_bytes`) and its local steps (:func:`local_steps`)."""
     rows = []
     for r in records.values():
         a = r.spec
@@ -66,23 +98,29 @@ def points(records: Mapping[str, RunRecord]) -> pd.DataFrame:
                      "sync_interval": a["sync_interval"], "score": 100 * r["score"], "chance": 100 * r["chance_score"],
                      "rounds": r["rounds_completed"], "up_bytes": r["up_bytes"], "down_bytes": r["down_bytes"],
                      "total_bytes": r["total_bytes"], "trainable": r["trainable"],
-                     "client_state_bytes": r["client_state_bytes"], "wall_s": r["wall_s"]})
+                     "client_state_bytes": client_memory_bytes(r), "local_steps": local_steps(r, batch_size),
+                     "wall_s": r["wall_s"]})
     return pd.DataFrame(rows)
 
 
 def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Every run's per-round validation score, with its technique, sharding and seed."""
-    return pd.concat([r.tables["history"].assign(technique=technique(r.spec), sharding=r.spec["sharding"], seed=r.spec["seed"])
+    """Every run's per-round validation score, with its technique, sharding, seed and the local epochs each client
+    has trained by then (``epochs``: DiLoCo's rounds are H times as long as FedAvg's)."""
+    return pd.concat([r.tables["history"].assign(technique=technique(r.spec), sharding=r.spec["sharding"], seed=r.spec["seed"],
+                                                 epochs=lambda h, r=r: h["round"] * float(r["local_epochs_per_round"]))
                       for r in records.values()], ignore_index=True)
 
 
-def savings(runs: pd.DataFrame, sharding: str, margin: float) -> pd.DataFrame:
+def savings(runs: pd.DataFrame, sharding: str, margin: float) -> pd.DataFrame | None:
     """The savings table of the points run on ``sharding`` against the full model there
-    (:func:`fedpeft.reporting.frontier.savings_table`), with each technique's client memory (MiB) and rounds."""
+    (:func:`fedpeft.reporting.frontier.savings_table`), with each technique's client memory (MiB), rounds and local
+    steps; None when the full model did not run on ``sharding``."""
     part = runs[runs["sharding"] == sharding]
+    if BASELINE not in set(part["technique"]):
+        return None
     table = savings_table(part, BASELINE, margin)
     extra = part.groupby("technique").agg(client_state_MiB=("client_state_bytes", lambda b: b.mean() / 2**20),
-                                          rounds=("rounds", "max"))
+                                          rounds=("rounds", "max"), local_steps=("local_steps", "max"))
     out = table.merge(extra, left_on="technique", right_index=True, how="left")
     out.attrs = table.attrs
     return out.sort_values("total_MiB", ascending=False, ignore_index=True)
@@ -116,8 +154,10 @@ def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: p
         for prefix in ("LoRA", BASELINE):
             plain = base if prefix == "LoRA" else f"{BASELINE} {codec}"
             with_ef, without = _arm(runs, plain + " + EF"), _arm(runs, plain)
-            if len(with_ef) and len(without):
-                ledger.check(f"Error feedback recovers accuracy that {plain} loses",
+            shared = with_ef.index.intersection(without.index)
+            with_ef, without = with_ef.loc[shared], without.loc[shared]
+            if len(shared):
+                ledger.check(f"Error feedback raises the accuracy of {plain}",
                              paired_greater(with_ef, without, 0.0, f"{plain} with - without error feedback score", "{:+.2f}",
                                             " points", "seeds, paired"),
                              "points", "the same bytes: the residual stays on the client", seed_figure="not in a seed",
@@ -130,12 +170,15 @@ def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: p
                          key=f"skew:{row['technique']}")
     memory = runs[runs["sharding"] == "iid"].groupby("technique")["client_state_bytes"].mean()
     lora, qlora = f"LoRA {s['base_aggregation']}", f"QLoRA {s['base_aggregation']}"
-    if {lora, qlora, BASELINE} <= set(memory.index):
-        ledger.check("A client needs less memory for QLoRA than for LoRA, and far less than for the full model",
-                     fact(f"{memory[qlora] / 2**20:.1f} MiB (QLoRA) vs {memory[lora] / 2**20:.1f} MiB (LoRA) vs "
-                          f"{memory[BASELINE] / 2**20:.1f} MiB (full model)",
-                          "computed from the model's tensors: frozen weights as stored, 16 bytes per trainable parameter"),
-                     "savings", "model state only; activations are not counted", seed_figure="not in a seed", key="memory")
+    note = "model state computed from the model's tensors (frozen weights as stored, 16 bytes per trainable value); activations are not counted"
+    if {lora, BASELINE} <= set(memory.index):
+        ledger.check("A LoRA client holds less model state than a full-model client",
+                     at_most(memory[lora] / 2**20, memory[BASELINE] / 2**20, f"{lora} client memory (full model's as the limit)",
+                             "{:.1f}", " MiB"), "savings", note, seed_figure="not in a seed", key="memory_lora")
+    if {lora, qlora} <= set(memory.index):
+        ledger.check("A QLoRA client (4-bit base) holds less model state than a LoRA client",
+                     at_most(memory[qlora] / 2**20, memory[lora] / 2**20, f"{qlora} client memory (LoRA's as the limit)",
+                             "{:.1f}", " MiB"), "savings", note, seed_figure="not in a seed", key="memory_qlora")
     return ledger
 
 
@@ -163,15 +206,17 @@ def finding(s: Settings, table: pd.DataFrame, claims: ClaimsLedger, skewed: pd.D
     if skewed is not None and len(skewed) > 1:
         parts.append("On Dirichlet label skew: " + "; ".join(f"{r['technique']} {r['reading']}"
                                                               for _, r in skewed[skewed["technique"] != BASELINE].iterrows()) + ".")
-    if "memory" in v:
-        parts.append(f"A client's model state: {v['memory'].measured}.")
+    memory = table.set_index("technique")["client_state_MiB"]
+    shown = [t for t in (BASELINE, f"LoRA {s['base_aggregation']}", f"QLoRA {s['base_aggregation']}") if t in memory.index]
+    if len(shown) > 1:
+        parts.append("A client's model state: " + ", ".join(f"{t} {memory[t]:.1f} MiB" for t in shown) + ".")
     return " ".join(parts)
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:
     """The savings table, one row per technique (IID)."""
     return table[["technique", "total_MiB", "saved_x", "score_mean", "cost_points", "cost_low", "cost_high", "verdict",
-                  "client_state_MiB", "on_frontier"]]
+                  "client_state_MiB", "local_steps", "on_frontier"]]
 
 
 def _key(name: str) -> str:
