@@ -50,15 +50,36 @@ def test_every_study_cell_carries_its_unit(folder: Path):
 def test_report_opens_with_what_ran_and_ends_with_limitations(folder: Path):
     text = (folder / "report.md").read_text()
     headings = [line for line in text.splitlines() if line.startswith("## ")]
-    assert headings[0] == "## What ran against the seed"
+    own_question = registry.get(folder.name).seed_report.startswith("none")  # no seed to run against
+    assert headings[0] == ("## What ran" if own_question else "## What ran against the seed")
     assert headings[-1] == "## Limitations"
+
+
+def _table_after(text: str, marker: str) -> list[str]:
+    """The rows of the first markdown table after the line starting with `marker`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(marker))
+    table = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    assert table, f"no table after {marker!r}"
+    return table
 
 
 @pytest.mark.parametrize("profile", sorted({p.parent.name for p in REPORT_DIRS}))
 def test_summary_tallies_every_experiment(profile: str):
     text = (REPO_ROOT / "reports" / profile / "SUMMARY.md").read_text()
+    seed_rows = _table_after(text, "**The seeds' claims**")
+    check_rows = _table_after(text, "**The study's own checks**")
     for folder in (p for p in REPORT_DIRS if p.parent.name == profile):
         claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)
-        own = claims[(claims["kind"] == "seed claim") & (claims["evidence_profile"] == profile)]
-        row = next(line for line in text.splitlines() if line.startswith(f"| {folder.name} "))  # the seed-claims tally comes first
-        assert row.rstrip().endswith(f" {len(own)} |"), f"{profile} summary row of {folder.name} does not count its {len(own)} seed claims"
+        for rows, kind in ((seed_rows, "seed claim"), (check_rows, "study check")):
+            own = claims[(claims["kind"] == kind) & (claims["evidence_profile"] == profile)]
+            row = next((line for line in rows if line.startswith(f"| {folder.name} ")), None)
+            if own.empty and row is None:
+                continue  # an experiment with none of this kind is left out of its tally
+            assert row is not None, f"{profile} {kind} tally has no row for {folder.name}"
+            assert row.rstrip().endswith(f" {len(own)} |"), f"{profile} {kind} tally of {folder.name} does not count its {len(own)} rows"
