@@ -17,8 +17,8 @@ shared with the deployment engine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import io
 import os
 import shutil
 import tempfile
@@ -58,6 +58,7 @@ def run_flower(
     num_cpus: int = 2,
     network: NetworkModel | None = None,
     ray_address: str | None = None,
+    index_messages: bool = True,
 ) -> FederatedResult:
     """Run ``config.num_rounds`` rounds on Flower's Ray simulation and return the same result type as the
     in-process loop: per-round history (train loss and server evaluation; ``round_s`` is the wall time between
@@ -69,12 +70,17 @@ def run_flower(
     (each client takes one). ``ray_address``: a running Ray cluster (``ray start --head``) to join instead, its CPUs
     deciding how many clients train at once; ``RAY_ADDRESS`` when not given. Without either, a new local instance is
     started even where another Ray cluster runs on the machine (Ray would otherwise join that one).
+    ``index_messages``: Flower's in-memory state finds each node's messages through an index by destination node
+    (:mod:`fedpeft.federated.linkstate_index`), so a round's cost grows linearly with the clients instead of with
+    their square; ``False`` keeps Flower's own scan (the scale benchmark's "before").
     """
     os.environ.update(FLOWER_ENV)
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
+
+    from fedpeft.federated.linkstate_index import indexed_link_state
 
     if config.transport != "fp32":
         raise ValueError(f"transport = {config.transport!r} is not supported on the Flower engine; use 'fp32'")
@@ -90,19 +96,19 @@ def run_flower(
     # A trainer's per-client state (the weeds head's AdamW) is kept on disk between rounds, written before the client
     # replies: Flower's simulation may hand a node its next message before it has stored the node's context.state.
     state_dir = Path(tempfile.mkdtemp(prefix="fedpeft-flower-clients-"))
-    # Each client call unpickles its own copy: deep-copying a model that Ray has unpickled loses bitsandbytes'
-    # NF4 quantization state (a QLoRA head then fails with "quant_state is required").
-    packed = io.BytesIO()
-    torch.save(model, packed)
-    model_bytes = packed.getvalue()
+    # Ray pickles the ClientApp's factory with every message it hands an actor, so the app holds only paths: the model
+    # and each client's data are written once, here, and each call loads its own client. (Holding the clients in the
+    # app made every message carry every client's data: a round's cost grew with the square of the clients.) Each call
+    # also loads its own copy of the model: deep-copying a model that Ray has unpickled loses bitsandbytes' NF4
+    # quantization state (a QLoRA head then fails with "quant_state is required").
+    shelf = ClientShelf(state_dir, model, clients)
     client_app = ClientApp()
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        local = torch.load(io.BytesIO(model_bytes), weights_only=False)  # our own bytes, made just above
-        return client_train_reply(msg, pid, clients[pid], local, strategy, trainer, config, initial, state_dir / f"{pid}.pt",
-                                  network)
+        return client_train_reply(msg, pid, shelf.client(pid), shelf.model(), strategy, trainer, config, initial,
+                                  state_dir / f"{pid}.pt", network)
 
     outcome: dict[str, Any] = {}
     log = RoundLog()
@@ -129,7 +135,7 @@ def run_flower(
         outcome["final_state"] = to_state(result.arrays)
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), indexed_link_state() if index_messages else contextlib.nullcontext():
             # Ray announces on every start that a future version will stop hiding GPUs from tasks that ask for none;
             # the clients here ask for none and run on the CPU either way
             warnings.filterwarnings("ignore", message=r"Tip: In future versions of Ray", category=FutureWarning)
@@ -148,6 +154,24 @@ def run_flower(
     if "final_state" not in outcome:
         raise RuntimeError("the Flower simulation ended without a final model; see its log above")
     return round_log_result(log, outcome["final_state"], time.perf_counter() - start)
+
+
+class ClientShelf:
+    """The model and every client's data written to ``folder`` once (``torch.save``), loaded back one at a time by the
+    ClientApp, so that what Ray pickles with each message is a path, whatever the number of clients."""
+
+    def __init__(self, folder: Path, model: nn.Module, clients: Sequence[Client]) -> None:
+        self.folder = Path(folder) / "shelf"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(model, self.folder / "model.pt")
+        for pid, client in enumerate(clients):
+            torch.save(client, self.folder / f"client-{pid}.pt")
+
+    def model(self) -> nn.Module:
+        return torch.load(self.folder / "model.pt", weights_only=False)  # our own file, written above
+
+    def client(self, pid: int) -> Client:
+        return torch.load(self.folder / f"client-{pid}.pt", weights_only=False)  # our own file, written above
 
 
 def round_log_result(log: RoundLog, final_state: StateDict, wall_s: float) -> FederatedResult:
