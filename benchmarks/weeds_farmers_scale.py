@@ -1,5 +1,10 @@
-"""Benchmark (not a test): the weeds head with 50, 100 and 500 simulated farmers (the seed's economics population),
+"""Benchmark (not a test): the weeds head with 50 to 2,000 simulated farmers (the seed's economics population is 500),
 in-process and on Flower's simulation engine, on the cached backbone features.
+
+Engines: ``inprocess`` (the study's loop), ``flower`` (Flower's simulation as the study runs it: the LinkState indexed
+by destination node and the ClientApp loading its client from a shelf), and the two "before" variants:
+``flower-scan`` (Flower's own LinkState scan, with the shelf) and ``flower-before`` (Flower's scan, and every client's
+data held in the ClientApp, which Ray pickles with every message: how the engine ran before issue 35).
 
 Each (engine, farmers) setting runs in a fresh process, so that its peak memory is its own: a thread samples the
 resident memory (RSS) of that process and all its children (Ray's workers) every 50 ms. Farmers come from
@@ -10,7 +15,8 @@ peak memory, the memory held before the farmers were made, and the farmers' data
 every round, the profile's local steps, batch size and learning rate. Writes ``reports/benchmarks/weeds_farmers_scale.
 {csv,md}``, which the weeds report plots.
 
-    .venv/bin/python benchmarks/weeds_farmers_scale.py [--profile local] [--farmers 50 100 500] [--rounds 3]
+    .venv/bin/python benchmarks/weeds_farmers_scale.py [--profile local] [--farmers 50 100 500 1000 2000] [--rounds 3] \
+        [--engines inprocess flower flower-scan flower-before] [--before-up-to 500]
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ from fedpeft.core.profiling import machine_description
 from fedpeft.reporting.outputs import MarkdownReport, package_versions
 
 OUT = REPO_ROOT / "reports" / "benchmarks" / "weeds_farmers_scale"
+#: Flower engine variants: run_flower's options for each.
+FLOWER_VARIANTS = {
+    "flower": {"index_messages": True, "shelve_clients": True},
+    "flower-scan": {"index_messages": False, "shelve_clients": True},
+    "flower-before": {"index_messages": False, "shelve_clients": False},
+}
 
 
 class TreeMemory:
@@ -99,10 +111,11 @@ def one_setting(profile: str, prepared, engine: str, farmers: int, samples: int,
     config = RoundConfig(num_rounds=rounds, seed=0, exchange="trainable", evaluate_clients=False)
     with memory, tempfile.TemporaryDirectory(prefix="fedpeft-scale-states-") as states:
         t0 = time.perf_counter()
-        if engine == "flower":
+        if engine in FLOWER_VARIANTS:
             from fedpeft.federated.flower_engine import run_flower
 
-            result = run_flower(head, clients, build_strategy("fedavg"), trainer, config, server_test=feats.val)
+            result = run_flower(head, clients, build_strategy("fedavg"), trainer, config, server_test=feats.val,
+                                **FLOWER_VARIANTS[engine])
         else:
             result = run_federated(head, clients, build_strategy("fedavg"), trainer, config, server_test=feats.val,
                                    progress=False, client_state_dir=states)
@@ -119,8 +132,10 @@ def one_setting(profile: str, prepared, engine: str, farmers: int, samples: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="local", choices=["embedded", "local"])
-    parser.add_argument("--farmers", type=int, nargs="+", default=[50, 100, 500])
-    parser.add_argument("--engines", nargs="+", default=["inprocess", "flower"], choices=["inprocess", "flower"])
+    parser.add_argument("--farmers", type=int, nargs="+", default=[50, 100, 500, 1000, 2000])
+    parser.add_argument("--engines", nargs="+", default=["inprocess", "flower"], choices=["inprocess", *FLOWER_VARIANTS])
+    parser.add_argument("--before-up-to", type=int, default=500,
+                        help="run the 'before' Flower variants only up to this many farmers (their rounds grow with the square)")
     parser.add_argument("--samples", type=int, default=8, help="training samples per farmer")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", nargs=3, metavar=("PREPARED", "ENGINE", "FARMERS"), help=argparse.SUPPRESS)
@@ -135,6 +150,8 @@ def main() -> None:
     prepare(args.profile, prepared)
     for farmers in args.farmers:
         for engine in args.engines:
+            if engine in ("flower-scan", "flower-before") and farmers > args.before_up_to:
+                continue
             cmd = [sys.executable, __file__, "--profile", args.profile, "--samples", str(args.samples), "--rounds",
                    str(args.rounds), "--one", prepared, engine, str(farmers)]
             print(f"{engine}, {farmers} farmers ...", flush=True)

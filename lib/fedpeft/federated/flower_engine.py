@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ def run_flower(
     network: NetworkModel | None = None,
     ray_address: str | None = None,
     index_messages: bool = True,
+    shelve_clients: bool = True,
 ) -> FederatedResult:
     """Run ``config.num_rounds`` rounds on Flower's Ray simulation and return the same result type as the
     in-process loop: per-round history (train loss and server evaluation; ``round_s`` is the wall time between
@@ -72,7 +74,9 @@ def run_flower(
     started even where another Ray cluster runs on the machine (Ray would otherwise join that one).
     ``index_messages``: Flower's in-memory state finds each node's messages through an index by destination node
     (:mod:`fedpeft.federated.linkstate_index`), so a round's cost grows linearly with the clients instead of with
-    their square; ``False`` keeps Flower's own scan (the scale benchmark's "before").
+    their square; ``False`` keeps Flower's own scan (the scale benchmark's "before"). ``shelve_clients``: the ClientApp
+    loads the model and its client's data from files written once (:class:`ClientShelf`); ``False`` holds them in the
+    app, which Ray then pickles with every message (the scale benchmark's "before").
     """
     os.environ.update(FLOWER_ENV)
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -101,7 +105,7 @@ def run_flower(
     # app made every message carry every client's data: a round's cost grew with the square of the clients.) Each call
     # also loads its own copy of the model: deep-copying a model that Ray has unpickled loses bitsandbytes' NF4
     # quantization state (a QLoRA head then fails with "quant_state is required").
-    shelf = ClientShelf(state_dir, model, clients)
+    shelf = ClientShelf(state_dir, model, clients) if shelve_clients else InAppClients(model, clients)
     client_app = ClientApp()
 
     @client_app.train()
@@ -172,6 +176,22 @@ class ClientShelf:
 
     def client(self, pid: int) -> Client:
         return torch.load(self.folder / f"client-{pid}.pt", weights_only=False)  # our own file, written above
+
+
+class InAppClients:
+    """The model and the clients held in the ClientApp itself (how this engine ran before :class:`ClientShelf`; kept
+    for the scale benchmark's "before"): Ray pickles all of it with every message."""
+
+    def __init__(self, model: nn.Module, clients: Sequence[Client]) -> None:
+        packed = io.BytesIO()
+        torch.save(model, packed)
+        self.model_bytes, self.clients = packed.getvalue(), list(clients)
+
+    def model(self) -> nn.Module:
+        return torch.load(io.BytesIO(self.model_bytes), weights_only=False)  # our own bytes, made above
+
+    def client(self, pid: int) -> Client:
+        return self.clients[pid]
 
 
 def round_log_result(log: RoundLog, final_state: StateDict, wall_s: float) -> FederatedResult:

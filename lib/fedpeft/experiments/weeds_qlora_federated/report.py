@@ -378,17 +378,28 @@ def measured_text(measured: pd.DataFrame, overhead: pd.DataFrame, unshaped_reaso
     return "\n\n".join(parts)
 
 
-#: The farmers-scale benchmark (benchmarks/weeds_farmers_scale.py, committed); the report stage lists it as an input.
+#: The farmers-scale and LinkState-sweep benchmarks (benchmarks/weeds_farmers_scale.py and
+#: benchmarks/flower_linkstate_sweep.py, committed); the report stage lists them as inputs.
 SCALE_BENCHMARK = "reports/benchmarks/weeds_farmers_scale.csv"
-INPUTS = (SCALE_BENCHMARK,)
+SWEEP_BENCHMARK = "reports/benchmarks/flower_linkstate_sweep.csv"
+INPUTS = (SCALE_BENCHMARK, SWEEP_BENCHMARK)
+
+
+def _committed_benchmark(relative: str) -> pd.DataFrame | None:
+    from fedpeft.core.config import REPO_ROOT
+
+    path = REPO_ROOT / relative
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def scale_benchmark() -> pd.DataFrame | None:
     """The committed farmers-scale measurements, or None where the benchmark was never run."""
-    from fedpeft.core.config import REPO_ROOT
+    return _committed_benchmark(SCALE_BENCHMARK)
 
-    path = REPO_ROOT / SCALE_BENCHMARK
-    return pd.read_csv(path) if path.is_file() else None
+
+def linkstate_sweep_benchmark() -> pd.DataFrame | None:
+    """The committed LinkState-sweep measurements (seconds per sweep against nodes), or None where never run."""
+    return _committed_benchmark(SWEEP_BENCHMARK)
 
 
 def memory_growth(scale: pd.DataFrame) -> pd.DataFrame:
