@@ -23,7 +23,7 @@ def test_plan_varies_one_axis_at_a_time_over_every_seed():
     assert points == sorted([
         "sst2-lora-naive-fp32-every-iid", "sst2-full-fp32-every-iid", "sst2-full-int8ef-every-iid",
         "sst2-lora-svd-fp32-every-iid", "sst2-lora-ffa-fp32-every-iid", "sst2-lora-fedex-fp32-every-iid",
-        "sst2-lora-naive-fp16-every-iid", "sst2-lora-naive-int8-every-iid", "sst2-lora-naive-int8ef-every-iid",
+        "sst2-lora-naive-fp16-every-iid", "sst2-lora-naive-fp16ef-every-iid", "sst2-lora-naive-int8-every-iid", "sst2-lora-naive-int8ef-every-iid",
         "sst2-lora-naive-nf4-every-iid", "sst2-lora-naive-nf4ef-every-iid", "sst2-lora-naive-fp32-diloco1-iid",
         "sst2-lora-naive-fp32-diloco2-iid", "sst2-lora-naive-fp32-every-dirichlet", "sst2-full-fp32-every-dirichlet",
         "sst2-qlora-naive-fp32-every-iid"])
