@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -156,6 +158,13 @@ def test_deployment_matches_in_process_and_counts_bytes():
             assert sent["up"] <= row["up"] <= 3 * sent["up"]
     else:
         assert run.unshaped_reason and run.link_bytes.empty
+    # locked down: the SuperLink listens on its one address only, each SuperNode's runtime API on its loopback
+    listening = run.listening
+    host = "127.0.0.1" if not run.shaped else listening.loc[listening["process"] == "flower-superlink", "address"].iloc[0]
+    assert set(listening["process"]) >= {"flower-superlink", "flower-supernode"}
+    assert set(listening.loc[listening["process"] == "flower-superlink", "address"]) == {host}
+    assert set(listening.loc[listening["process"] == "flower-supernode", "address"]) == {"127.0.0.1"}
+    assert not set(listening["address"]) & {"0.0.0.0", "::", ""}, listening
     _assert_nothing_left(folders)
 
 
@@ -274,3 +283,95 @@ def test_what_a_sigkilled_run_leaves_is_removed_by_the_next(tmp_path):
     removed = clean_orphans()
     assert any(line.startswith("process ") for line in removed) and any(line.startswith("folder ") for line in removed)
     _assert_nothing_left(folders)
+
+
+def test_credentials_chain_names_and_key_formats(tmp_path):
+    """The run's CA signs the SuperLink's certificate, which names exactly the given addresses and serves TLS servers
+    only; SuperNode keys are EC P-384 in the OpenSSH formats Flower reads; every file is private to the user."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from fedpeft.federated.deployment.credentials import write_credentials
+
+    c = write_credentials(tmp_path / "cred", ["10.77.0.1", "superlink.local"], 2)
+    ca = x509.load_pem_x509_certificate(c.ca_certificate.read_bytes())
+    server = x509.load_pem_x509_certificate(c.server_certificate.read_bytes())
+    server.verify_directly_issued_by(ca)
+    other = write_credentials(tmp_path / "other", ["10.77.0.1"], 0)
+    with pytest.raises(Exception):  # noqa: B017 - cryptography raises InvalidSignature or ValueError by version
+        server.verify_directly_issued_by(x509.load_pem_x509_certificate(other.ca_certificate.read_bytes()))
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["10.77.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.local"]
+    assert server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert len(c.supernode_private_keys) == len(c.supernode_public_keys) == 2
+    for private, public in zip(c.supernode_private_keys, c.supernode_public_keys, strict=True):
+        key = load_ssh_private_key(private.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert load_ssh_public_key(public.read_bytes().strip()) == key.public_key()
+    assert c.supernode_public_keys[0].read_bytes() != c.supernode_public_keys[1].read_bytes()
+    for f in (tmp_path / "cred").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert (tmp_path / "cred").stat().st_mode & 0o777 == 0o700
+    with pytest.raises(ValueError, match="addresses"):
+        write_credentials(tmp_path / "x", [], 1)
+    with pytest.raises(ValueError, match="valid_hours"):
+        write_credentials(tmp_path / "y", ["127.0.0.1"], 1, valid_hours=0)
+
+
+@pytest.mark.slow
+def test_superlink_refuses_unregistered_supernodes_and_clients_of_another_ca(tmp_path):
+    """A TLS SuperLink with SuperNode authentication, as a deployment run starts it (on loopback): a SuperNode whose key
+    was registered connects; one whose key was not, and one that trusts another CA, are refused and exit."""
+    from fedpeft.federated.deployment.credentials import write_credentials
+    from fedpeft.federated.deployment.engine import (
+        CONNECTION,
+        _free_port,
+        _Processes,
+        _wait_for_port,
+        register_supernodes,
+        superlink_tls_args,
+        supernode_tls_args,
+        write_cli_config,
+    )
+    from fedpeft.federated.flower_bridge import FLOWER_ENV
+
+    cred = write_credentials(tmp_path / "cred", ["127.0.0.1"], 2)
+    other = write_credentials(tmp_path / "other", ["127.0.0.1"], 0)
+    bin_dir = os.path.dirname(sys.executable)
+    env = os.environ | FLOWER_ENV
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    processes = _Processes(logs)
+    port = _free_port("127.0.0.1")
+    try:
+        processes.start("superlink", [f"{bin_dir}/flower-superlink", *superlink_tls_args(cred), "--host", "127.0.0.1", "--port",
+                                      str(port), "--disable-runtime-dependency-installation"], env | {"FLWR_HOME": str(tmp_path / "sl")})
+        _wait_for_port("127.0.0.1", port, 60, processes)
+        cli = tmp_path / "cli"
+        cli.mkdir()
+        write_cli_config(cli, f"127.0.0.1:{port}", cred.ca_certificate)
+        register_supernodes(Path(bin_dir), cli, cred.supernode_public_keys[:1], env)  # node 0 only
+        nodes = {}
+        for name, node, ca in (("registered", 0, None), ("unregistered", 1, None), ("other-ca", 0, other.ca_certificate)):
+            cmd = [f"{bin_dir}/flower-supernode", *supernode_tls_args(cred, node, ca), "--superlink", f"127.0.0.1:{port}",
+                   "--port", str(_free_port("127.0.0.1")), "--max-retries", "2"]
+            nodes[name] = processes.start(name, cmd, env | {"FLWR_HOME": str(tmp_path / name)})
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and (nodes["unregistered"].poll() is None or nodes["other-ca"].poll() is None):
+            time.sleep(0.5)
+        assert nodes["unregistered"].poll() not in (None, 0) and nodes["other-ca"].poll() not in (None, 0)
+        assert nodes["registered"].poll() is None, (logs / "registered.log").read_text()[-2000:]
+        listed = subprocess.run([f"{bin_dir}/flwr", "supernode", "list", CONNECTION, "--format", "json"], capture_output=True,
+                                text=True, env=env | {"FLWR_HOME": str(cli)}, timeout=120)
+        online = [n for n in json.loads(listed.stdout)["nodes"] if n["status"] == "online"]
+        assert len(online) == 1, listed.stdout
+        superlink_log = (logs / "superlink.log").read_text(errors="replace")
+        assert "No SuperNode found with the given public key" in superlink_log
+        assert "CERTIFICATE_VERIFY_FAILED" in (logs / "other-ca.log").read_text(errors="replace")
+    finally:
+        processes.stop_all()

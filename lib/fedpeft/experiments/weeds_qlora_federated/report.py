@@ -309,7 +309,8 @@ def heterogeneous_table(s: Settings, summary: pd.DataFrame) -> pd.DataFrame:
 def deployment_rounds(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """Per deployment run and round: the measured wall time (``measured_s``, between the ServerApp's evaluations)
     beside the network model's prediction from the same run's training times and bytes, with its latency
-    (``modelled_s``) and without (``modelled_no_latency_s``: the part shaped links can reproduce)."""
+    (``modelled_s``) and without (``modelled_no_latency_s``: the part shaped links can reproduce); ``tls``: the run
+    used TLS and SuperNode authentication (records made before the engine did have no such field: plain HTTP)."""
     rows = []
     for r in runs:
         if r.get("engine") != "deployment":
@@ -317,7 +318,7 @@ def deployment_rounds(runs: list[dict[str, Any]]) -> pd.DataFrame:
         h = r["history"][r["history"]["round"] >= 1]
         rows.append(pd.DataFrame({"label": r["label"], "seed": r["seed"], "round": h["round"], "measured_s": h["round_s"],
                                   "modelled_s": h["simulated_s"], "modelled_no_latency_s": h["simulated_no_latency_s"],
-                                  "shaped": r["shaped"]}))
+                                  "shaped": r["shaped"], "tls": bool(r.get("tls", False))}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -328,7 +329,8 @@ def measured_summary(rounds: pd.DataFrame) -> pd.DataFrame:
     out = g[["measured_s", "modelled_s", "modelled_no_latency_s"]].mean()
     out["gap_s"] = out["measured_s"] - out["modelled_no_latency_s"]
     out["ratio"] = out["measured_s"] / out["modelled_no_latency_s"]
-    return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values, shaped=g["shaped"].all().values)
+    return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values, shaped=g["shaped"].all().values,
+                                    tls=g["tls"].all().values)
 
 
 def link_overhead(records: Mapping[str, RunRecord]) -> pd.DataFrame:
@@ -362,18 +364,20 @@ def measured_text(measured: pd.DataFrame, overhead: pd.DataFrame, unshaped_reaso
     parts = []
     for _, m in measured.iterrows():
         seeds = f"{m['seeds']} seed{'s' if m['seeds'] != 1 else ''}"
-        parts.append(f"**{m['label']}** ({seeds}, {m['rounds']} rounds{'' if m['shaped'] else ', loopback, unshaped'}): "
+        secure = "TLS with registered SuperNode keys" if m.get("tls", False) else "plain HTTP"
+        parts.append(f"**{m['label']}** ({seeds}, {m['rounds']} rounds, {secure}{'' if m['shaped'] else ', loopback, unshaped'}): "
                      f"{m['measured_s']:.2f} s per round measured against {m['modelled_no_latency_s']:.2f} s modelled without "
                      f"latency ({m['modelled_s']:.2f} s with it): the model misses {m['gap_s']:.2f} s per round, "
                      f"{m['ratio']:.1f}x.")
     if not measured["shaped"].all():
         parts.append(f"These runs were not shaped: {unshaped_reason or 'network namespaces could not be made here'}; their "
                      "times include no link at all.")
+    protocol = "HTTP over TLS" if "tls" in measured and measured["tls"].all() else "HTTP"
     if not overhead.empty:
         for _, o in overhead.iterrows():
             parts.append(f"Per {o['direction']} message: ledger {o['ledger_bytes']:,.0f} B, Flower's arrays "
                          f"{o['flower_bytes']:,.0f} B (+{o['flower_overhead_bytes']:,.0f} B of array headers), the link "
-                         f"{o['link_bytes']:,.0f} B (+{o['link_overhead_pct']:.0f} %: HTTP, TCP/IP, Ethernet and Flower's "
+                         f"{o['link_bytes']:,.0f} B (+{o['link_overhead_pct']:.0f} %: {protocol}, TCP/IP, Ethernet and Flower's "
                          "polling and heartbeats).")
     return "\n\n".join(parts)
 

@@ -317,7 +317,8 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
                                 on="round", how="left")
         measured = {"shaped": deployment.shaped, "unshaped_reason": deployment.unshaped_reason or "",
                     "link_rates_mbps": deployment.rates_mbps, "startup_s": deployment.startup_s,
-                    "message_bytes": deployment.messages, "link_bytes": deployment.link_bytes}
+                    "message_bytes": deployment.messages, "link_bytes": deployment.link_bytes, "tls": deployment.TLS,
+                    "listening": deployment.listening}
     return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps, **measured,
             "history": history, "test_predictions": pd.DataFrame({"label": feats.test.labels.numpy(), "predicted": predicted.numpy()}),
             "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],

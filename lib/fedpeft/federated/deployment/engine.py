@@ -10,8 +10,13 @@ counters saw (everything on the wire: HTTP, TCP/IP, Flower's polling).
 Where namespaces cannot be made (not root, no ``ip``/``tc``), every process runs on loopback, unshaped, and the
 result says so (``shaped`` is False, ``unshaped_reason`` says why). Every process is started in its own process
 group and is stopped, with the namespaces removed, when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM).
-Insecure HTTP is used only because nothing leaves the machine; the README's "Running across machines" shows TLS
-and SuperNode authentication.
+
+Locked down: every run makes its own CA, a SuperLink certificate naming the one address it listens on and one key pair
+per SuperNode (:mod:`.credentials`); the SuperLink serves TLS only and runs with ``--enable-supernode-auth``; each
+SuperNode's public key is registered (``flwr supernode register``) before it starts, and it trusts only the run's CA.
+A SuperNode whose key is not registered, or that trusts another CA, is refused (``tests/test_deployment.py``). The
+result lists every listening socket of the run's processes (``listening``): the SuperLink's on its one address, each
+SuperNode's runtime API on its namespace's loopback.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import psutil
 from torch import nn
 
 from fedpeft.federated.deployment import cleanup, job
+from fedpeft.federated.deployment.credentials import Credentials, write_credentials
 from fedpeft.federated.deployment.links import ShapedLinks, shaping_unavailable
 from fedpeft.federated.flower_bridge import FLOWER_ENV, RoundLog
 from fedpeft.federated.flower_engine import round_log_result
@@ -62,6 +68,9 @@ class DeploymentResult:
     link_bytes: pd.DataFrame  # round, farmer, down, up: bytes each link carried in that round (empty when unshaped)
     startup_s: float  # from the first process started until the run was submitted
     log_dir: Path | None  # kept only when the run failed
+    listening: pd.DataFrame = None  # process, address, port: every listening socket of the run's processes near its end
+
+    TLS = True  # the SuperLink serves TLS only, and authenticates SuperNodes by their registered keys
 
 
 class _Processes:
@@ -104,6 +113,21 @@ class _Processes:
                 p.kill()
         psutil.wait_procs(alive, timeout=grace_s)
         self.started = []
+
+    def listening(self) -> pd.DataFrame:
+        """Every listening TCP socket of the started processes and their descendants (each seen in its own network
+        namespace): process name, address, port."""
+        rows = []
+        for proc in self.started:
+            name = Path(proc.args[0] if proc.args[0] != "ip" else proc.args[4]).name
+            with suppress(psutil.NoSuchProcess):
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                        for c in p.net_connections(kind="tcp"):
+                            if c.status == psutil.CONN_LISTEN:
+                                rows.append({"process": name, "address": c.laddr.ip, "port": c.laddr.port})
+        return pd.DataFrame(rows, columns=["process", "address", "port"]).drop_duplicates(ignore_index=True)
 
     def failed(self) -> list[str]:
         return [f"{Path(p.args[-1]).name if p.args else p.pid} exited with {p.returncode}" for p in self.started
@@ -206,19 +230,21 @@ def run_deployment(
             job.write_job(job_dir, model, clients, strategy, trainer, config, server_test, network, interfaces, torch_threads,
                           key=bytes.fromhex(key))
             port = _free_port(host)
+            credentials = write_credentials(work / "credentials", [host], len(clients))
             t0 = time.perf_counter()
-            processes.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", host, "--port", str(port),
-                                          "--disable-runtime-dependency-installation"], env | {"FLWR_HOME": str(work / "superlink")})
+            processes.start("superlink", [str(bin_dir / "flower-superlink"), *superlink_tls_args(credentials), "--host", host,
+                                          "--port", str(port), "--disable-runtime-dependency-installation"],
+                            env | {"FLWR_HOME": str(work / "superlink")})
             _wait_for_port(host, port, 60, processes)
-            for i in range(len(clients)):
-                node_port = SUPERNODE_PORT if links else _free_port("127.0.0.1")
-                cmd = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"{host}:{port}", "--port", str(node_port),
-                       "--node-config", f"partition-id={i} num-partitions={len(clients)}"]
-                processes.start(f"supernode-{i}", links.command_in(i, cmd) if links else cmd, env | {"FLWR_HOME": str(work / f"node-{i}")})
             cli_home = work / "cli"
             cli_home.mkdir()
-            (cli_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                                                  f'address = "{host}:{port}"\ninsecure = true\n')
+            write_cli_config(cli_home, f"{host}:{port}", credentials.ca_certificate)
+            register_supernodes(bin_dir, cli_home, credentials.supernode_public_keys, env)
+            for i in range(len(clients)):
+                node_port = SUPERNODE_PORT if links else _free_port("127.0.0.1")
+                cmd = [str(bin_dir / "flower-supernode"), *supernode_tls_args(credentials, i), "--superlink", f"{host}:{port}",
+                       "--port", str(node_port), "--node-config", f"partition-id={i} num-partitions={len(clients)}"]
+                processes.start(f"supernode-{i}", links.command_in(i, cmd) if links else cmd, env | {"FLWR_HOME": str(work / f"node-{i}")})
             startup_s = time.perf_counter() - t0
             runner = processes.start("flwr-run", [str(bin_dir / "flwr"), "run", str(app_dir), CONNECTION, "--stream",
                                                   "--run-config", f'job-dir="{job_dir}"'], env | {"FLWR_HOME": str(cli_home)})
@@ -236,6 +262,7 @@ def run_deployment(
                                        f"{_tail(log_dir / 'flwr-run.log')}")
                 time.sleep(0.2)
             out = job.read(result_file, key=bytes.fromhex(key))
+            listening = processes.listening()
             ok = True
     finally:
         processes.stop_all()
@@ -243,7 +270,42 @@ def run_deployment(
             signal.signal(sig, handler)
         # the job files (pickled data) always go; a failed run keeps its logs for the error message's reader
         shutil.rmtree(work if ok else job_dir, ignore_errors=True)
-    return _collect(out, why_not, rates if why_not is None else [], startup_s)
+    result = _collect(out, why_not, rates if why_not is None else [], startup_s)
+    result.listening = listening
+    return result
+
+
+def superlink_tls_args(credentials: Credentials) -> list[str]:
+    """The SuperLink's flags: TLS with the run's certificate, and only registered SuperNodes admitted."""
+    return ["--ssl-ca-certfile", str(credentials.ca_certificate), "--ssl-certfile", str(credentials.server_certificate),
+            "--ssl-keyfile", str(credentials.server_key), "--enable-supernode-auth"]
+
+
+def supernode_tls_args(credentials: Credentials, node: int, ca_certificate: Path | None = None) -> list[str]:
+    """SuperNode ``node``'s flags: trust the run's CA (or ``ca_certificate``), sign with its own registered key."""
+    return ["--root-certificates", str(ca_certificate or credentials.ca_certificate),
+            "--auth-supernode-private-key", str(credentials.supernode_private_keys[node])]
+
+
+def write_cli_config(cli_home: Path, address: str, ca_certificate: Path) -> None:
+    """The ``flwr`` CLI's connection to the SuperLink (``FLWR_HOME``/config.toml), over TLS trusting the run's CA."""
+    (cli_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                                          f'address = "{address}"\nroot-certificates = "{ca_certificate}"\n')
+
+
+def register_supernodes(bin_dir: Path, cli_home: Path, public_keys: Sequence[Path], env: dict[str, str],
+                        timeout_s: float = 120.0) -> None:
+    """Register every SuperNode's public key with the SuperLink (``flwr supernode register``), several at a time."""
+    pending = list(public_keys)
+    while pending:
+        batch, pending = pending[:8], pending[8:]
+        calls = [subprocess.Popen([str(bin_dir / "flwr"), "supernode", "register", str(k), CONNECTION], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=env | {"FLWR_HOME": str(cli_home)}) for k in batch]
+        for key, call in zip(batch, calls, strict=True):
+            out, _ = call.communicate(timeout=timeout_s)
+            if call.returncode != 0:
+                raise RuntimeError(f"registering the SuperNode key {key.name} failed (exit {call.returncode}):\n"
+                                   f"{out.decode(errors='replace')[-2000:]}")
 
 
 def _collect(out: dict, why_not: str | None, rates: list[float], startup_s: float) -> DeploymentResult:
