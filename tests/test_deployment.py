@@ -375,3 +375,16 @@ def test_superlink_refuses_unregistered_supernodes_and_clients_of_another_ca(tmp
         assert "CERTIFICATE_VERIFY_FAILED" in (logs / "other-ca.log").read_text(errors="replace")
     finally:
         processes.stop_all()
+
+
+def test_listening_sockets_are_read_per_process():
+    from fedpeft.federated.deployment.engine import listening_sockets
+
+    with socket.socket() as listening, socket.socket() as bound_only:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        bound_only.bind(("127.0.0.1", 0))  # bound, not listening: not listed
+        found = listening_sockets(os.getpid())
+        assert ("127.0.0.1", listening.getsockname()[1]) in found
+        assert ("127.0.0.1", bound_only.getsockname()[1]) not in found
+    assert listening_sockets(2**22 + 12345) == []  # no such process

@@ -115,23 +115,50 @@ class _Processes:
         self.started = []
 
     def listening(self) -> pd.DataFrame:
-        """Every listening TCP socket of the started processes and their descendants (each seen in its own network
-        namespace): process name, address, port."""
+        """Every listening TCP socket of the started processes and their descendants, each read in the process's own
+        network namespace (``/proc/<pid>/net/tcp``, which psutil does not read for other namespaces): process name,
+        address, port."""
         rows = []
         for proc in self.started:
-            name = Path(proc.args[0] if proc.args[0] != "ip" else proc.args[4]).name
+            name = Path(proc.args[4] if proc.args[0] == "ip" else proc.args[0]).name  # `ip netns exec NS cmd ...`
             with suppress(psutil.NoSuchProcess):
                 root = psutil.Process(proc.pid)
                 for p in [root, *root.children(recursive=True)]:
-                    with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                        for c in p.net_connections(kind="tcp"):
-                            if c.status == psutil.CONN_LISTEN:
-                                rows.append({"process": name, "address": c.laddr.ip, "port": c.laddr.port})
+                    rows += [{"process": name, "address": a, "port": port} for a, port in listening_sockets(p.pid)]
         return pd.DataFrame(rows, columns=["process", "address", "port"]).drop_duplicates(ignore_index=True)
 
     def failed(self) -> list[str]:
         return [f"{Path(p.args[-1]).name if p.args else p.pid} exited with {p.returncode}" for p in self.started
                 if p.poll() is not None and p.returncode != 0]
+
+
+def listening_sockets(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket process ``pid`` holds in the LISTEN state, read from its own network
+    namespace's tables; empty when the process is gone or not readable."""
+    import ipaddress
+
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        found = []
+        for table in ("tcp", "tcp6"):
+            with suppress(FileNotFoundError):
+                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if fields[3] != "0A" or fields[9] not in inodes:  # 0A: TCP_LISTEN
+                        continue
+                    hex_addr, hex_port = fields[1].split(":")
+                    raw = bytes.fromhex(hex_addr)
+                    # the kernel prints each 32-bit word in host (little-endian) order
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                    found.append((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+        return found
+    except (OSError, PermissionError):
+        return []
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
