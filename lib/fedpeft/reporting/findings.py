@@ -53,6 +53,13 @@ FINDINGS: tuple[FindingSpec, ...] = (
                          "full-model FedAvg, paired by seed).",
         "inconclusive": "**Whether 4-bit NF4 updates with error feedback on top of LoRA cost accuracy is undecided**: "
                         "{study} (against full-model FedAvg, paired by seed)."}),
+    FindingSpec("savings_frontier", "cost:LoRA naive DiLoCo H=2", {
+        "holds": "**Synchronizing LoRA half as often (DiLoCo, the same local epochs) saves still more, at no real cost in "
+                 "accuracy**: {study} (against full-model FedAvg, paired by seed).",
+        "does not hold": "**Synchronizing LoRA half as often (DiLoCo, the same local epochs) costs accuracy**: {study} "
+                         "(against full-model FedAvg, paired by seed).",
+        "inconclusive": "**Whether synchronizing LoRA half as often (DiLoCo, the same local epochs) costs accuracy is "
+                        "undecided**: {study} (against full-model FedAvg, paired by seed)."}),
     FindingSpec("lora_vs_qlora", "gpu_memory_768", {
         "holds": "**QLoRA saves Gemma-2-2B the GPU memory its seed reported** ({seed}): {study}.",
         "does not hold/below": "**QLoRA's 4-bit weights save Gemma-2-2B more GPU memory than its seed reported** "
