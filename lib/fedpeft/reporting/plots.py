@@ -10,10 +10,13 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 def readable_log_axis(axis) -> None:
-    """A log axis labelled at 1, 2 and 5 times each power of ten, written as plain numbers ("20", "0.5"), with
-    unlabelled minor ticks: matplotlib's default labels every minor tick of a short range as "3x10^1", and they
-    run into each other at print size."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    """A log axis labelled at 1, 2 and 5 times each power of ten (at each power of ten alone where the axis spans more
+    than 2.5 decades), written as plain numbers ("20", "0.5"), with unlabelled minor ticks: matplotlib's default labels
+    every minor tick of a short range as "3x10^1", and they run into each other at print size. Call it after the
+    data are drawn, so that the axis knows its range."""
+    low, high = sorted(axis.get_view_interval())
+    wide = low > 0 and high / low > 300  # beyond 2.5 decades, "1000" and "2000" run into each other: powers of ten only
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -225,10 +228,15 @@ def savings_frontier(table: pd.DataFrame, ylabel: str = "score (points)"):
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     front = table[table["on_frontier"]].sort_values("total_MiB")
     ax.plot(front["total_MiB"], front["score_mean"], color="0.6", lw=1, zorder=1, label="Pareto frontier")
-    for (_, row), color in zip(table.iterrows(), sns.color_palette(n_colors=len(table)), strict=True):
+    # more techniques than any palette has colours a reader tells apart: each gets a colour and a marker, and with 10
+    # colours and 9 markers no two of the first 90 share both
+    colors = sns.color_palette("tab10", n_colors=10)
+    markers = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+    for i, (_, row) in enumerate(table.iterrows()):
         low, high = row["cost_low"] - row["cost_points"], row["cost_high"] - row["cost_points"]
         err = None if pd.isna(low) else [[-low], [high]]
-        ax.errorbar(row["total_MiB"], row["score_mean"], yerr=err, fmt="o", color=color, capsize=3, label=row["technique"], zorder=2)
+        ax.errorbar(row["total_MiB"], row["score_mean"], yerr=err, fmt=markers[i % len(markers)], color=colors[i % len(colors)],
+                    capsize=3, label=row["technique"], zorder=2, markersize=6, alpha=0.9)
     ax.set_xscale("log")
     readable_log_axis(ax.xaxis)
     ax.set_xlabel("total traffic, both directions (MiB, log scale)")
