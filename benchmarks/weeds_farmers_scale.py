@@ -161,7 +161,14 @@ def main() -> None:
                 raise RuntimeError(f"{engine} with {farmers} farmers failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
             rows.append(json.loads(lines[-1][len("RESULT "):]))
             print(f"  {rows[-1]['s_per_round']:.2f} s/round, peak {rows[-1]['peak_mib']:.0f} MiB", flush=True)
+            write_tables(rows, args, done=False)  # after every setting, so that a stopped run keeps what it measured
     work.cleanup()
+    write_tables(rows, args, done=True)
+    print(f"wrote {OUT.with_suffix('.csv')} and .md")
+
+
+def write_tables(rows: list[dict], args: argparse.Namespace, done: bool) -> None:
+    """The measured settings as ``OUT``.csv and .md; ``done`` False marks the table as partial (the run goes on)."""
     table = pd.DataFrame(rows)
     table["peak_minus_data_mib"] = table["peak_mib"] - table["farmer_data_mib"]
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -170,12 +177,12 @@ def main() -> None:
     md.text(f"Features: {rows[0]['features']}; {args.samples} samples per farmer, every cached view; FedAvg, every farmer "
             f"every round, {args.rounds} rounds; torch with one thread per process. Seconds per round: median over rounds "
             "after the first. Peak memory: resident memory of the run's process and its children (Ray's workers), sampled "
-            "every 50 ms. Trainer states are kept on disk by both engines.")
+            "every 50 ms. Trainer states are kept on disk by both engines."
+            + ("" if done else " **Partial: the benchmark was still running (or was stopped) when this was written.**"))
     md.table(table, "Every setting", "{:.4g}")
     md.table(pd.DataFrame([machine_description()]), "Machine")
     md.table(package_versions(("torch", "flwr", "ray")), "Versions")
     md.write(OUT.with_suffix(".md"))
-    print(f"wrote {OUT.with_suffix('.csv')} and .md")
 
 
 if __name__ == "__main__":
