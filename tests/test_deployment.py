@@ -15,6 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -63,6 +64,16 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def _descendant_cmdlines(pid: int) -> list[str]:
+    """The command lines of a process's living descendants (zombies, such as a finished `flwr supernode register` not
+    yet reaped, and processes that end meanwhile are skipped)."""
+    found = []
+    for p in _descendants(pid):
+        with suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            found.append(" ".join(p.cmdline()))
+    return found
 
 
 def _job_folders() -> set[str]:
@@ -208,7 +219,7 @@ def test_sigterm_stops_every_process_and_removes_the_namespaces(tmp_path):
     folders = _job_folders()
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not any("flower-supernode" in " ".join(p.cmdline()) for p in _descendants(proc.pid)):
+    while not any("flower-supernode" in cmd for cmd in _descendant_cmdlines(proc.pid)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
         time.sleep(0.5)
     time.sleep(3)
