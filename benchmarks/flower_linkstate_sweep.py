@@ -15,7 +15,6 @@ Ray. Writes ``reports/benchmarks/flower_linkstate_sweep.{csv,md}``, which the we
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import pandas as pd
@@ -31,30 +30,12 @@ RUN_ID = 7
 def one_state(indexed: bool, nodes: int) -> tuple[float, float]:
     """Seconds of the delivering sweep and of the idle sweep after it, on a fresh state with ``nodes`` nodes."""
     from flwr.app import ConfigRecord, Message, RecordDict
-    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
-    from flwr.server.superlink.linkstate import LinkStateFactory
-    from flwr.simulation.run_simulation import NOOP_FEDERATION_ID, RunRecord, Task
-    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
-    from flwr.supercore.object_store import ObjectStoreFactory
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.superlink.federation import NoOpFederationManager
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    from fedpeft.federated.linkstate_index import indexed_link_state
+    from fedpeft.federated.linkstate_index import SimulatedFederation
 
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 1  # as run_simulation sets them
-    with indexed_link_state() if indexed else contextlib.nullcontext():
-        factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-        state = factory.state()
-    run = Run.create_empty(run_id=RUN_ID)
-    run.primary_task_id, run.federation_id = 11, NOOP_FEDERATION_ID
-    state.run_ids[RUN_ID] = RunRecord(run=run)
-    state.task_store[11] = Task(task_id=11, run_id=RUN_ID)
-    node_ids = list(_register_nodes(nodes, factory))
-    grid = InMemoryGrid(state_factory=factory)
-    grid.set_run(run)
-    grid.push_messages([Message(RecordDict({"c": ConfigRecord({"round": 1})}), dst_node_id=n, message_type="train") for n in node_ids])
+    federation = SimulatedFederation(nodes, indexed, run_ids=(RUN_ID,))
+    state, node_ids = federation.state, federation.node_ids
+    federation.push(lambda: [Message(RecordDict({"c": ConfigRecord({"round": 1})}), dst_node_id=n, message_type="train") for n in node_ids])
     t0 = time.perf_counter()
     delivered = sum(len(state.get_message_ins(node_id=n, limit=1)) for n in node_ids)
     t1 = time.perf_counter()

@@ -11,51 +11,31 @@ import pytest
 pytest.importorskip("flwr")
 
 from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
-from flwr.server.superlink.fleet.vce.vce_api import _register_nodes  # noqa: E402
 from flwr.server.superlink.linkstate import LinkStateFactory, linkstate_factory  # noqa: E402
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState  # noqa: E402
-from flwr.simulation.run_simulation import NOOP_FEDERATION_ID, RunRecord, Task  # noqa: E402
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME  # noqa: E402
 from flwr.supercore.object_store import ObjectStoreFactory  # noqa: E402
-from flwr.supercore.run import Run  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from flwr.superlink.federation import NoOpFederationManager  # noqa: E402
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: E402
 
-from fedpeft.federated.linkstate_index import IndexedInMemoryLinkState, indexed_link_state  # noqa: E402
+from fedpeft.federated.linkstate_index import IndexedInMemoryLinkState, SimulatedFederation, indexed_link_state  # noqa: E402
 
 RUN_ID, OTHER_RUN_ID = 7, 8
 
 
-class Federation:
-    """A state as the simulation engine builds it: ``nodes`` registered SuperNodes, two runs, and a grid per run."""
+class Federation(SimulatedFederation):
+    """A state as the simulation engine builds it, with two runs; messages addressed by node position and tagged."""
 
     def __init__(self, indexed: bool, nodes: int) -> None:
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 1  # as run_simulation sets them
-        context = indexed_link_state() if indexed else _unchanged()
-        with context:
-            factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-            self.state = factory.state()
-        self.grids = {}
-        for run_id in (RUN_ID, OTHER_RUN_ID):
-            run = Run.create_empty(run_id=run_id)
-            run.primary_task_id, run.federation_id = 100 + run_id, NOOP_FEDERATION_ID
-            self.state.run_ids[run_id] = RunRecord(run=run)
-            self.state.task_store[100 + run_id] = Task(task_id=100 + run_id, run_id=run_id)
-        self.nodes = list(_register_nodes(nodes, factory))
-        for run_id in (RUN_ID, OTHER_RUN_ID):
-            TaskIdentity.run_id = run_id
-            self.grids[run_id] = InMemoryGrid(state_factory=factory)
-            self.grids[run_id].set_run(self.state.run_ids[run_id].run)
-        TaskIdentity.run_id = RUN_ID
+        super().__init__(nodes, indexed, run_ids=(RUN_ID, OTHER_RUN_ID))
+        self.nodes = self.node_ids
 
-    def push(self, node: int, tag: str, run_id: int = RUN_ID, ttl: float | None = None) -> str:
+    def push_tag(self, node: int, tag: str, run_id: int = RUN_ID, ttl: float | None = None) -> str:
         """Store a message for the ``node``-th SuperNode carrying ``tag``; returns its id."""
-        TaskIdentity.run_id = run_id
         kwargs = {"ttl": ttl} if ttl is not None else {}
-        message = Message(RecordDict({"c": ConfigRecord({"tag": tag})}), dst_node_id=self.nodes[node], message_type="train", **kwargs)
-        (message_id,) = self.grids[run_id].push_messages([message])
-        TaskIdentity.run_id = RUN_ID
+        (message_id,) = self.push(
+            lambda: [Message(RecordDict({"c": ConfigRecord({"tag": tag})}), dst_node_id=self.nodes[node], message_type="train", **kwargs)],
+            run_id=run_id,
+        )
         return message_id
 
     def poll(self, node: int, limit: int | None = 1, run_id: int | None = None) -> list[str]:
@@ -63,23 +43,15 @@ class Federation:
         return [m.content["c"]["tag"] for m in self.state.get_message_ins(node_id=self.nodes[node], limit=limit, run_id=run_id)]
 
 
-class _unchanged:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _script(federation: Federation) -> list:
     """One fixed sequence of stores, deletions and polls; returns everything the nodes received, in order."""
     seen = []
     for node in range(4):
         for k in range(3):
-            federation.push(node, f"n{node}m{k}")
-    federation.push(1, "other-run", run_id=OTHER_RUN_ID)
-    federation.push(2, "expired", ttl=0.05)  # expires before anyone asks (below): Flower's check drops it
-    doomed = federation.push(3, "deleted")
+            federation.push_tag(node, f"n{node}m{k}")
+    federation.push_tag(1, "other-run", run_id=OTHER_RUN_ID)
+    federation.push_tag(2, "expired", ttl=0.05)  # expires before anyone asks (below): Flower's check drops it
+    doomed = federation.push_tag(3, "deleted")
     federation.state.delete_messages({doomed})
     time.sleep(0.1)
     seen.append(federation.poll(0))                       # oldest first, one at a time
@@ -91,7 +63,7 @@ def _script(federation: Federation) -> list:
     seen.append(federation.poll(2, limit=2))
     seen.append(federation.poll(2, limit=5))              # the expired one never arrives
     seen.append(federation.poll(3, limit=None))           # the deleted one never arrives
-    federation.push(0, "late")
+    federation.push_tag(0, "late")
     seen.append(federation.poll(0, limit=None))
     seen.append([federation.poll(n) for n in range(4)])   # an idle sweep
     return seen
@@ -119,7 +91,7 @@ def test_a_sweep_checks_each_message_once_with_the_index_and_every_message_per_n
     nodes = 20
     federation = Federation(indexed, nodes)
     for node in range(nodes):
-        federation.push(node, f"m{node}")
+        federation.push_tag(node, f"m{node}")
     checked = []
     original = InMemoryLinkState._check_stored_messages
 

@@ -21,14 +21,16 @@ run_flower` does); nothing else of Flower is changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from flwr.app import Message
 from flwr.server.superlink.linkstate import in_memory_linkstate, linkstate_factory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
-__all__ = ["IndexedInMemoryLinkState", "indexed_link_state"]
+__all__ = ["IndexedInMemoryLinkState", "SimulatedFederation", "indexed_link_state"]
 
 
 class IndexedInMemoryLinkState(InMemoryLinkState):
@@ -95,3 +97,67 @@ def indexed_link_state() -> Iterator[None]:
         yield
     finally:
         linkstate_factory.InMemoryLinkState = original
+
+
+@dataclass
+class SimulatedFederation:
+    """Flower's in-memory LinkState as the simulation engine builds it (one factory, ``nodes`` registered SuperNodes,
+    one record, task and grid per run), with nothing trained: what the LinkState benchmark and tests drive by hand.
+
+    ``indexed`` picks :class:`IndexedInMemoryLinkState` or Flower's own ``InMemoryLinkState``. The first run id is the
+    current one (Flower's ``TaskIdentity``, which the grids and the state read), as ``run_simulation`` sets it.
+    """
+
+    nodes: int
+    indexed: bool = True
+    run_ids: Sequence[int] = (7,)
+    state: InMemoryLinkState = field(init=False)
+    node_ids: list[int] = field(init=False)
+    grids: dict = field(init=False)  # run id -> flwr InMemoryGrid
+
+    def __post_init__(self) -> None:
+        from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+        from flwr.server.superlink.linkstate import LinkStateFactory
+        from flwr.simulation.run_simulation import NOOP_FEDERATION_ID, RunRecord, Task
+        from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+        from flwr.supercore.object_store import ObjectStoreFactory
+        from flwr.supercore.run import Run
+        from flwr.supercore.task_identity import TaskIdentity
+        from flwr.superlink.federation import NoOpFederationManager
+        from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+        TaskIdentity.task_id, TaskIdentity.node_id = 1, 1
+        with indexed_link_state() if self.indexed else contextlib.nullcontext():
+            factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+            self.state = factory.state()
+        for run_id in self.run_ids:
+            run = Run.create_empty(run_id=run_id)
+            run.primary_task_id, run.federation_id = 100 + run_id, NOOP_FEDERATION_ID
+            self.state.run_ids[run_id] = RunRecord(run=run)
+            self.state.task_store[100 + run_id] = Task(task_id=100 + run_id, run_id=run_id)
+        self.node_ids = list(_register_nodes(self.nodes, factory))
+        self.grids = {}
+        for run_id in self.run_ids:
+            TaskIdentity.run_id = run_id
+            self.grids[run_id] = InMemoryGrid(state_factory=factory)
+            self.grids[run_id].set_run(self.state.run_ids[run_id].run)
+        TaskIdentity.run_id = self.run_ids[0]
+
+    @contextmanager
+    def current_run(self, run_id: int | None) -> Iterator[int]:
+        """Within the block, ``run_id`` (the first run's by default) is Flower's current run: messages built there
+        belong to it. Yields the run id."""
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id = self.run_ids[0] if run_id is None else run_id
+        try:
+            yield TaskIdentity.run_id
+        finally:
+            TaskIdentity.run_id = self.run_ids[0]
+
+    def push(self, build_messages, run_id: int | None = None) -> list[str]:
+        """Store the messages that ``build_messages()`` returns through ``run_id``'s grid (the first run's by default),
+        as the server does; their ids. Flower's ``Message`` takes its run from the current one when it is built, hence
+        a builder rather than messages."""
+        with self.current_run(run_id) as current:
+            return list(self.grids[current].push_messages(build_messages()))
