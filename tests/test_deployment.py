@@ -132,7 +132,8 @@ def test_deployment_refuses_what_it_cannot_run():
 
 @pytest.mark.slow
 def test_deployment_matches_in_process_and_counts_bytes():
-    from fedpeft.federated.deployment.engine import run_deployment
+    from fedpeft.federated.deployment.engine import SUPEREXEC_POLL_S, run_deployment
+    from fedpeft.federated.deployment.timing import PARTS, client_timing, round_parts
 
     head, clients, trainer, test = _case()
     config = RoundConfig(num_rounds=2, exchange="trainable", evaluate_clients=False)
@@ -171,11 +172,22 @@ def test_deployment_matches_in_process_and_counts_bytes():
         assert run.unshaped_reason and run.link_bytes.empty
     # locked down: the SuperLink listens on its one address only, each SuperNode's runtime API on its loopback
     listening = run.listening
-    host = "127.0.0.1" if not run.shaped else listening.loc[listening["process"] == "flower-superlink", "address"].iloc[0]
-    assert set(listening["process"]) >= {"flower-superlink", "flower-supernode"}
-    assert set(listening.loc[listening["process"] == "flower-superlink", "address"]) == {host}
-    assert set(listening.loc[listening["process"] == "flower-supernode", "address"]) == {"127.0.0.1"}
+    superlink, supernodes = listening["process"] == "superlink", listening["process"].str.startswith("supernode-")
+    host = "127.0.0.1" if not run.shaped else listening.loc[superlink, "address"].iloc[0]
+    assert set(listening.loc[supernodes, "process"]) == {f"supernode-{i}" for i in range(len(clients))}
+    assert set(listening.loc[superlink, "address"]) == {host}
+    assert set(listening.loc[supernodes, "address"]) == {"127.0.0.1"}
+    assert run.tls
     assert not set(listening["address"]) & {"0.0.0.0", "::", ""}, listening
+    # every round taken apart along its slowest farmer: stamps from the ClientApps and the ServerApp, parts that add up
+    assert run.superexec_poll_s == SUPEREXEC_POLL_S
+    timing = client_timing(run.result.client_history)
+    assert len(timing) == int(run.result.client_history["reported"].sum())
+    parts = round_parts(run.result.history[run.result.history["round"] >= 1], timing)
+    assert parts["round"].tolist() == list(range(1, config.num_rounds + 1))
+    assert (parts[["startup_s", "load_s", "train_s", "return_s"]] > 0).all().all(), parts
+    assert (parts["pickup_s"] > -0.05).all(), parts  # a process's start time is read to the kernel's 10 ms tick
+    assert parts[list(PARTS)].sum(axis=1).tolist() == pytest.approx(parts["round_s"].tolist())
     _assert_nothing_left(folders)
 
 

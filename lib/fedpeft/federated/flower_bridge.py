@@ -50,10 +50,15 @@ def array_record_bytes(record: Any) -> int:
 
 
 def client_train_reply(msg: Any, pid: int, client: Client, model: nn.Module, strategy: FedAvg, trainer: Trainer,
-                       config: RoundConfig, initial: StateDict, state_file: Path, network: NetworkModel | None = None) -> Any:
+                       config: RoundConfig, initial: StateDict, state_file: Path, network: NetworkModel | None = None,
+                       timestamps: dict[str, float] | None = None) -> Any:
     """The ClientApp's work for one train message: restore the trainer's state of this client from ``state_file``,
     train with :func:`client_update` (unless ``network`` drops the farmer this round), save the state again before
-    replying, and build the reply (arrays and metrics)."""
+    replying, and build the reply (arrays and metrics).
+
+    With ``timestamps`` (wall-clock seconds since the epoch, ``time.time()``, named ``*_t``: the deployment engine's
+    ClientApp passes when its process started and when Flower called it), the reply's metrics carry them and
+    ``train_start_t`` / ``train_end_t`` around the local training: what the server needs to take a round apart."""
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
     round_ = int(msg.content["config"]["server-round"])
@@ -63,13 +68,16 @@ def client_train_reply(msg: Any, pid: int, client: Client, model: nn.Module, str
     to_state = state_converter(initial)
     trainer.load_client_state(client.cid, torch.load(state_file, weights_only=True) if state_file.is_file() else None)
     sent = {k: v for k, v in msg.content["config"].items() if k != "server-round"}
-    new_state, stats = client_update(model, to_state(msg.content["arrays"]), client, pid, round_, strategy, trainer,
-                                     config.seed, client_config=sent)
+    arrays = to_state(msg.content["arrays"])
+    train_start_t = time.time()
+    new_state, stats = client_update(model, arrays, client, pid, round_, strategy, trainer, config.seed, client_config=sent)
+    train_end_t = time.time()
     client_state = trainer.client_state(client.cid)
     if client_state is not None:
         atomic_torch_save(client_state, state_file)
+    stamps = {} if timestamps is None else {**timestamps, "train_start_t": train_start_t, "train_end_t": train_end_t}
     metrics = MetricRecord({"train_loss": float(stats.loss), "num-examples": client.num_examples, "partition-id": pid,
-                            "train_s": float(stats.seconds), "reported": 1})
+                            "train_s": float(stats.seconds), "reported": 1, **stamps})
     return Message(content=RecordDict({"arrays": ArrayRecord(new_state), "metrics": metrics}), reply_to=msg)
 
 
@@ -108,11 +116,13 @@ def fedpeft_strategy_class(strategy: FedAvg, clients: Sequence[Client], trainabl
         """Flower's FedAvg message flow around a fedpeft strategy's aggregation."""
 
         def configure_train(self, server_round, arrays, config_record, grid):
+            log.rows.setdefault(server_round, {})["sent_t"] = time.time()  # just before Flower pushes the messages
             self._global = to_state(arrays)
             self._down_flower = array_record_bytes(arrays)
             return super().configure_train(server_round, arrays, config_record, grid)
 
         def aggregate_train(self, server_round, replies):
+            log.rows.setdefault(server_round, {})["received_t"] = time.time()  # every reply is in
             replies = list(replies)
             errors = [m.error for m in replies if m.has_error()]
             if errors:
@@ -129,9 +139,10 @@ def fedpeft_strategy_class(strategy: FedAvg, clients: Sequence[Client], trainabl
                 log.client_rows.append({"round": server_round, "client": clients[pid].cid, "reported": reported,
                                         "train_examples": clients[pid].num_examples,
                                         "train_s": float(m.content["metrics"]["train_s"]),
-                                        "train_loss": float(m.content["metrics"].get("train_loss", float("nan")))})
+                                        "train_loss": float(m.content["metrics"].get("train_loss", float("nan"))),
+                                        **{k: float(v) for k, v in m.content["metrics"].items() if k.endswith("_t")}})
             if not valid:
-                log.rows[server_round] = {"num_clients": 0, "train_loss": float("nan"), "train_s": 0.0}
+                log.rows[server_round] |= {"num_clients": 0, "train_loss": float("nan"), "train_s": 0.0}
                 return None, None
             states = [to_state(m.content["arrays"]) for m in valid]
             weights = [int(m.content["metrics"]["num-examples"]) for m in valid]
@@ -142,8 +153,8 @@ def fedpeft_strategy_class(strategy: FedAvg, clients: Sequence[Client], trainabl
                                          "flower_bytes": array_record_bytes(m.content["arrays"])})
             new_state = strategy.aggregate(self._global, states, weights, list(trainable_keys))
             loss = sum(float(m.content["metrics"]["train_loss"]) * w for m, w in zip(valid, weights, strict=True)) / sum(weights)
-            log.rows[server_round] = {"num_clients": len(valid), "train_loss": loss,
-                                      "train_s": sum(float(m.content["metrics"]["train_s"]) for m in valid)}
+            log.rows[server_round] |= {"num_clients": len(valid), "train_loss": loss,
+                                       "train_s": sum(float(m.content["metrics"]["train_s"]) for m in valid)}
             return ArrayRecord(new_state), MetricRecord({"train_loss": loss})
 
     return FedpeftStrategy

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -264,6 +265,25 @@ def measured_vs_modelled(rounds: pd.DataFrame):
     sns.lineplot(data=long, x="round", y="seconds", hue="time", errorbar="sd", marker="o", ax=ax)
     ax.set_yscale("log")
     ax.set_ylabel("seconds per round (log scale)")
+    return fig
+
+
+def round_parts_bars(summary: pd.DataFrame):
+    """Where a deployment round's time goes: one horizontal bar per run group, its mean seconds per round split into
+    the critical path's parts (``PARTS`` columns of :func:`fedpeft.experiments.weeds_qlora_federated.report.
+    parts_summary`), with the network model's round (no latency) marked as a black tick."""
+    parts = [c for c in ("pickup_s", "startup_s", "load_s", "train_s", "return_s", "server_s") if c in summary]
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(summary) + 1.6))
+    left = np.zeros(len(summary))
+    colours = sns.color_palette("colorblind", len(parts))
+    for part, colour in zip(parts, colours, strict=True):
+        ax.barh(summary["label"], summary[part], left=left, color=colour, label=part.removesuffix("_s"))
+        left += summary[part].to_numpy()
+    ax.scatter(summary["modelled_no_latency_s"], summary["label"], marker="|", s=400, color="black", zorder=3,
+               label="network model")
+    ax.set_xlabel("seconds per round (mean over rounds and seeds)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4, frameon=False)
+    fig.tight_layout()
     return fig
 
 

@@ -25,6 +25,7 @@ from fedpeft.experiments.weeds_qlora_federated.settings import (  # noqa: F401 -
     load,
     main_label,
 )
+from fedpeft.federated.deployment.timing import PARTS, round_parts
 from fedpeft.federated.ledger import MIB
 from fedpeft.quantization import nf4
 from fedpeft.reporting.claims import (
@@ -331,6 +332,58 @@ def measured_summary(rounds: pd.DataFrame) -> pd.DataFrame:
     out["ratio"] = out["measured_s"] / out["modelled_no_latency_s"]
     return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values, shaped=g["shaped"].all().values,
                                     tls=g["tls"].all().values)
+
+
+def deployment_parts(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Per deployment run and round: the critical path's measured parts (:func:`fedpeft.federated.deployment.timing.
+    round_parts`: pickup, start-up, load, training, return, server; seconds) beside the network model's prediction
+    without latency; only runs whose record has the clients' stamps (``client_timing``)."""
+    rows = []
+    for r in records.values():
+        timing = r.tables.get("client_timing")
+        if r.scalars.get("engine") != "deployment" or timing is None or timing.empty:
+            continue
+        history = r.tables["history"]
+        parts = round_parts(history[history["round"] >= 1], timing)
+        modelled = history.set_index("round")["simulated_no_latency_s"]
+        rows.append(parts.assign(label=r.scalars["label"], seed=r.scalars["seed"],
+                                 modelled_no_latency_s=parts["round"].map(modelled).to_numpy()))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def parts_summary(parts: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment run group: the mean of each part and of the round over every round of every seed (seconds),
+    with each part's share of the round (``*_pct``) and the modelled round without latency."""
+    g = parts.groupby("label", sort=False)
+    out = g[[*PARTS, "round_s", "modelled_no_latency_s"]].mean()
+    for part in PARTS:
+        out[f"{part.removesuffix('_s')}_pct"] = 100 * out[part] / out["round_s"]
+    return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values)
+
+
+def parts_text(summary: pd.DataFrame, poll_s: float | None = None) -> str:
+    """The measured parts in words, from :func:`parts_summary`: the largest first, and how much of the round lies
+    outside what the network model knows (training and transfer)."""
+    if summary.empty:
+        return ("No deployment record carries the clients' stamps yet (records made before the engine stamped them): "
+                "the round cannot be taken apart here.")
+    names = {"pickup_s": "pickup (SuperNode poll, link, SuperExec poll, process launch)",
+             "startup_s": "ClientApp start-up (Python, torch, Flower, the app)", "load_s": "loading the job and state",
+             "train_s": "local training", "return_s": "return (reply, SuperNode push, link, ServerApp's 3 s poll)",
+             "server_s": "server (aggregation, evaluation)"}
+    out = []
+    for _, m in summary.iterrows():
+        ranked = sorted(PARTS, key=lambda p: -m[p])
+        listed = "; ".join(f"{names[p]} {m[p]:.2f} s ({m[p.removesuffix('_s') + '_pct']:.0f} %)" for p in ranked)
+        beyond = m["round_s"] - m["train_s"]
+        out.append(f"**{m['label']}** ({m['seeds']} seed{'s' if m['seeds'] != 1 else ''}, {m['rounds']} rounds): "
+                   f"{m['round_s']:.2f} s per round along its slowest farmer: {listed}. Everything but the training, "
+                   f"{beyond:.2f} s, is Flower's message flow and process model and this machine's shared cores; the "
+                   f"network model's whole round (training and transfer, no latency) is {m['modelled_no_latency_s']:.2f} s.")
+    if poll_s is not None:
+        out.append(f"The SuperExecs polled for tasks every {poll_s:g} s (Flower's one adjustable interval, default 1 s); "
+                   "the SuperNodes' and the ServerApp's 3 s waits are fixed in Flower 1.42.")
+    return "\n\n".join(out)
 
 
 def link_overhead(records: Mapping[str, RunRecord]) -> pd.DataFrame:

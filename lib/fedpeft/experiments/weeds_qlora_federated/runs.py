@@ -32,6 +32,7 @@ from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import weeds
 from fedpeft.experiments.weeds_qlora_federated.settings import EXPERIMENT, SCENARIOS, SEED, ScenarioRun, planned_runs
+from fedpeft.federated.deployment.timing import client_timing
 from fedpeft.federated.engines import run_rounds
 from fedpeft.federated.ledger import MIB, serialize_state
 from fedpeft.federated.loop import Client, RoundConfig
@@ -317,8 +318,9 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
                                 on="round", how="left")
         measured = {"shaped": deployment.shaped, "unshaped_reason": deployment.unshaped_reason or "",
                     "link_rates_mbps": deployment.rates_mbps, "startup_s": deployment.startup_s,
-                    "message_bytes": deployment.messages, "link_bytes": deployment.link_bytes, "tls": deployment.TLS,
-                    "listening": deployment.listening}
+                    "message_bytes": deployment.messages, "link_bytes": deployment.link_bytes, "tls": deployment.tls,
+                    "listening": deployment.listening, "superexec_poll_s": deployment.superexec_poll_s,
+                    "client_timing": client_timing(result.client_history)}
     return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps, **measured,
             "history": history, "test_predictions": pd.DataFrame({"label": feats.test.labels.numpy(), "predicted": predicted.numpy()}),
             "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -76,6 +77,9 @@ def server_main(grid: Grid, context: Context) -> None:
 
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
+    # wall clock, shared by every namespace of the machine: when this ClientApp process started (Flower starts one per
+    # message) and when Flower handed it the message, after importing Python, torch, Flower and this app
+    timestamps = {"process_start_t": psutil.Process().create_time(), "app_enter_t": time.time()}
     job_dir = Path(str(context.run_config["job-dir"]))
     pid = int(context.node_config["partition-id"])
     spec: job.ClientJob = job.read(job.client_file(job_dir, pid))
@@ -85,4 +89,4 @@ def client_train(msg: Message, context: Context) -> Message:
     full = model.state_dict()
     initial = {k: full[k] for k in initial_keys}
     return client_train_reply(msg, pid, spec.client, model, spec.strategy, spec.trainer, spec.config, initial,
-                              job.client_state_file(job_dir, pid), spec.network)
+                              job.client_state_file(job_dir, pid), spec.network, timestamps=timestamps)

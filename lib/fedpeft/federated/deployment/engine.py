@@ -55,6 +55,11 @@ from fedpeft.training.contract import Trainer
 #: The Flower App's folder (its pyproject.toml names the ServerApp and ClientApp in :mod:`.apps`).
 APP_DIR = Path(__file__).resolve().parents[4] / "flower_app"
 CONNECTION = "fedpeft-deployment"
+#: Seconds between the SuperExecs' asks for a task to launch (Flower's ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, default
+#: 1 s, 0.01 to 60 allowed): the one poll interval Flower lets a deployment set. The SuperNodes' pull of messages and
+#: the ServerApp's pull of replies wait a fixed 3 s when they find nothing (``flwr.supernode.start_client_internal``,
+#: ``flwr.superlink.grid.http_grid``); what those waits cost is measured per round (``round_parts`` in the weeds report).
+SUPEREXEC_POLL_S = 0.1
 SUPERNODE_PORT = 9094  # each SuperNode's own runtime API (inside its namespace; on loopback, one port per node)
 
 
@@ -69,8 +74,8 @@ class DeploymentResult:
     startup_s: float  # from the first process started until the run was submitted
     log_dir: Path | None  # kept only when the run failed
     listening: pd.DataFrame = None  # process, address, port: every listening socket of the run's processes near its end
-
-    TLS = True  # the SuperLink serves TLS only, and authenticates SuperNodes by their registered keys
+    tls: bool = False  # the SuperLink served TLS only and admitted only SuperNodes with registered keys
+    superexec_poll_s: float = 1.0  # seconds between the SuperExecs' asks for tasks (Flower's default: 1 s)
 
 
 class _Processes:
@@ -79,6 +84,7 @@ class _Processes:
     def __init__(self, log_dir: Path, owner: cleanup.Owner | None = None) -> None:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen] = []
+        self.names: dict[int, str] = {}  # pid -> the name given to start()
         self.owner = owner or cleanup.Owner(log_dir.parent)
 
     def start(self, name: str, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
@@ -86,6 +92,7 @@ class _Processes:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         proc.log_file = log  # type: ignore[attr-defined]
         self.started.append(proc)
+        self.names[proc.pid] = name
         self.owner.add_process(proc.pid)  # recorded at once: a SIGKILL of this process leaves nothing unnamed
         return proc
 
@@ -120,7 +127,7 @@ class _Processes:
         address, port."""
         rows = []
         for proc in self.started:
-            name = Path(proc.args[4] if proc.args[0] == "ip" else proc.args[0]).name  # `ip netns exec NS cmd ...`
+            name = self.names[proc.pid]
             with suppress(psutil.NoSuchProcess):
                 root = psutil.Process(proc.pid)
                 for p in [root, *root.children(recursive=True)]:
@@ -128,7 +135,7 @@ class _Processes:
         return pd.DataFrame(rows, columns=["process", "address", "port"]).drop_duplicates(ignore_index=True)
 
     def failed(self) -> list[str]:
-        return [f"{Path(p.args[-1]).name if p.args else p.pid} exited with {p.returncode}" for p in self.started
+        return [f"{self.names[p.pid]} exited with {p.returncode}" for p in self.started
                 if p.poll() is not None and p.returncode != 0]
 
 
@@ -240,7 +247,8 @@ def run_deployment(
     log_dir.mkdir()
     key = secrets.token_hex(32)  # signs this run's job files (see .job); only its own processes get it
     env = os.environ | FLOWER_ENV | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                                     "PYTHONUNBUFFERED": "1", job.KEY_ENV: key}
+                                     "PYTHONUNBUFFERED": "1", job.KEY_ENV: key,
+                                     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(SUPEREXEC_POLL_S)}
     bin_dir = Path(sys.executable).parent
     processes = _Processes(log_dir, owner=cleanup.Owner(work))
     previous = {}
@@ -299,6 +307,8 @@ def run_deployment(
         shutil.rmtree(work if ok else job_dir, ignore_errors=True)
     result = _collect(out, why_not, rates if why_not is None else [], startup_s)
     result.listening = listening
+    result.tls = True  # the SuperLink above was started with superlink_tls_args and --enable-supernode-auth only
+    result.superexec_poll_s = SUPEREXEC_POLL_S
     return result
 
 

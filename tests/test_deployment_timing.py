@@ -1,0 +1,68 @@
+"""A deployment round taken apart: the critical farmer is the one whose training ended last, its parts add up to the
+measured round, farmers without stamps (dropped) are left out, and the report's words follow the numbers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fedpeft.experiments.weeds_qlora_federated import report
+from fedpeft.federated.deployment.timing import PARTS, client_timing, round_parts
+
+
+def _client_history() -> pd.DataFrame:
+    # round 1: farmer_1 ends training last (t = 112); farmer_2 was dropped (no stamps); round 2: farmer_0 last
+    return pd.DataFrame([
+        {"round": 1, "client": "farmer_0", "reported": True, "process_start_t": 101.0, "app_enter_t": 104.0, "train_start_t": 105.0, "train_end_t": 108.0},
+        {"round": 1, "client": "farmer_1", "reported": True, "process_start_t": 103.0, "app_enter_t": 107.5, "train_start_t": 108.0, "train_end_t": 112.0},
+        {"round": 1, "client": "farmer_2", "reported": False, "process_start_t": None, "app_enter_t": None, "train_start_t": None, "train_end_t": None},
+        {"round": 2, "client": "farmer_0", "reported": True, "process_start_t": 204.0, "app_enter_t": 210.0, "train_start_t": 210.5, "train_end_t": 215.0},
+        {"round": 2, "client": "farmer_1", "reported": True, "process_start_t": 202.0, "app_enter_t": 205.0, "train_start_t": 205.5, "train_end_t": 209.0},
+    ])
+
+
+def _history() -> pd.DataFrame:
+    return pd.DataFrame({"round": [0, 1, 2], "round_s": [1.0, 20.0, 22.0], "sent_t": [None, 100.0, 200.0],
+                         "received_t": [None, 115.0, 219.0], "simulated_no_latency_s": [None, 4.5, 5.0]})
+
+
+def test_client_timing_keeps_stamped_replies_only():
+    timing = client_timing(_client_history())
+    assert list(timing["client"]) == ["farmer_0", "farmer_1", "farmer_0", "farmer_1"]
+    assert client_timing(pd.DataFrame({"round": [1], "client": ["a"], "train_s": [1.0]})).empty  # simulation engines
+
+
+def test_round_parts_follow_the_last_farmer_and_add_up_to_the_round():
+    parts = round_parts(_history()[lambda h: h["round"] >= 1], client_timing(_client_history()))
+    assert list(parts["client"]) == ["farmer_1", "farmer_0"]
+    first = parts.iloc[0]
+    assert (first["pickup_s"], first["startup_s"], first["load_s"], first["train_s"], first["return_s"]) == (3.0, 4.5, 0.5, 4.0, 3.0)
+    assert first["server_s"] == pytest.approx(20.0 - 15.0)
+    assert parts[list(PARTS)].sum(axis=1).tolist() == pytest.approx(parts["round_s"].tolist())
+
+
+def test_round_parts_refuses_a_history_without_stamps():
+    with pytest.raises(ValueError, match="sent_t"):
+        round_parts(pd.DataFrame({"round": [1], "round_s": [2.0]}), client_timing(_client_history()))
+
+
+class _Record:
+    def __init__(self, seed: int) -> None:
+        self.scalars = {"engine": "deployment", "label": "diloco deployment", "seed": seed}
+        self.tables = {"history": _history(), "client_timing": client_timing(_client_history())}
+
+
+def test_summary_and_words_follow_the_parts():
+    parts = report.deployment_parts({"a": _Record(0), "b": _Record(1)})
+    assert len(parts) == 4 and set(parts["seed"]) == {0, 1}
+    summary = report.parts_summary(parts)
+    row = summary.iloc[0]
+    assert row["seeds"] == 2 and row["rounds"] == 4
+    assert row["round_s"] == pytest.approx(21.0) and row["modelled_no_latency_s"] == pytest.approx(4.75)
+    assert sum(row[f"{p.removesuffix('_s')}_pct"] for p in PARTS) == pytest.approx(100.0)
+    text = report.parts_text(summary, poll_s=0.1)
+    # means: start-up 5.25 > training 4.25 > server 4.0 > pickup = return 3.5 > load 0.5; all but training: 16.75 s
+    assert text.index("start-up (Python, torch, Flower, the app) 5.25 s (25 %)") < text.index("local training 4.25 s") \
+        < text.index("server (aggregation, evaluation) 4.00 s") < text.index("loading the job and state 0.50 s")
+    assert "16.75 s" in text and "every 0.1 s" in text
+    assert "cannot be taken apart" in report.parts_text(pd.DataFrame())
