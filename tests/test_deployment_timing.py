@@ -90,3 +90,16 @@ def test_measured_words_name_each_seeds_protocol():
     assert "TLS with registered SuperNode keys in 1 of 3 seeds, plain HTTP in the others" in mixed and "10.0x" in mixed
     assert "(3 seeds, 6 rounds, TLS with" in report.measured_text(report.measured_summary(rounds.assign(tls=True)), pd.DataFrame())
     assert "plain HTTP)" in report.measured_text(report.measured_summary(rounds.assign(tls=False)), pd.DataFrame())
+
+
+def test_scale_words_give_the_growth_exponent_and_each_engine_against_in_process():
+    scale = pd.DataFrame({"engine": ["inprocess", "inprocess", "flower", "flower", "flower-before"],
+                          "farmers": [50, 500, 50, 500, 50], "s_per_round": [1.0, 10.0, 1.0, 100.0, 4.0],
+                          "peak_mib": [1000.0, 1100.0, 4000.0, 5000.0, 4800.0],
+                          "farmer_data_mib": [10.0, 100.0, 10.0, 100.0, 10.0]})
+    text = report.scale_text(scale)
+    assert "`inprocess`, 50 -> 500 farmers: 10.0x the seconds per round for 10x the farmers (time grows as farmers^1.00)" in text
+    assert "(time grows as farmers^2.00); peak memory +1,000 MiB for +90 MiB" in text
+    assert "At 500 farmers `flower` took 100.00 s per round, 10.00x" in text
+    assert "At 50 farmers `flower-before` took 4.00 s per round, 4.00x" in text
+    assert "`flower-before`, 50 -> 50" not in text  # one setting: no growth sentence

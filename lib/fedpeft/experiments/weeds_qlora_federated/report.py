@@ -515,6 +515,29 @@ def memory_growth(scale: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scale_text(scale: pd.DataFrame) -> str:
+    """The farmers-scale benchmark in words, from its table: per engine, how time per round and peak memory grew from
+    the fewest to the most farmers (with the exponent of time against farmers: 1 is linear, 2 quadratic), then each
+    Flower variant against the in-process loop at the most farmers both ran."""
+    parts = []
+    for g in memory_growth(scale).itertuples():
+        if g.farmers_ratio <= 1:
+            continue  # one setting: no growth to speak of
+        exponent = np.log(g.s_per_round_ratio) / np.log(g.farmers_ratio)
+        parts.append(f"`{g.engine}`, {g.farmers} farmers: {g.s_per_round_ratio:.1f}x the seconds per round for "
+                     f"{g.farmers_ratio:.0f}x the farmers (time grows as farmers^{exponent:.2f}); peak memory "
+                     f"{g.peak_growth_mib:+,.0f} MiB for {g.data_growth_mib:+,.0f} MiB of the farmers' data.")
+    base = scale[scale["engine"] == "inprocess"].set_index("farmers")["s_per_round"]
+    for engine, g in scale[scale["engine"] != "inprocess"].groupby("engine", sort=False):
+        common = g[g["farmers"].isin(base.index)]
+        if common.empty:
+            continue
+        top = common.loc[common["farmers"].idxmax()]
+        parts.append(f"At {int(top['farmers']):,} farmers `{engine}` took {top['s_per_round']:.2f} s per round, "
+                     f"{top['s_per_round'] / base[top['farmers']]:.2f}x the in-process loop's {base[top['farmers']]:.2f} s.")
+    return "\n\n".join(parts)
+
+
 def main_history(s: Settings, history: pd.DataFrame) -> pd.DataFrame:
     """Per-round history of the main scenarios (the main adapter, even farmers)."""
     return history[history["label"].isin([main_label(s, sc) for sc in SCENARIOS])]
