@@ -48,7 +48,8 @@ def test_round_parts_refuses_a_history_without_stamps():
 
 class _Record:
     def __init__(self, seed: int) -> None:
-        self.scalars = {"engine": "deployment", "label": "diloco deployment", "seed": seed, "machine_cores": 2}
+        self.scalars = {"engine": "deployment", "label": "diloco deployment", "seed": seed, "machine_cores": 2,
+                        "startup_s": 2.0, "wall_s": 40.0}
         cpu = pd.DataFrame({"process": ["superlink", "supernode-0", "supernode-0", "supernode-1", "supernode-1"],
                             "program": ["flower-superlink", "flower-supernode", "flower-superexec (exited children)",
                                         "flower-supernode", "flower-superexec (exited children)"],
@@ -77,7 +78,7 @@ def test_cpu_per_round_sums_programs_over_processes_and_divides_by_rounds():
     by_program = cpu.set_index("program")["cpu_s_per_round"]
     # two rounds; ClientApps (60 and 70 CPU-s over the two SuperNodes) -> 30 and 35 per round, mean 32.5
     assert by_program.to_dict() == {"flower-superexec (exited children)": 32.5, "flower-supernode": 2.0, "flower-superlink": 1.0}
-    assert cpu["machine_cpu_s_per_round"].tolist() == [42.0] * 3  # 2 cores x the mean round (20 and 22 s)
+    assert cpu["machine_cpu_s_per_round"].tolist() == [42.0] * 3  # 2 cores x (2 + 40 s) / 2 rounds
     text = report.parts_text(report.parts_summary(report.deployment_parts({"a": _Record(0)})), cpu=cpu)
     assert "used 35.5 CPU-seconds of the 42.0 the machine had (ClientApps and ServerApp, exited 32.5, SuperNodes 2.0, SuperLink 1.0)" in text
 

@@ -370,9 +370,11 @@ CPU_ROLES = {"flower-superexec (exited children)": "ClientApps and ServerApp, ex
 
 
 def cpu_per_round(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Per deployment run group and program: CPU seconds per round (user + system, summed over the run's processes,
-    divided by its rounds; mean over seeds), from each record's ``cpu_seconds`` table, beside the CPU seconds the
-    machine had per round (its cores x the mean measured round). ``flower-superexec (exited children)`` are the
+    """Per deployment run group and program: CPU seconds per round (user + system over the whole run, start-up
+    included, summed over the run's processes and divided by its rounds; mean over seeds), from each record's
+    ``cpu_seconds`` table, beside the CPU seconds the machine had per round over the same span (its cores x the run's
+    start-up and ServerApp wall time, divided by the rounds; the few seconds between submitting the run and the
+    ServerApp's start are not in it, so the machine's share is slightly understated). ``flower-superexec (exited children)`` are the
     ClientApp processes (one per message) under the SuperNodes' SuperExecs, and the ServerApp under the SuperLink's."""
     rows = []
     for r in records.values():
@@ -383,10 +385,11 @@ def cpu_per_round(records: Mapping[str, RunRecord]) -> pd.DataFrame:
         rounds = history[history["round"] >= 1]
         per_program = cpu.groupby("program")["cpu_s"].sum() / len(rounds)
         cores = r.scalars.get("machine_cores", np.nan)  # the CPUs the run could use
+        run_wall_s = r.scalars["startup_s"] + r.scalars["wall_s"]  # processes started -> submitted, then the ServerApp
         rows.append(pd.DataFrame({"label": r.scalars["label"], "seed": r.scalars["seed"], "program": per_program.index,
                                   "role": [CPU_ROLES.get(p, p) for p in per_program.index],
                                   "cpu_s_per_round": per_program.to_numpy(),
-                                  "machine_cpu_s_per_round": cores * float(rounds["round_s"].mean())}))
+                                  "machine_cpu_s_per_round": cores * run_wall_s / len(rounds)}))
     if not rows:
         return pd.DataFrame()
     both = pd.concat(rows, ignore_index=True)
