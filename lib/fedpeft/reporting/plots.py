@@ -273,7 +273,7 @@ def round_parts_bars(summary: pd.DataFrame):
     the critical path's parts (``PARTS`` columns of :func:`fedpeft.experiments.weeds_qlora_federated.report.
     parts_summary`), with the network model's round (no latency) marked as a black tick."""
     parts = [c for c in ("pickup_s", "startup_s", "load_s", "train_s", "return_s", "server_s") if c in summary]
-    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(summary) + 1.6))
+    fig, ax = plt.subplots(figsize=(8.5, 0.6 * len(summary) + 2.2))
     left = np.zeros(len(summary))
     colours = sns.color_palette("colorblind", len(parts))
     for part, colour in zip(parts, colours, strict=True):
@@ -282,7 +282,7 @@ def round_parts_bars(summary: pd.DataFrame):
     ax.scatter(summary["modelled_no_latency_s"], summary["label"], marker="|", s=400, color="black", zorder=3,
                label="network model")
     ax.set_xlabel("seconds per round (mean over rounds and seeds)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4, frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
