@@ -336,15 +336,19 @@ def measured_summary(rounds: pd.DataFrame) -> pd.DataFrame:
                                     tls_seeds=[int(tls_seeds.get(label, 0)) for label in out.index])
 
 
+def _deployment_tables(records: Mapping[str, RunRecord], table: str) -> list[tuple[RunRecord, pd.DataFrame]]:
+    """(record, its ``table``) for each deployment run whose record has that table, not empty (records made before
+    the engine wrote it have none)."""
+    return [(r, r.tables[table]) for r in records.values()
+            if r.scalars.get("engine") == "deployment" and table in r.tables and not r.tables[table].empty]
+
+
 def deployment_parts(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Per deployment run and round: the critical path's measured parts (:func:`fedpeft.federated.deployment.timing.
     round_parts`: pickup, start-up, load, training, return, server; seconds) beside the network model's prediction
     without latency; only runs whose record has the clients' stamps (``client_timing``)."""
     rows = []
-    for r in records.values():
-        timing = r.tables.get("client_timing")
-        if r.scalars.get("engine") != "deployment" or timing is None or timing.empty:
-            continue
+    for r, timing in _deployment_tables(records, "client_timing"):
         history = r.tables["history"]
         parts = round_parts(history[history["round"] >= 1], timing)
         modelled = history.set_index("round")["simulated_no_latency_s"]
@@ -374,13 +378,11 @@ def cpu_per_round(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     included, summed over the run's processes and divided by its rounds; mean over seeds), from each record's
     ``cpu_seconds`` table, beside the CPU seconds the machine had per round over the same span (its cores x the run's
     start-up and ServerApp wall time, divided by the rounds; the few seconds between submitting the run and the
-    ServerApp's start are not in it, so the machine's share is slightly understated). ``flower-superexec (exited children)`` are the
-    ClientApp processes (one per message) under the SuperNodes' SuperExecs, and the ServerApp under the SuperLink's."""
+    ServerApp's start are not in it, so the machine's share is slightly understated). ``flower-superexec (exited
+    children)`` are the ClientApp processes (one per message) under the SuperNodes' SuperExecs, and the ServerApp
+    under the SuperLink's."""
     rows = []
-    for r in records.values():
-        cpu = r.tables.get("cpu_seconds")
-        if r.scalars.get("engine") != "deployment" or cpu is None or cpu.empty:
-            continue
+    for r, cpu in _deployment_tables(records, "cpu_seconds"):
         history = r.tables["history"]
         rounds = history[history["round"] >= 1]
         per_program = cpu.groupby("program")["cpu_s"].sum() / len(rounds)

@@ -35,7 +35,7 @@ import warnings
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import psutil
@@ -125,17 +125,19 @@ class _Processes:
         psutil.wait_procs(alive, timeout=grace_s)
         self.started = []
 
+    def _trees(self) -> Iterator[tuple[str, psutil.Process]]:
+        """(name given to start(), process) for each started process that still runs and each of its descendants."""
+        for proc in self.started:
+            with suppress(psutil.NoSuchProcess):
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    yield self.names[proc.pid], p
+
     def listening(self) -> pd.DataFrame:
         """Every listening TCP socket of the started processes and their descendants, each read in the process's own
         network namespace (``/proc/<pid>/net/tcp``, which psutil does not read for other namespaces): process name,
         address, port."""
-        rows = []
-        for proc in self.started:
-            name = self.names[proc.pid]
-            with suppress(psutil.NoSuchProcess):
-                root = psutil.Process(proc.pid)
-                for p in [root, *root.children(recursive=True)]:
-                    rows += [{"process": name, "address": a, "port": port} for a, port in listening_sockets(p.pid)]
+        rows = [{"process": name, "address": a, "port": port} for name, p in self._trees() for a, port in listening_sockets(p.pid)]
         return pd.DataFrame(rows, columns=["process", "address", "port"]).drop_duplicates(ignore_index=True)
 
     def cpu_seconds(self) -> pd.DataFrame:
@@ -144,18 +146,13 @@ class _Processes:
         A process's exited and reaped children (Flower's ClientApp and ServerApp processes, one per message) count
         under ``"<program> (exited children)"``: the kernel adds a child's time to its parent when it reaps it."""
         rows = []
-        for proc in self.started:
-            name = self.names[proc.pid]
-            with suppress(psutil.NoSuchProcess):
-                root = psutil.Process(proc.pid)
-                for p in [root, *root.children(recursive=True)]:
-                    with suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-                        cmd = p.cmdline()
-                        program = Path(cmd[1] if len(cmd) > 1 and Path(cmd[0]).name.startswith("python") else cmd[0]).name
-                        t = p.cpu_times()
-                        rows.append({"process": name, "program": program, "cpu_s": t.user + t.system})
-                        rows.append({"process": name, "program": f"{program} (exited children)",
-                                     "cpu_s": t.children_user + t.children_system})
+        for name, p in self._trees():
+            with suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                cmd = p.cmdline()
+                program = Path(cmd[1] if len(cmd) > 1 and Path(cmd[0]).name.startswith("python") else cmd[0]).name
+                t = p.cpu_times()
+                rows.append({"process": name, "program": program, "cpu_s": t.user + t.system})
+                rows.append({"process": name, "program": f"{program} (exited children)", "cpu_s": t.children_user + t.children_system})
         table = pd.DataFrame(rows, columns=["process", "program", "cpu_s"])
         return table.groupby(["process", "program"], as_index=False, sort=False)["cpu_s"].sum()
 
