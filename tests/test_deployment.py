@@ -299,7 +299,7 @@ def test_what_a_sigkilled_run_leaves_is_removed_by_the_next(tmp_path):
     folders = _job_folders()
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while len([p for p in _descendants(proc.pid) if "flower-supernode" in " ".join(p.cmdline())]) < 2:
+    while len([cmd for cmd in _descendant_cmdlines(proc.pid) if "flower-supernode" in cmd]) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, "the run never started its SuperNodes"
         time.sleep(0.5)
     orphans = _descendants(proc.pid)
