@@ -191,6 +191,15 @@ def test_at_most_and_positive_flip_each_way():
     assert c.positive([0.5]).verdict == "inconclusive"  # one seed: no interval
 
 
+def test_below_flips_each_way_on_the_limit():
+    assert c.below([1.4, 1.5, 1.6], 2.0).verdict == "holds"
+    assert c.below([2.4, 2.5, 2.6], 2.0).verdict == "does not hold"
+    assert c.below([1.0, 2.0, 3.0], 2.0).verdict == "inconclusive"  # the interval covers the limit
+    assert c.below([1.5], 2.0).verdict == "inconclusive"  # one run: no interval
+    v = c.below([1.4, 1.5, 1.6], 2.0, "measured / modelled", "{:.2f}", "x")
+    assert v.target == 2.0 and v.rule.startswith("measured / modelled < 2.00x (95 % t interval")
+
+
 def test_a_computed_number_is_matched_to_the_precision_the_seed_states():
     # "1.66" covers [1.655, 1.665]: the CNN's saved 1.668 MiB is outside, its parameters x 4 bytes (1.658) inside
     v = c.matches(1.6676, c.stated("1.66"), "saved size", "{:.3f}", " MiB")

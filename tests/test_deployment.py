@@ -15,7 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -31,7 +31,8 @@ from fedpeft.models.head import adapted_head, base_head
 from fedpeft.training.head import FeatureSet, FeatureViews, HeadTrainer
 
 pytest.importorskip("flwr")
-FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flwr-clientapp", "flwr-serverapp", "flower-superexec")
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flwr-clientapp", "flwr-serverapp", "flower-superexec",
+                    "fedpeft.federated.deployment.resident_worker")
 DIM = 256
 
 
@@ -45,6 +46,32 @@ def _case(rank: int = 64):
     clients = [Client(f"f{i}", FeatureViews(features[i::2], labels[i::2])) for i in range(2)]
     trainer = HeadTrainer(local_steps=3, rounds=2, batch_size=4, lr=0.01)
     return head, clients, trainer, FeatureSet(features[:, 0], labels)
+
+
+@contextmanager
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _beside_in_process(**deployment_options):
+    """The two-farmer case run for two rounds in-process (one torch thread, as the ServerApp and ClientApp processes
+    run) and on the deployment engine: (clients, config, in-process result, deployment result, job folders before)."""
+    from fedpeft.federated.deployment.engine import run_deployment
+
+    head, clients, trainer, test = _case()
+    config = RoundConfig(num_rounds=2, exchange="trainable", evaluate_clients=False)
+    network = NetworkModel([1.0, 5.0])
+    with _one_torch_thread():
+        in_process = run_federated(copy.deepcopy(head), clients, FedAvg(), trainer, config, server_test=test,
+                                   progress=False, network=network)
+    folders = _job_folders()
+    run = run_deployment(head, clients, FedAvg(), trainer, config, server_test=test, network=network, **deployment_options)
+    return clients, config, in_process, run, folders
 
 
 def _flower_processes() -> list[psutil.Process]:
@@ -132,21 +159,10 @@ def test_deployment_refuses_what_it_cannot_run():
 
 @pytest.mark.slow
 def test_deployment_matches_in_process_and_counts_bytes():
-    from fedpeft.federated.deployment.engine import SUPEREXEC_POLL_S, run_deployment
+    from fedpeft.federated.deployment.engine import SUPEREXEC_POLL_S
     from fedpeft.federated.deployment.timing import PARTS, client_timing, round_parts
 
-    head, clients, trainer, test = _case()
-    config = RoundConfig(num_rounds=2, exchange="trainable", evaluate_clients=False)
-    network = NetworkModel([1.0, 5.0])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the ServerApp and ClientApp processes run one torch thread
-    try:
-        in_process = run_federated(copy.deepcopy(head), clients, FedAvg(), trainer, config, server_test=test,
-                                   progress=False, network=network)
-    finally:
-        torch.set_num_threads(threads)
-    folders = _job_folders()
-    run = run_deployment(head, clients, FedAvg(), trainer, config, server_test=test, network=network)
+    clients, config, in_process, run, folders = _beside_in_process()
 
     for k, v in in_process.final_state.items():
         assert torch.equal(run.result.final_state[k], v), k
@@ -192,6 +208,88 @@ def test_deployment_matches_in_process_and_counts_bytes():
     assert cpu["flower-superlink"] > 0 and cpu["flower-supernode"] > 0
     assert cpu["flower-superexec (exited children)"] > 1.0  # the ClientApps: each imports torch, at least a CPU-second
     _assert_nothing_left(folders)
+
+
+@pytest.mark.slow
+def test_resident_clientapps_train_the_same_model_as_the_in_process_loop():
+    """With one long-lived client per farmer (clientapps="resident"), the per-message ClientApps import Flower only and
+    hand each message on: the global model is still the in-process loop's, bit for bit, every round is still stamped,
+    and the resident clients' CPU is counted under their own program."""
+    from fedpeft.federated.deployment.timing import PARTS, client_timing, round_parts
+
+    clients, _, in_process, run, folders = _beside_in_process(clientapps="resident")
+    assert run.clientapps == "resident"
+    for k, v in in_process.final_state.items():
+        assert torch.equal(run.result.final_state[k], v), k
+    timing = client_timing(run.result.client_history)
+    parts = round_parts(run.result.history[run.result.history["round"] >= 1], timing)
+    assert parts["round"].tolist() == [1, 2]
+    assert parts[list(PARTS)].sum(axis=1).tolist() == pytest.approx(parts["round_s"].tolist())
+    cpu = run.cpu_seconds.groupby("program")["cpu_s"].sum()
+    assert cpu["fedpeft.federated.deployment.resident_worker"] > 1.0  # imports torch once per farmer
+    assert set(run.listening["process"]) <= {"superlink", *(f"supernode-{i}" for i in range(len(clients)))}  # Unix sockets only
+    _assert_nothing_left(folders)
+
+
+def test_resident_client_admits_only_the_runs_key_and_trains_like_a_fresh_clientapp(tmp_path):
+    """The resident client answers a train message with what the per-message ClientApp's code computes on a freshly
+    loaded model, message after message (its model, strategy and trainer are restored before each: the messages send
+    the LoRA A factors only, so B trains from the job's zeros every time, and a worker that kept round 1's B would
+    answer round 2 differently); a connection without the run's key is refused before anything is read, and the
+    worker serves on after it."""
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client as connect
+
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedpeft.federated.deployment import job
+    from fedpeft.federated.deployment.resident_app import socket_path
+    from fedpeft.federated.flower_bridge import client_train_content
+    from fedpeft.federated.loop import exchanged_keys
+
+    head, clients, trainer, _ = _case(rank=4)
+    config = RoundConfig(num_rounds=2, exchange="trainable", evaluate_clients=False)
+    key = os.urandom(32)
+    job.write_job(tmp_path, head, clients, FedAvg(), trainer, config, None, None, [], 1, key=key)
+    env = os.environ | {job.KEY_ENV: key.hex()}
+    worker = subprocess.Popen([sys.executable, "-m", "fedpeft.federated.deployment.resident_worker", str(tmp_path), "1"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        address = str(socket_path(tmp_path, 1))
+        deadline = time.monotonic() + 120
+        while not os.path.exists(address):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                worker.kill()
+                pytest.fail(f"the resident client never listened:\n{worker.communicate()[0].decode()[-2000:]}")
+            time.sleep(0.2)
+        with pytest.raises(AuthenticationError):
+            connect(address, family="AF_UNIX", authkey=os.urandom(32))
+        spec = job.read(job.client_file(tmp_path, 1), key=key)
+        sent = {k: v.detach().clone() for k, v in head.state_dict().items() if k in exchanged_keys(head, "trainable") and "lora_A" in k}
+        assert sent and len(sent) < len(exchanged_keys(head, "trainable"))
+        for round_ in (1, 2):
+            request = {"config": ConfigRecord({"server-round": round_, **FedAvg().client_config()}),
+                       "arrays": ArrayRecord(sent), "timestamps": {"process_start_t": 1.0, "app_enter_t": 2.0}}
+            # first what a fresh ClientApp computes from the client state the worker is about to read
+            state_file = tmp_path / f"expected-state-{round_}.pt"
+            if job.client_state_file(tmp_path, 1).is_file():
+                state_file.write_bytes(job.client_state_file(tmp_path, 1).read_bytes())
+            with _one_torch_thread():
+                expected = client_train_content(request, 1, spec.client, job.load_model(spec.model), copy.deepcopy(spec.strategy),
+                                                copy.deepcopy(spec.trainer), spec.config, sent, state_file)
+            with connect(address, family="AF_UNIX", authkey=key) as conn:
+                conn.send(request)
+                status, reply = conn.recv()
+            assert status == "ok", reply
+            got, want = reply["arrays"].to_torch_state_dict(), expected["arrays"].to_torch_state_dict()
+            assert got.keys() == want.keys() == sent.keys()
+            for k in want:
+                assert torch.equal(got[k], want[k]), (round_, k)
+            sent = got  # the next round starts from this farmer's update, as if the server had only this farmer
+            assert reply["metrics"]["process_start_t"] == 1.0 and reply["metrics"]["train_end_t"] >= reply["metrics"]["train_start_t"]
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 class _FailingTrainer(HeadTrainer):

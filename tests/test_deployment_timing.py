@@ -71,6 +71,9 @@ def test_summary_and_words_follow_the_parts():
         < text.index("server (aggregation, evaluation) 4.00 s") < text.index("loading the job and state 0.50 s")
     assert "16.75 s" in text and "every 0.1 s" in text
     assert "cannot be taken apart" in report.parts_text(pd.DataFrame())
+    resident = report.parts_text(summary.assign(label=summary["label"] + " resident"))
+    assert "ClientApp start-up (Python, Flower, the forwarding app) 5.25 s" in resident
+    assert "handing the message to the resident client 0.50 s" in resident and "torch" not in resident
 
 
 def test_cpu_per_round_sums_programs_over_processes_and_divides_by_rounds():

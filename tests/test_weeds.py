@@ -390,10 +390,21 @@ def test_deployment_scenarios_are_planned_beside_the_in_process_runs():
     s = load("embedded", {"deployment_scenarios": ["diloco"], "seeds": [0, 1], "deployment_seeds": [0, 1]})
     ids = [spec.run_id for spec in run_specs(s)]
     assert [i for i in ids if "deployment" in i] == ["diloco-qlora-r4-fp32-uneven-deployment-s0",
-                                                     "diloco-qlora-r4-fp32-uneven-deployment-s1"]
+                                                     "diloco-qlora-r4-fp32-uneven-deployment-s1",
+                                                     "diloco-qlora-r4-fp32-uneven-deployment-resident-s0",
+                                                     "diloco-qlora-r4-fp32-uneven-deployment-resident-s1"]
+    # a run's spec names its ClientApps only where they are resident: the records made before the setting keep their identity
+    args = {spec.run_id: spec.args for spec in run_specs(s)}
+    assert "clientapps" not in args["diloco-qlora-r4-fp32-uneven-deployment-s0"]
+    assert args["diloco-qlora-r4-fp32-uneven-deployment-resident-s0"]["clientapps"] == "resident"
+    per_message = [spec.run_id for spec in run_specs(load("embedded", {"deployment_clientapps": ["per-message"]}))]
+    assert not [i for i in per_message if "resident" in i]
+    with pytest.raises(ValueError, match="deployment_clientapps"):
+        load("embedded", {"deployment_clientapps": ["threads"]})
     assert "diloco-qlora-r4-fp32-uneven-s0" in ids  # the same scenario in-process, for the comparison
     only_one = [spec.run_id for spec in run_specs(load("embedded", {"seeds": [0, 1], "deployment_seeds": [1]}))]
-    assert [i for i in only_one if "deployment" in i] == ["diloco-qlora-r4-fp32-uneven-deployment-s1"]
+    assert [i for i in only_one if "deployment" in i] == ["diloco-qlora-r4-fp32-uneven-deployment-s1",
+                                                          "diloco-qlora-r4-fp32-uneven-deployment-resident-s1"]
     assert {"diloco-qlora-r4-fp32-uneven-s0", "diloco-qlora-r4-fp32-uneven-s1"} <= set(only_one)
     with pytest.raises(ValueError, match=r"deployment_seeds = \[5\] is not allowed: each must be one of seeds = \[0, 1\]"):
         load("embedded", {"seeds": [0, 1], "deployment_seeds": [5]})
@@ -402,3 +413,27 @@ def test_deployment_scenarios_are_planned_beside_the_in_process_runs():
     assert all(spec.args["engine"] == "deployment" for spec in on_deployment[1:])
     with pytest.raises(ValueError, match="fp16_transport = true is not allowed with engine = 'flower'"):
         load("embedded", {"engine": "flower"})
+
+
+def test_clientapps_comparison_pairs_seeds_and_counts_runs_near_the_model():
+    """Per seed, the per-message run against the resident one of the same scenario: speed-up and each against its
+    own model; the words count the seeds within 2x of the model (here one of two)."""
+    from fedpeft.experiments.weeds_qlora_federated.report import clientapps_comparison, clientapps_text
+
+    base = "diloco qlora r4 fp32 uneven deployment"
+    rows = []
+    for seed, (slow, fast, model) in enumerate([(100.0, 10.0, 4.0), (120.0, 8.0, 5.0)]):
+        for rnd in (1, 2):
+            rows.append({"label": base, "seed": seed, "round": rnd, "measured_s": slow, "modelled_no_latency_s": model,
+                         "clientapps": "per-message"})
+            rows.append({"label": base + " resident", "seed": seed, "round": rnd, "measured_s": fast,
+                         "modelled_no_latency_s": model, "clientapps": "resident"})
+    c = clientapps_comparison(pd.DataFrame(rows))
+    assert c["label"].tolist() == [base, base] and c["seed"].tolist() == [0, 1]
+    assert c["speedup"].tolist() == pytest.approx([10.0, 15.0])
+    assert c["resident_vs_model"].tolist() == pytest.approx([2.5, 1.6])
+    text = clientapps_text(c)
+    assert "12.5x faster (per seed 10.0x to 15.0x)" in text and "within 2x of it in 1 of 2 seeds" in text
+    only_one_way = pd.DataFrame([r for r in rows if r["clientapps"] == "per-message"])
+    assert clientapps_comparison(only_one_way).empty
+    assert "No scenario was run both" in clientapps_text(clientapps_comparison(only_one_way))

@@ -40,10 +40,11 @@ def check_engine(engine: str, allowed: Sequence[str] = ENGINES) -> None:
 def run_rounds(engine: str, model: nn.Module, clients: Sequence[Client], strategy: FedAvg, trainer: Trainer,
                config: RoundConfig, *, server_test: Any | None = None, network: NetworkModel | None = None,
                checkpoint_path: Path | None = None, progress: bool = True, description: str = "rounds",
-               deployment_threads: int = 1) -> EngineRun:
+               deployment_threads: int = 1, deployment_clientapps: str = "per-message") -> EngineRun:
     """Run ``config.num_rounds`` rounds of ``strategy`` on ``engine``. ``checkpoint_path`` is used by the in-process
     engine only (the Flower engines restart a killed run); ``deployment_threads``: torch threads of each SuperNode's
-    process on the Deployment Engine."""
+    process on the Deployment Engine; ``deployment_clientapps``: how its SuperNodes run their ClientApps
+    (:data:`fedpeft.federated.deployment.engine.CLIENTAPPS`)."""
     check_engine(engine)
     if engine != "inprocess" and strategy.folds_base_weights:
         raise ValueError(f"engine = {engine!r} is not allowed with {strategy.describe()}: it folds a residual into the "
@@ -60,7 +61,7 @@ def run_rounds(engine: str, model: nn.Module, clients: Sequence[Client], strateg
         from fedpeft.federated.deployment.engine import run_deployment
 
         deployment = run_deployment(model, clients, strategy, trainer, config, server_test=server_test, network=network,
-                                    torch_threads=deployment_threads)
+                                    torch_threads=deployment_threads, clientapps=deployment_clientapps)
         return EngineRun(deployment.result, deployment)
     return EngineRun(run_federated(model, clients, strategy, trainer, config, server_test=server_test,
                                    checkpoint_path=checkpoint_path, progress=progress, description=description, network=network))

@@ -52,23 +52,33 @@ def array_record_bytes(record: Any) -> int:
 def client_train_reply(msg: Any, pid: int, client: Client, model: nn.Module, strategy: FedAvg, trainer: Trainer,
                        config: RoundConfig, initial: StateDict, state_file: Path, network: NetworkModel | None = None,
                        timestamps: dict[str, float] | None = None) -> Any:
-    """The ClientApp's work for one train message: restore the trainer's state of this client from ``state_file``,
-    train with :func:`client_update` (unless ``network`` drops the farmer this round), save the state again before
-    replying, and build the reply (arrays and metrics).
+    """The ClientApp's reply to one train message: :func:`client_train_content` of its content, as a Flower message."""
+    from flwr.app import Message, RecordDict
+
+    content = client_train_content(msg.content, pid, client, model, strategy, trainer, config, initial, state_file,
+                                   network, timestamps)
+    return Message(content=RecordDict(content), reply_to=msg)
+
+
+def client_train_content(content: Any, pid: int, client: Client, model: nn.Module, strategy: FedAvg, trainer: Trainer,
+                         config: RoundConfig, initial: StateDict, state_file: Path, network: NetworkModel | None = None,
+                         timestamps: dict[str, float] | None = None) -> dict[str, Any]:
+    """A ClientApp's work for one train message's ``content`` (its ``"config"`` and ``"arrays"`` records): restore the
+    trainer's state of this client from ``state_file``, train with :func:`client_update` (unless ``network`` drops the
+    farmer this round), save the state again, and return the reply's records (``"arrays"`` and ``"metrics"``).
 
     With ``timestamps`` (wall-clock seconds since the epoch, ``time.time()``, named ``*_t``: the deployment engine's
     ClientApp passes when its process started and when Flower called it), the reply's metrics carry them and
     ``train_start_t`` / ``train_end_t`` around the local training: what the server needs to take a round apart."""
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, MetricRecord
 
-    round_ = int(msg.content["config"]["server-round"])
+    round_ = int(content["config"]["server-round"])
     if network is not None and not network.reports(round_, pid):
-        metrics = MetricRecord({"partition-id": pid, "reported": 0, "num-examples": client.num_examples, "train_s": 0.0})
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        return {"metrics": MetricRecord({"partition-id": pid, "reported": 0, "num-examples": client.num_examples, "train_s": 0.0})}
     to_state = state_converter(initial)
     trainer.load_client_state(client.cid, torch.load(state_file, weights_only=True) if state_file.is_file() else None)
-    sent = {k: v for k, v in msg.content["config"].items() if k != "server-round"}
-    arrays = to_state(msg.content["arrays"])
+    sent = {k: v for k, v in content["config"].items() if k != "server-round"}
+    arrays = to_state(content["arrays"])
     train_start_t = time.time()
     new_state, stats = client_update(model, arrays, client, pid, round_, strategy, trainer, config.seed, client_config=sent)
     train_end_t = time.time()
@@ -78,7 +88,7 @@ def client_train_reply(msg: Any, pid: int, client: Client, model: nn.Module, str
     stamps = {} if timestamps is None else {**timestamps, "train_start_t": train_start_t, "train_end_t": train_end_t}
     metrics = MetricRecord({"train_loss": float(stats.loss), "num-examples": client.num_examples, "partition-id": pid,
                             "train_s": float(stats.seconds), "reported": 1, **stamps})
-    return Message(content=RecordDict({"arrays": ArrayRecord(new_state), "metrics": metrics}), reply_to=msg)
+    return {"arrays": ArrayRecord(new_state), "metrics": metrics}
 
 
 def flower_failure(server_round: int, errors: Sequence[Any]) -> RuntimeError:

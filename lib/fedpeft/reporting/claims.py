@@ -519,6 +519,15 @@ def positive(values: Sequence[float], what: str = "value", fmt: str = "{:.4g}", 
                    f"{what} > 0{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})", m), target=0.0)
 
 
+def below(values: Sequence[float], limit: float, what: str = "value", fmt: str = "{:.4g}", unit: str = "",
+          n_counts: str = "seeds") -> Verdict:
+    """Holds when the t interval of the mean of ``values`` (one per run) lies wholly below ``limit``, does not hold
+    when wholly above, inconclusive otherwise (one value included)."""
+    m = mean_interval(values)
+    return replace(Verdict(_from_side(m.side_of(limit), -1), m.text(fmt, unit),
+                   f"{what} < {fmt.format(limit)}{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})", m), target=limit)
+
+
 def signal_label(scores: Sequence[float], chance: float, eval_examples: int | None = None) -> str:
     """``above chance`` or ``no signal`` for scores against the chance baseline, both in percent. Several scores (one
     per run): their t interval. One score with ``eval_examples``: an accuracy over that many evaluation examples,

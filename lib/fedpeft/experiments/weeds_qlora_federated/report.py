@@ -32,11 +32,13 @@ from fedpeft.reporting.claims import (
     ClaimsLedger,
     above_chance,
     at_most,
+    below,
     derived,
     fact,
     matches,
     not_testable,
     one_run_matches,
+    paired_faster,
     paired_greater,
     paired_less,
     positive,
@@ -319,8 +321,47 @@ def deployment_rounds(runs: list[dict[str, Any]]) -> pd.DataFrame:
         h = r["history"][r["history"]["round"] >= 1]
         rows.append(pd.DataFrame({"label": r["label"], "seed": r["seed"], "round": h["round"], "measured_s": h["round_s"],
                                   "modelled_s": h["simulated_s"], "modelled_no_latency_s": h["simulated_no_latency_s"],
-                                  "shaped": r["shaped"], "tls": bool(r.get("tls", False))}))
+                                  "shaped": r["shaped"], "tls": bool(r.get("tls", False)),
+                                  "clientapps": r.get("clientapps", "per-message")}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def clientapps_comparison(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment scenario run both ways and seed (paired: the same seed's farmers, data and drop-outs): mean
+    seconds per round with a ClientApp process per message (``per_message_s``) and with resident clients
+    (``resident_s``), the speed-up (``per_message_s / resident_s``) and each against its own run's network model
+    without latency (``*_vs_model``). Empty where no scenario has both."""
+    if rounds.empty or "clientapps" not in rounds:
+        return pd.DataFrame()
+    r = rounds.assign(base=rounds["label"].str.removesuffix(" resident"))
+    per_run = r.groupby(["base", "seed", "clientapps"], sort=False)[["measured_s", "modelled_no_latency_s"]].mean()
+    wide = per_run.unstack("clientapps")
+    if "resident" not in wide["measured_s"] or "per-message" not in wide["measured_s"]:
+        return pd.DataFrame()
+    out = pd.DataFrame({"per_message_s": wide["measured_s"]["per-message"], "resident_s": wide["measured_s"]["resident"],
+                        "per_message_vs_model": wide["measured_s"]["per-message"] / wide["modelled_no_latency_s"]["per-message"],
+                        "resident_vs_model": wide["measured_s"]["resident"] / wide["modelled_no_latency_s"]["resident"]}).dropna()
+    out["speedup"] = out["per_message_s"] / out["resident_s"]
+    return out.reset_index().rename(columns={"base": "label"})
+
+
+def clientapps_text(comparison: pd.DataFrame, within: float = 2.0) -> str:
+    """:func:`clientapps_comparison` in words: per scenario, the speed-up of resident clients over a process per message
+    (mean and range over seeds) and how many seeds come within ``within`` x the network model."""
+    if comparison.empty:
+        return ("No scenario was run both with a ClientApp process per message and with resident clients "
+                "(`deployment_clientapps`).")
+    out = []
+    for label, c in comparison.groupby("label", sort=False):
+        n = len(c)
+        near = int((c["resident_vs_model"] <= within).sum())
+        out.append(f"**{label}** ({n} seed{'s' if n != 1 else ''}, each run both ways): resident clients take "
+                   f"{c['resident_s'].mean():.1f} s per round against {c['per_message_s'].mean():.1f} s with a ClientApp "
+                   f"process per message, {c['speedup'].mean():.1f}x faster (per seed {c['speedup'].min():.1f}x to "
+                   f"{c['speedup'].max():.1f}x); that is {c['resident_vs_model'].mean():.1f}x the network model's round "
+                   f"without latency (per message: {c['per_message_vs_model'].mean():.1f}x), within {within:g}x of it in "
+                   f"{near} of {n} seed{'s' if n != 1 else ''}.")
+    return "\n\n".join(out)
 
 
 def measured_summary(rounds: pd.DataFrame) -> pd.DataFrame:
@@ -370,7 +411,8 @@ def parts_summary(parts: pd.DataFrame) -> pd.DataFrame:
 #: What each program of a deployment run is, for the reader (its reaped children are the per-message app processes).
 CPU_ROLES = {"flower-superexec (exited children)": "ClientApps and ServerApp, exited", "flwr-clientapp": "ClientApps, running",
              "flwr-serverapp": "ServerApp, running", "flower-superexec": "SuperExecs", "flower-supernode": "SuperNodes",
-             "flower-superlink": "SuperLink", "flwr": "flwr run"}
+             "flower-superlink": "SuperLink", "flwr": "flwr run",
+             "fedpeft.federated.deployment.resident_worker": "resident clients (one per farmer)"}
 
 
 def cpu_per_round(records: Mapping[str, RunRecord]) -> pd.DataFrame:
@@ -410,10 +452,14 @@ def parts_text(summary: pd.DataFrame, poll_s: float | None = None, cpu: pd.DataF
              "startup_s": "ClientApp start-up (Python, torch, Flower, the app)", "load_s": "loading the job and state",
              "train_s": "local training", "return_s": "return (reply, SuperNode push, link, ServerApp's 3 s poll)",
              "server_s": "server (aggregation, evaluation)"}
+    # with resident clients the per-message ClientApp imports Flower only and hands the message over a Unix socket
+    resident = names | {"startup_s": "ClientApp start-up (Python, Flower, the forwarding app)",
+                        "load_s": "handing the message to the resident client"}
     out = []
     for _, m in summary.iterrows():
+        named = resident if m["label"].endswith(" resident") else names
         ranked = sorted(PARTS, key=lambda p: -m[p])
-        listed = "; ".join(f"{names[p]} {m[p]:.2f} s ({m[p.removesuffix('_s') + '_pct']:.0f} %)" for p in ranked)
+        listed = "; ".join(f"{named[p]} {m[p]:.2f} s ({m[p.removesuffix('_s') + '_pct']:.0f} %)" for p in ranked)
         beyond = m["round_s"] - m["train_s"]
         out.append(f"**{m['label']}** ({m['seeds']} seed{'s' if m['seeds'] != 1 else ''}, {m['rounds']} rounds): "
                    f"{m['round_s']:.2f} s per round along its slowest farmer: {listed}. Everything but the training, "
@@ -549,13 +595,16 @@ def main_history(s: Settings, history: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims(s: Settings, summary: pd.DataFrame, arch: pd.DataFrame, traffic: pd.DataFrame, economics_table: pd.DataFrame,
-           history: pd.DataFrame, splits: pd.DataFrame, memory: dict[str, Any], pooled: pd.DataFrame) -> ClaimsLedger:
+           history: pd.DataFrame, splits: pd.DataFrame, memory: dict[str, Any], pooled: pd.DataFrame,
+           clientapps: pd.DataFrame | None = None) -> ClaimsLedger:
     """Every claim of the seed (``000_9acb0cb5a4275956.txt``) and the study's own checks, judged by the claims engine.
 
     Arms are paired by seed: the run of seed s of every arm trains and tests on the same fold, so comparisons are
     paired t intervals over seeds (n counts seeds). Scores are test-set fractions beside the test split's chance
     scores and resolution; the seed's sizes are computed exactly on YOLO11s-cls with the seed's r-4 head adapter and
-    matched to the precision the seed states them with (its KB and MB are binary: 8,460 x 4 B = 33.05 KiB)."""
+    matched to the precision the seed states them with (its KB and MB are binary: 8,460 x 4 B = 33.05 KiB).
+    ``clientapps``: :func:`clientapps_comparison` of the deployment runs (two checks on resident clients, paired by
+    seed; a replicate is a run's mean round)."""
     ledger = ClaimsLedger(s.profile, EXPERIMENT)
     if s["folds"] and len(s["seeds"]) == s["folds"]:
         ledger.few_seeds = (f"the {s['folds']} seeds are the {s['folds']} cross-validation folds of the fields (every tile "
@@ -724,6 +773,17 @@ def claims(s: Settings, summary: pd.DataFrame, arch: pd.DataFrame, traffic: pd.D
                      paired_less(drift["diloco_nesterov"], drift["diloco"], 0.0, "Nesterov - plain DiLoCo late rise", "{:+.3f}",
                                  " nats", by_fold), "train_loss_per_step",
                      f"outer SGD lr {s['diloco_outer_lr']}, momentum {s['diloco_momentum']}", key="nesterov")
+    for label_, c in (clientapps.groupby("label", sort=False) if clientapps is not None and len(clientapps) else []):
+        c = c.set_index("seed")
+        ledger.check(f"Resident clients make a deployment round faster than a ClientApp process per message ({label_})",
+                     paired_faster(1 / c["resident_s"], 1 / c["per_message_s"], "rounds per second, resident / per message",
+                                   "seeds, paired: each seed run both ways"), "clientapps",
+                     "Flower 1.42 starts a process per message either way; the resident one imports Flower only",
+                     key=f"resident_faster_{label_.replace(' ', '_')}")
+        ledger.check(f"With resident clients a deployment round is within 2x of the network model ({label_})",
+                     below(c["resident_vs_model"].tolist(), 2.0, "measured / modelled round without latency", "{:.2f}", "x"),
+                     "clientapps", "issue 35's goal; the model knows training time and bytes over each farmer's rate only",
+                     key=f"resident_near_model_{label_.replace(' ', '_')}")
     return ledger
 
 

@@ -60,7 +60,7 @@ def run_specs(s: Settings) -> list[RunSpec]:
     """The setup record, then every scenario run of :func:`planned_runs`."""
     arch_ranks = sorted({s["lora_rank"], *s["rank_sweep"], SEED["rank"]})
     specs = [RunSpec(f"setup-{s['arm']}-r{s['lora_rank']}", {"arm": s["arm"], "rank": s["lora_rank"], "arch_ranks": arch_ranks}, "setup")]
-    return specs + [RunSpec(run_id(r), asdict(r), "run") for r in planned_runs(s)]
+    return specs + [RunSpec(run_id(r), r.args(), "run") for r in planned_runs(s)]
 
 
 def fold_of(s: Settings, seed: int) -> int:
@@ -298,14 +298,14 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
     config = RoundConfig(num_rounds=rounds, seed=spec.seed, exchange="trainable", transport=spec.transport, evaluate_clients=False)
     ran = run_rounds(spec.engine, head, clients, strategy, trainer, config, server_test=feats.val,
                      network=net if spec.heterogeneous else None, checkpoint_path=checkpoints.path("rounds"),
-                     progress=progress, description=spec.label)
+                     progress=progress, description=spec.label, deployment_clientapps=spec.clientapps)
     result, deployment = ran.result, ran.deployment
     head.load_state_dict(result.final_state, strict=False)
     test = trainer.evaluate(head, feats.test)
     with torch.no_grad():
         predicted = head(feats.test.features.to(trainer.torch_device)).float().argmax(1).cpu()
     simulated = net.round_seconds(result.client_history, result.ledger.frame(), [c.cid for c in clients])
-    history = result.history.assign(**{k: v for k, v in vars(spec).items()}, label=spec.label)
+    history = result.history.assign(**spec.args(), label=spec.label)
     history = history.merge(simulated[["round", "simulated_s"]], on="round", how="left")
     history["farmer_steps"] = history["round"] * local_steps
     ledger = result.ledger.frame()
@@ -323,7 +323,7 @@ def run(s: Settings, feats: Features, backbone: Backbone, spec: ScenarioRun, pro
                     "listening": deployment.listening, "superexec_poll_s": deployment.superexec_poll_s,
                     "cpu_seconds": deployment.cpu_seconds, "machine_cores": len(os.sched_getaffinity(0)),
                     "client_timing": client_timing(result.client_history)}
-    return {**vars(spec), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps, **measured,
+    return {**spec.args(), "label": spec.label, "farmers": farmers, "rounds": rounds, "local_steps": local_steps, **measured,
             "history": history, "test_predictions": pd.DataFrame({"label": feats.test.labels.numpy(), "predicted": predicted.numpy()}),
             "test_loss": test.loss, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             "adapter_params": sum(p.numel() for p in trainable), "effective_update_rank": effective_update_rank(head),

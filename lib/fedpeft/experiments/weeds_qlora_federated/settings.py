@@ -6,7 +6,7 @@ Seed: ``../shared/seeds/000_9acb0cb5a4275956.txt``. Notebook: ``notebooks/01_wee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fedpeft.core.config import Settings, Spec, load_settings, seeds_spec, threads_spec
@@ -61,6 +61,11 @@ SCHEMA: dict[str, Spec] = {
                                  "deployment engine, each farmer behind a link shaped to its bandwidth (measured, not modelled)"),
     "deployment_seeds": seeds_spec(doc="the seeds (some or all of seeds) those "
                              "scenarios are rerun with on the deployment engine: each run starts some twenty Flower processes"),
+    "deployment_clientapps": Spec(list, item=str, choices=("per-message", "resident"), min_items=1, doc="how those runs' "
+                                  "SuperNodes run their ClientApps, each a run of its own: per-message (Flower's way, a "
+                                  "process per message that imports torch and loads the job) and resident (that process "
+                                  "imports Flower only and hands the message to the farmer's long-lived client); with "
+                                  "engine: deployment, every planned run uses the first"),
     "step_fractions": Spec(list, item=float, low=0.01, high=1.0, min_items=1, doc="each farmer's share of the step budget, cycled"),
     "bandwidth_mbps": Spec(list, item=float, low=0.001, high=1e6, min_items=1, doc="farmers' links in Mbit/s, cycled"),
     "latency_s": Spec(float, low=0.0, high=3600),
@@ -84,7 +89,7 @@ SEED = {
 
 #: Keys that decide which runs exist (a run's scenario, seed, adapter arm, rank and transport are in its spec).
 PLAN_KEYS = frozenset({"seeds", "arm", "lora_rank", "compare_arms", "rank_sweep", "fp16_transport", "heterogeneous_scenarios",
-                       "engine", "deployment_scenarios", "deployment_seeds"})
+                       "engine", "deployment_scenarios", "deployment_seeds", "deployment_clientapps"})
 #: Keys only the report reads (the seed's economics).
 REPORT_KEYS = frozenset({"price_idr_per_mb", "usd_per_idr", "economics_farmers", "cycles_per_year"})
 
@@ -120,11 +125,21 @@ class ScenarioRun:
     transport: str = "fp32"
     heterogeneous: bool = False
     engine: str = "inprocess"
+    clientapps: str = "per-message"  # deployment engine only: how the SuperNodes run their ClientApps
 
     @property
     def label(self) -> str:
         extra = ([] if not self.heterogeneous else ["uneven"]) + ([] if self.engine == "inprocess" else [self.engine])
+        extra += [] if self.clientapps == "per-message" else [self.clientapps]
         return " ".join([self.scenario, self.arm, f"r{self.rank}", self.transport, *extra])
+
+    def args(self) -> dict[str, Any]:
+        """The run's spec as its record holds it (``clientapps`` only where it is not the default, so the records of
+        runs made before the setting existed keep their identity)."""
+        args = asdict(self)
+        if self.clientapps == "per-message":
+            del args["clientapps"]
+        return args
 
 
 def main_label(s: Settings, scenario: str) -> str:
@@ -136,16 +151,17 @@ def planned_runs(s: Settings) -> list[ScenarioRun]:
     heterogeneous farmers, each for every seed, and those rerun on the deployment engine over shaped links for each
     of ``deployment_seeds``."""
     arm, rank, engine = s["arm"], s["lora_rank"], s["engine"]
-    specs = [ScenarioRun(sc, seed, arm, rank, engine=engine) for sc in SCENARIOS for seed in s["seeds"]]
-    specs += [ScenarioRun("fedavg", seed, a, rank, engine=engine) for a in s["compare_arms"] if a != arm for seed in s["seeds"]]
-    specs += [ScenarioRun("fedavg", seed, arm, r, engine=engine) for r in s["rank_sweep"] if r != rank for seed in s["seeds"]]
+    apps = s["deployment_clientapps"][0] if engine == "deployment" else "per-message"  # engine: deployment runs all that way
+    specs = [ScenarioRun(sc, seed, arm, rank, engine=engine, clientapps=apps) for sc in SCENARIOS for seed in s["seeds"]]
+    specs += [ScenarioRun("fedavg", seed, a, rank, engine=engine, clientapps=apps) for a in s["compare_arms"] if a != arm for seed in s["seeds"]]
+    specs += [ScenarioRun("fedavg", seed, arm, r, engine=engine, clientapps=apps) for r in s["rank_sweep"] if r != rank for seed in s["seeds"]]
     if s["fp16_transport"]:
-        specs += [ScenarioRun("fedavg", seed, arm, rank, "fp16", engine=engine) for seed in s["seeds"]]
-    specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine=engine) for sc in s["heterogeneous_scenarios"]
+        specs += [ScenarioRun("fedavg", seed, arm, rank, "fp16", engine=engine, clientapps=apps) for seed in s["seeds"]]
+    specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine=engine, clientapps=apps) for sc in s["heterogeneous_scenarios"]
               for seed in s["seeds"]]
     if engine != "deployment":
-        specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine="deployment") for sc in s["deployment_scenarios"]
-                  for seed in s["deployment_seeds"]]
+        specs += [ScenarioRun(sc, seed, arm, rank, heterogeneous=True, engine="deployment", clientapps=mode)
+                  for mode in s["deployment_clientapps"] for sc in s["deployment_scenarios"] for seed in s["deployment_seeds"]]
     return specs
 
 

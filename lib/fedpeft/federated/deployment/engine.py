@@ -17,6 +17,11 @@ SuperNode's public key is registered (``flwr supernode register``) before it sta
 A SuperNode whose key is not registered, or that trusts another CA, is refused (``tests/test_deployment.py``). The
 result lists every listening socket of the run's processes (``listening``): the SuperLink's on its one address, each
 SuperNode's runtime API on its namespace's loopback.
+
+ClientApps (``clientapps``): Flower starts one ClientApp process per message. ``per-message`` runs :mod:`.apps`'
+ClientApp in it (torch imported and the job loaded every time); ``resident`` starts one :mod:`.resident_worker` per
+farmer in its namespace before the run and submits the app with :mod:`.resident_app`'s ClientApp, which imports
+Flower only and forwards each message to the farmer's resident client over a Unix socket.
 """
 
 from __future__ import annotations
@@ -64,6 +69,12 @@ CONNECTION = "fedpeft-deployment"
 #: per round (``round_parts`` in the weeds report).
 SUPEREXEC_POLL_S = 1.0
 SUPERNODE_PORT = 9094  # each SuperNode's own runtime API (inside its namespace; on loopback, one port per node)
+#: How each SuperNode runs its ClientApp. ``per-message``: Flower's way, a fresh process per message running
+#: :mod:`.apps`' ClientApp (imports torch, peft and bitsandbytes and loads the job each time). ``resident``: the same
+#: fresh process runs :mod:`.resident_app`'s ClientApp, which imports Flower only and hands the message to the farmer's
+#: resident client (:mod:`.resident_worker`), started once per farmer in its namespace with everything loaded.
+CLIENTAPPS = ("per-message", "resident")
+RESIDENT_READY_S = 900.0  # seconds the resident clients may take to load (ten farmers' imports queue on two cores)
 
 
 @dataclass
@@ -80,6 +91,7 @@ class DeploymentResult:
     tls: bool = False  # the SuperLink served TLS only and admitted only SuperNodes with registered keys
     superexec_poll_s: float = 1.0  # seconds between the SuperExecs' asks for tasks (Flower's default: 1 s)
     cpu_seconds: pd.DataFrame = None  # process, program, cpu_s: CPU seconds per program of each process tree at the end
+    clientapps: str = "per-message"  # how the SuperNodes ran their ClientApps (CLIENTAPPS)
 
 
 class _Processes:
@@ -148,8 +160,7 @@ class _Processes:
         rows = []
         for name, p in self._trees():
             with suppress(psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-                cmd = p.cmdline()
-                program = Path(cmd[1] if len(cmd) > 1 and Path(cmd[0]).name.startswith("python") else cmd[0]).name
+                program = program_name(p.cmdline())
                 t = p.cpu_times()
                 rows.append({"process": name, "program": program, "cpu_s": t.user + t.system})
                 rows.append({"process": name, "program": f"{program} (exited children)", "cpu_s": t.children_user + t.children_system})
@@ -159,6 +170,35 @@ class _Processes:
     def failed(self) -> list[str]:
         return [f"{self.names[p.pid]} exited with {p.returncode}" for p in self.started
                 if p.poll() is not None and p.returncode != 0]
+
+
+def program_name(cmd: Sequence[str]) -> str:
+    """The program a command line runs: the script of ``python script ...``, the module of ``python -m module ...``,
+    else the executable (``flower-supernode``)."""
+    if len(cmd) > 1 and Path(cmd[0]).name.startswith("python"):
+        return cmd[2] if cmd[1] == "-m" and len(cmd) > 2 else Path(cmd[1]).name
+    return Path(cmd[0]).name
+
+
+def resident_app_dir(app_dir: Path, dest: Path) -> Path:
+    """A copy of the Flower App in ``app_dir`` whose ClientApp is :mod:`.resident_app`'s (written into ``dest``)."""
+    text = (app_dir / "pyproject.toml").read_text()
+    line = 'clientapp = "fedpeft.federated.deployment.apps:client_app"'
+    if line not in text:
+        raise ValueError(f"{app_dir / 'pyproject.toml'} does not name {line!r}: cannot swap in the resident ClientApp")
+    dest.mkdir(parents=True)
+    (dest / "pyproject.toml").write_text(text.replace(line, 'clientapp = "fedpeft.federated.deployment.resident_app:client_app"'))
+    return dest
+
+
+def _wait_for_files(paths: Sequence[Path], timeout_s: float, processes: _Processes, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in paths):
+        if processes.failed():
+            raise RuntimeError(f"a process stopped while starting: {processes.failed()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready within {timeout_s:.0f} s: {[str(p) for p in paths if not p.exists()]}")
+        time.sleep(0.2)
 
 
 def listening_sockets(pid: int) -> list[tuple[str, int]]:
@@ -237,14 +277,19 @@ def run_deployment(
     torch_threads: int = 1,
     timeout_s: float = 3600.0,
     app_dir: Path = APP_DIR,
+    clientapps: str = "per-message",
 ) -> DeploymentResult:
     """Run ``config.num_rounds`` rounds of ``strategy`` on Flower's Deployment Engine, one SuperNode per client.
 
     ``network``: the farmers' rates (Mbit/s, cycled) shape their links when ``shape`` is set and namespaces can be
     made, and its drop-out draws decide which farmers skip a round (as in the in-process loop); its latency cannot be
     shaped (see :mod:`.links`). ``torch_threads``: torch threads of each ServerApp and ClientApp process (0: torch's
-    default). ``timeout_s``: wall-clock seconds before the run is stopped and an error raised. Fp32 transport only.
+    default). ``timeout_s``: wall-clock seconds before the run is stopped and an error raised. ``clientapps``: one of
+    :data:`CLIENTAPPS` (``resident``: one long-lived client per farmer, started before the run and counted in
+    ``startup_s``, serves the per-message ClientApps). Fp32 transport only.
     """
+    if clientapps not in CLIENTAPPS:
+        raise ValueError(f"clientapps = {clientapps!r} is not allowed; it must be one of {list(CLIENTAPPS)}")
     if config.transport != "fp32":
         raise ValueError(f"transport = {config.transport!r} is not supported on the deployment engine; use 'fp32'")
     if config.time_limit_s is not None:
@@ -289,6 +334,20 @@ def run_deployment(
             port = _free_port(host)
             credentials = write_credentials(work / "credentials", [host], len(clients))
             t0 = time.perf_counter()
+            sockets = []
+            if clientapps == "resident":  # started first: their imports and loading overlap the SuperLink's start
+                from fedpeft.federated.deployment import resident_worker  # imported here too: an import error shows here
+                from fedpeft.federated.deployment.resident_app import socket_path
+
+                app_dir = resident_app_dir(app_dir, work / "app")
+                longest = socket_path(job_dir, len(clients) - 1)
+                if len(os.fsencode(longest)) > 107:  # AF_UNIX's sun_path holds 108 bytes with the terminating NUL
+                    raise ValueError(f"the resident clients' socket path {longest} is {len(os.fsencode(longest))} bytes, "
+                                     "more than a Unix socket allows (107); set TMPDIR to a shorter folder")
+                for i in range(len(clients)):
+                    cmd = [sys.executable, "-m", resident_worker.__name__, str(job_dir), str(i)]
+                    processes.start(f"resident-{i}", links.command_in(i, cmd) if links else cmd, env)
+                    sockets.append(socket_path(job_dir, i))
             processes.start("superlink", [str(bin_dir / "flower-superlink"), *superlink_tls_args(credentials), "--host", host,
                                           "--port", str(port), "--disable-runtime-dependency-installation"],
                             env | {"FLWR_HOME": str(work / "superlink")})
@@ -302,6 +361,7 @@ def run_deployment(
                 cmd = [str(bin_dir / "flower-supernode"), *supernode_tls_args(credentials, i), "--superlink", f"{host}:{port}",
                        "--port", str(node_port), "--node-config", f"partition-id={i} num-partitions={len(clients)}"]
                 processes.start(f"supernode-{i}", links.command_in(i, cmd) if links else cmd, env | {"FLWR_HOME": str(work / f"node-{i}")})
+            _wait_for_files(sockets, RESIDENT_READY_S, processes, "the farmers' resident clients")
             startup_s = time.perf_counter() - t0
             runner = processes.start("flwr-run", [str(bin_dir / "flwr"), "run", str(app_dir), CONNECTION, "--stream",
                                                   "--run-config", f'job-dir="{job_dir}"'], env | {"FLWR_HOME": str(cli_home)})
@@ -333,6 +393,7 @@ def run_deployment(
     result.cpu_seconds = cpu
     result.tls = True  # the SuperLink above was started with superlink_tls_args and --enable-supernode-auth only
     result.superexec_poll_s = SUPEREXEC_POLL_S
+    result.clientapps = clientapps
     return result
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from fedpeft.core.files import atomic_write_bytes
+from fedpeft.federated.deployment.secret import KEY_ENV, job_key  # noqa: F401 - KEY_ENV: the name callers use here
 from fedpeft.federated.loop import Client, RoundConfig
 from fedpeft.federated.network import NetworkModel
 from fedpeft.federated.strategies import FedAvg
@@ -31,22 +31,7 @@ from fedpeft.training.contract import Trainer
 
 SERVER_FILE = "server.pt"
 RESULT_FILE = "result.pt"
-KEY_ENV = "FEDPEFT_JOB_KEY"
 MAGIC = b"fedpeft-signed-job-v1\n"
-
-
-def job_key() -> bytes:
-    """The run's signing key, from ``FEDPEFT_JOB_KEY`` (hex)."""
-    raw = os.environ.get(KEY_ENV, "")
-    try:
-        key = bytes.fromhex(raw)
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        raise PermissionError(f"{KEY_ENV} is not set to a hex key of at least 16 bytes; the deployment's job files are "
-                              "signed with it and read only with it (run_deployment sets it for its own processes; on a "
-                              "cluster, set the same secret on every machine)")
-    return key
 
 
 def write_signed(obj: Any, path: Path, key: bytes | None = None) -> Path:

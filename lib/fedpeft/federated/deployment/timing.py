@@ -8,8 +8,10 @@ starts one per message), when Flower handed it the message (``app_enter_t``) and
 
 - ``pickup_s``: sent -> its ClientApp process started (the SuperNode's pull of messages, which waits 3 s whenever it
   finds none, the transfer down the link, the SuperExec's poll for tasks and the process launch);
-- ``startup_s``: process started -> the app called (Python, torch, Flower and the app imported, the FAB installed);
-- ``load_s``: app called -> training starts (job files, model, client state and the message's arrays loaded);
+- ``startup_s``: process started -> the app called (Python, torch, Flower and the app imported, the FAB installed;
+  with resident clients the app imports Flower only);
+- ``load_s``: app called -> training starts (job files, model, client state and the message's arrays loaded; with
+  resident clients: the message handed over a Unix socket and the resident client's model restored);
 - ``train_s``: the local training;
 - ``return_s``: training ended -> the server has every reply (state saved, reply serialized, the SuperNode's push,
   the transfer up the link, the ServerApp's pull of replies, which waits 3 s whenever one is missing);
