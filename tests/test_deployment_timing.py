@@ -39,6 +39,24 @@ def test_round_parts_follow_the_last_farmer_and_add_up_to_the_round():
     assert (first["pickup_s"], first["startup_s"], first["load_s"], first["train_s"], first["return_s"]) == (3.0, 4.5, 0.5, 4.0, 3.0)
     assert first["server_s"] == pytest.approx(20.0 - 15.0)
     assert parts[list(PARTS)].sum(axis=1).tolist() == pytest.approx(parts["round_s"].tolist())
+    assert parts["clock_ok"].tolist() == [True, True]
+
+
+def test_a_round_the_wall_clock_stepped_under_is_marked_and_left_out_of_the_means():
+    """Round 2's stamps span 19 s; if the server's monotonic clock saw a 12 s round, the wall clock stepped by 7 s
+    (the server part would be -7 s): the round is marked and the summary averages round 1 alone, and says so."""
+    history = _history().assign(round_s=[1.0, 20.0, 12.0])
+    parts = round_parts(history[history["round"] >= 1], client_timing(_client_history()))
+    assert parts["clock_ok"].tolist() == [True, False] and parts["server_s"].iloc[1] == pytest.approx(-7.0)
+
+    class _Stepped:
+        scalars = {"label": "x deployment", "seed": 0, "engine": "deployment"}
+        tables = {"history": history.assign(simulated_no_latency_s=[None, 4.5, 5.0]), "client_timing": client_timing(_client_history())}
+
+    summary = report.parts_summary(report.deployment_parts({"a": _Stepped()}))
+    row = summary.iloc[0]
+    assert row["rounds"] == 1 and row["clock_stepped"] == 1 and row["round_s"] == pytest.approx(20.0)
+    assert "1 rounds and 1 left out: the wall clock the stamps read stepped" in report.parts_text(summary)
 
 
 def test_round_parts_refuses_a_history_without_stamps():

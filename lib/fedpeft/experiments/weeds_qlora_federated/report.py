@@ -387,7 +387,8 @@ def _deployment_tables(records: Mapping[str, RunRecord], table: str) -> list[tup
 def deployment_parts(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Per deployment run and round: the critical path's measured parts (:func:`fedpeft.federated.deployment.timing.
     round_parts`: pickup, start-up, load, training, return, server; seconds) beside the network model's prediction
-    without latency; only runs whose record has the clients' stamps (``client_timing``)."""
+    without latency; only runs whose record has the clients' stamps (``client_timing``). Rounds whose stamps the
+    machine's clock stepped under (``clock_ok`` False) are kept, marked; :func:`parts_summary` leaves them out."""
     rows = []
     for r, timing in _deployment_tables(records, "client_timing"):
         history = r.tables["history"]
@@ -399,13 +400,18 @@ def deployment_parts(records: Mapping[str, RunRecord]) -> pd.DataFrame:
 
 
 def parts_summary(parts: pd.DataFrame) -> pd.DataFrame:
-    """Per deployment run group: the mean of each part and of the round over every round of every seed (seconds),
-    with each part's share of the round (``*_pct``) and the modelled round without latency."""
+    """Per deployment run group: the mean of each part and of the round over every round of every seed whose stamps
+    the clock did not step under (seconds), with each part's share of the round (``*_pct``), the modelled round
+    without latency, and ``clock_stepped``: the rounds left out."""
+    ok = parts["clock_ok"].astype(bool)
+    stepped = (~ok).groupby(parts["label"], sort=False).sum()
+    parts = parts[ok]
     g = parts.groupby("label", sort=False)
     out = g[[*PARTS, "round_s", "modelled_no_latency_s"]].mean()
     for part in PARTS:
         out[f"{part.removesuffix('_s')}_pct"] = 100 * out[part] / out["round_s"]
-    return out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values)
+    out = out.reset_index().assign(seeds=g["seed"].nunique().values, rounds=g.size().values)
+    return out.assign(clock_stepped=[int(stepped[label]) for label in out["label"]])
 
 
 #: What each program of a deployment run is, for the reader (its reaped children are the per-message app processes).
@@ -461,7 +467,10 @@ def parts_text(summary: pd.DataFrame, poll_s: float | None = None, cpu: pd.DataF
         ranked = sorted(PARTS, key=lambda p: -m[p])
         listed = "; ".join(f"{named[p]} {m[p]:.2f} s ({m[p.removesuffix('_s') + '_pct']:.0f} %)" for p in ranked)
         beyond = m["round_s"] - m["train_s"]
-        out.append(f"**{m['label']}** ({m['seeds']} seed{'s' if m['seeds'] != 1 else ''}, {m['rounds']} rounds): "
+        left_out = int(m.get("clock_stepped", 0))
+        left = (f" and {left_out} left out: the wall clock the stamps read stepped against the server's monotonic clock "
+                f"during {'them' if left_out != 1 else 'it'}") if left_out else ""
+        out.append(f"**{m['label']}** ({m['seeds']} seed{'s' if m['seeds'] != 1 else ''}, {m['rounds']} rounds{left}): "
                    f"{m['round_s']:.2f} s per round along its slowest farmer: {listed}. Everything but the training, "
                    f"{beyond:.2f} s, is Flower's message flow and process model and this machine's shared cores; the "
                    f"network model's whole round (training and transfer, no latency) is {m['modelled_no_latency_s']:.2f} s.")

@@ -18,17 +18,23 @@ starts one per message), when Flower handed it the message (``app_enter_t``) and
 - ``server_s``: the rest of the round's wall time (``round_s``, between the server's evaluations): aggregation, the
   server's evaluation and building the next messages.
 
-The six parts add up to ``round_s`` exactly (the identity the tests check).
+The six parts add up to ``round_s`` exactly (the identity the tests check). The stamps are wall-clock time, which the
+machine's clock service may step or slew while a run goes on; ``round_s`` is the server's monotonic clock. A round in
+which they disagree by more than :data:`CLOCK_TOLERANCE_S` (a part below ``-CLOCK_TOLERANCE_S``: the stamps' span is
+longer than the round, or they run backwards) is marked ``clock_ok = False``: its split cannot be trusted.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["CLIENT_STAMPS", "PARTS", "client_timing", "round_parts"]
+__all__ = ["CLIENT_STAMPS", "CLOCK_TOLERANCE_S", "PARTS", "client_timing", "round_parts"]
 
 CLIENT_STAMPS = ("process_start_t", "app_enter_t", "train_start_t", "train_end_t")
 PARTS = ("pickup_s", "startup_s", "load_s", "train_s", "return_s", "server_s")
+#: Seconds a part may fall below zero before the round's stamps are taken for a clock step (the kernel reads a
+#: process's start time to a 10 ms tick; a slewing clock drifts some 0.1 s over a round here).
+CLOCK_TOLERANCE_S = 0.5
 
 
 def client_timing(client_history: pd.DataFrame) -> pd.DataFrame:
@@ -44,12 +50,13 @@ def client_timing(client_history: pd.DataFrame) -> pd.DataFrame:
 def round_parts(history: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
     """Per round with stamps: the critical path's parts (:data:`PARTS`, seconds), ``round_s`` and the critical
     ``client``. ``history`` needs round, round_s, sent_t and received_t; ``timing`` is :func:`client_timing`'s table.
-    Rounds in which no farmer trained are left out."""
+    Rounds in which no farmer trained are left out; ``clock_ok`` is False where the wall clock stepped (module
+    docstring)."""
     needed = {"round", "round_s", "sent_t", "received_t"}
     if missing := needed - set(history.columns):
         raise ValueError(f"history lacks {sorted(missing)}: it is not a deployment run's history with stamps")
     if timing.empty:
-        return pd.DataFrame(columns=["round", "client", *PARTS, "round_s"])
+        return pd.DataFrame(columns=["round", "client", *PARTS, "round_s", "clock_ok"])
     last = timing.loc[timing.groupby("round")["train_end_t"].idxmax()]
     t = last.merge(history[list(needed)], on="round", how="inner")
     out = pd.DataFrame({
@@ -62,4 +69,5 @@ def round_parts(history: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
         "server_s": t["round_s"] - (t["received_t"] - t["sent_t"]),
         "round_s": t["round_s"],
     })
+    out["clock_ok"] = (out[list(PARTS)] >= -CLOCK_TOLERANCE_S).all(axis=1)
     return out.sort_values("round", ignore_index=True)
