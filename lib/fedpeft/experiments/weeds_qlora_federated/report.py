@@ -791,7 +791,7 @@ def claims(s: Settings, summary: pd.DataFrame, arch: pd.DataFrame, traffic: pd.D
                      key=f"resident_faster_{label_.replace(' ', '_')}")
         ledger.check(f"With resident clients a deployment round is within 2x of the network model ({label_})",
                      below(c["resident_vs_model"].tolist(), 2.0, "measured / modelled round without latency", "{:.2f}", "x"),
-                     "clientapps", "issue 35's goal; the model knows training time and bytes over each farmer's rate only",
+                     "clientapps", "the study's goal for the deployment engine; the model knows training time and bytes over each farmer's rate only",
                      key=f"resident_near_model_{label_.replace(' ', '_')}")
     return ledger
 
