@@ -84,11 +84,6 @@ def client_train(msg: Message, context: Context) -> Message:
     timestamps = {"process_start_t": psutil.Process().create_time(), "app_enter_t": time.time()}
     job_dir = Path(str(context.run_config["job-dir"]))
     pid = int(context.node_config["partition-id"])
-    spec: job.ClientJob = job.read(job.client_file(job_dir, pid))
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
-    initial_keys = exchanged_keys(model := job.load_model(spec.model), spec.config.exchange)
-    full = model.state_dict()
-    initial = {k: full[k] for k in initial_keys}
+    spec, model, initial = job.load_client(job_dir, pid)
     return client_train_reply(msg, pid, spec.client, model, spec.strategy, spec.trainer, spec.config, initial,
                               job.client_state_file(job_dir, pid), spec.network, timestamps=timestamps)

@@ -40,7 +40,7 @@ import warnings
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import psutil
@@ -191,14 +191,26 @@ def resident_app_dir(app_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _wait_for_files(paths: Sequence[Path], timeout_s: float, processes: _Processes, what: str) -> None:
+def _wait_until(ready: Callable[[], bool], timeout_s: float, processes: _Processes, what: str) -> None:
+    """Poll ``ready`` every 0.2 s; an error when a started process stops first or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
-    while not all(p.exists() for p in paths):
+    while not ready():
         if processes.failed():
             raise RuntimeError(f"a process stopped while starting: {processes.failed()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready within {timeout_s:.0f} s: {[str(p) for p in paths if not p.exists()]}")
+            raise TimeoutError(f"{what} not ready within {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float, processes: _Processes) -> None:
+    def listens() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    _wait_until(listens, timeout_s, processes, f"the SuperLink on {host}:{port}")
 
 
 def listening_sockets(pid: int) -> list[tuple[str, int]]:
@@ -239,19 +251,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _wait_for_port(host: str, port: int, timeout_s: float, processes: _Processes) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if processes.failed():
-            raise RuntimeError(f"a Flower process stopped while starting: {processes.failed()}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"the SuperLink did not listen on {host}:{port} within {timeout_s:.0f} s")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -361,7 +360,8 @@ def run_deployment(
                 cmd = [str(bin_dir / "flower-supernode"), *supernode_tls_args(credentials, i), "--superlink", f"{host}:{port}",
                        "--port", str(node_port), "--node-config", f"partition-id={i} num-partitions={len(clients)}"]
                 processes.start(f"supernode-{i}", links.command_in(i, cmd) if links else cmd, env | {"FLWR_HOME": str(work / f"node-{i}")})
-            _wait_for_files(sockets, RESIDENT_READY_S, processes, "the farmers' resident clients")
+            _wait_until(lambda: all(p.exists() for p in sockets), RESIDENT_READY_S, processes,
+                        "the farmers' resident clients (a socket each in the job folder)")
             startup_s = time.perf_counter() - t0
             runner = processes.start("flwr-run", [str(bin_dir / "flwr"), "run", str(app_dir), CONNECTION, "--stream",
                                                   "--run-config", f'job-dir="{job_dir}"'], env | {"FLWR_HOME": str(cli_home)})

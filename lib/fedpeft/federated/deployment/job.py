@@ -24,7 +24,7 @@ from torch import nn
 
 from fedpeft.core.files import atomic_write_bytes
 from fedpeft.federated.deployment.secret import KEY_ENV, job_key  # noqa: F401 - KEY_ENV: the name callers use here
-from fedpeft.federated.loop import Client, RoundConfig
+from fedpeft.federated.loop import Client, RoundConfig, exchanged_keys
 from fedpeft.federated.network import NetworkModel
 from fedpeft.federated.strategies import FedAvg
 from fedpeft.training.contract import Trainer
@@ -94,6 +94,17 @@ class ClientJob:
     config: RoundConfig
     network: NetworkModel | None
     torch_threads: int
+
+
+def load_client(job_dir: Path, pid: int) -> tuple[ClientJob, nn.Module, dict[str, torch.Tensor]]:
+    """Farmer ``pid``'s job, ready to train: its spec (torch threads applied), its own model and the exchanged tensors
+    of that model (``initial``: their dtypes turn Flower's arrays back into a state dict)."""
+    spec: ClientJob = read(client_file(job_dir, pid))
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    model = load_model(spec.model)
+    full = model.state_dict()
+    return spec, model, {k: full[k] for k in exchanged_keys(model, spec.config.exchange)}
 
 
 class _Count:

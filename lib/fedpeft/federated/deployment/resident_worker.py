@@ -26,18 +26,12 @@ import torch
 from fedpeft.federated.deployment import job
 from fedpeft.federated.deployment.resident_app import socket_path
 from fedpeft.federated.flower_bridge import client_train_content
-from fedpeft.federated.loop import exchanged_keys
 
 
 def serve(job_dir: Path, pid: int) -> None:
     """Load farmer ``pid``'s job from ``job_dir`` and serve train messages until the process is stopped. A connection
     that fails (refused, cut, unreadable) is logged to stderr and the next one served."""
-    spec: job.ClientJob = job.read(job.client_file(job_dir, pid))
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
-    model = job.load_model(spec.model)
-    full = model.state_dict()
-    initial = {k: full[k] for k in exchanged_keys(model, spec.config.exchange)}
+    spec, model, initial = job.load_client(job_dir, pid)
     pristine = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} \
         | {n: b.detach().clone() for n, b in model.named_buffers()}
     modes = {name: m.training for name, m in model.named_modules()}  # train / eval, as unpickled
