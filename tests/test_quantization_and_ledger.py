@@ -109,3 +109,46 @@ def test_ledger_totals_and_cost():
         ledger.record(1, "a", "sideways", 1)
     restored = CommunicationLedger.from_state_dict(ledger.state_dict())
     assert restored.total_bytes() == 600
+
+
+def test_qat_graph_has_every_buffer_shaped_and_leaves_batchnorm_alone(model, inputs):
+    """prepare_qat initialises the observers with one eval-mode pass: no empty buffer is left (client states average
+    from the first round), the float model is untouched and the BatchNorm statistics do not move."""
+    from fedpeft.quantization.qat import prepare_qat
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = prepare_qat(model, inputs)
+    state = prepared.state_dict()
+    assert not [k for k, v in state.items() if v.numel() == 0]
+    assert any(k.endswith(".scale") for k in state) and any(k.endswith(".min_val") for k in state)
+    for name in ("bn1.running_mean", "bn1.running_var", "bn3.running_var"):
+        assert torch.equal(state[name], before[name])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_qat_trains_converts_to_the_same_int8_scheme_and_averages(model, inputs):
+    """One training step changes the fake-quantized weights; the converted model stores every weight in int8 at the
+    size of post-training static int8 (the same scheme) and predicts as the fake-quantized graph does; the mean of
+    two client states loads back into the graph (FedAvg of QAT clients)."""
+    from fedpeft.federated.strategies import build_strategy
+    from fedpeft.quantization.qat import convert_qat, prepare_qat
+
+    prepared = prepare_qat(model, inputs)
+    start = {k: v.clone() for k, v in prepared.state_dict().items()}
+    prepared.train()
+    opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=0.01)
+    loss = torch.nn.functional.cross_entropy(prepared(inputs), torch.arange(16) % 10)
+    loss.backward()
+    opt.step()
+    trained = {k: v.clone() for k, v in prepared.state_dict().items()}
+    assert not torch.equal(trained["conv1.weight"], start["conv1.weight"])
+    q = convert_qat(prepared)
+    assert q.method == "int8_qat" and q.int8_fraction() == 1.0
+    assert q.size_bytes() == quantize(model, "int8_static", calibration=[inputs]).size_bytes()
+    prepared.eval()
+    with torch.no_grad():
+        fake, real = prepared(inputs), q.module(inputs)
+    assert (fake.argmax(1) == real.argmax(1)).float().mean() >= 0.9
+    mean = build_strategy("fedavg").aggregate(start, [start, trained], [1, 1], None)
+    prepared.load_state_dict(mean)
+    assert torch.allclose(prepared.state_dict()["conv1.weight"], (start["conv1.weight"] + trained["conv1.weight"]) / 2)

@@ -97,26 +97,47 @@ def quantize(model: nn.Module, method: str, calibration: Iterable[torch.Tensor] 
 
 
 def _static_int8(float_model: nn.Module, calibration: Iterable[torch.Tensor] | None) -> QuantizedModel:
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     batches = list(calibration or [])
     if not batches:
         raise ValueError("int8_static needs calibration batches (a few batches of normalized training inputs)")
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    exported = torch.export.export(float_model, (batches[0],), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)).module()
+    exported = export_for_quantization(float_model, batches[0])
     with warnings.catch_warnings():
         # the quantizer leaves a max-pool whose input it does not quantize in float, and says so for each; the note
         # below and the int8 fraction of the saved weights report what was quantized
         warnings.filterwarnings("ignore", message=r"The input of maxpool2d is not quantized", category=UserWarning)
-        prepared = prepare_pt2e(exported, quantizer)
+        prepared = prepare_pt2e(exported, x86_int8_quantizer(qat=False))
     with torch.no_grad():
         for x in batches:
             prepared(x)
+    return converted_int8(prepared, "int8_static")
+
+
+def x86_int8_quantizer(qat: bool):
+    """The study's one int8 scheme (torchao's ``X86InductorQuantizer``: per-channel symmetric int8 weights, uint8
+    activations), for post-training calibration (``qat=False``) or quantization-aware training (fake quantization
+    in the forward pass, ``qat=True``)."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=qat))
+    return quantizer
+
+
+def export_for_quantization(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` as the exported graph pt2e quantization works on (any batch size)."""
+    return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)).module()
+
+
+def converted_int8(prepared: nn.Module, method: str) -> QuantizedModel:
+    """The int8 model of a pt2e-prepared graph (observers calibrated, or fake-quantized weights trained), and exactly
+    the tensors it uses (what a deployment saves and sends)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so evaluation code may call .eval() as on any model
     used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
     saved = {k: v for k, v in converted.state_dict().items() if k in used}
-    return QuantizedModel("int8_static", converted, saved, notes=["pt2e X86InductorQuantizer; BatchNorm folded"])
+    return QuantizedModel(method, converted, saved, notes=["pt2e X86InductorQuantizer; BatchNorm folded"])

@@ -84,8 +84,10 @@ def describe(s: Settings, run: RunRecord) -> str:
          f"{p['num_rounds']} rounds x {p['local_epochs']} local epochs, {p['fraction_train']:g} of the clients per round"),
         ("optimizer, batch", "Adam, lr 1e-3, batch 32", f"{run['optimizer']}, lr {p['learning_rate']:g}, batch {p['batch_size']}"),
         ("precision, device", "fp32 on a GPU (its timings say so; the model is not named)", f"{run['precision']} on {run_device(run)}"),
-        ("quantization", "model.half() and quantize_dynamic({Linear, Conv2d}) after training",
-         "the same, and static int8 with quantized convolutions (pt2e), on the CPU"),
+        ("quantization", "model.half() and quantize_dynamic({Linear, Conv2d}) after training; QAT proposed, not run",
+         "the same, and static int8 with quantized convolutions (pt2e), on the CPU"
+         + (f"; a QAT arm over every seed (its last {p['qat_rounds']} of {p['num_rounds']} rounds with int8 fake quantization)"
+            if p["qat_rounds"] else "")),
         ("runs", "one run", f"{n} seed{'s' if n != 1 else ''}" + (f", plus {p['compare_partitions']} shards and {p['extra_rounds']} rounds"
                                                               if p["compare_partitions"] or p["extra_rounds"] else "")),
     ], s.profile)
@@ -106,15 +108,50 @@ SUMMARY_COLUMNS = ["partition", "seed", "rounds", "rounds_completed", "label_ske
                    "resumed_from_round", "peak_memory_mib", "memory_kind", "chance_accuracy", "test_images"]
 
 
+def is_qat(run: RunRecord) -> bool:
+    """Whether a run is the quantization-aware arm (its last rounds trained with int8 fake quantization)."""
+    return "qat" in run.tables
+
+
 def run_summary(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """One row per run (in plan order): final accuracy, time, throughput and the loop's overhead."""
-    return pd.DataFrame([{"run": rid, **{k: r[k] for k in SUMMARY_COLUMNS}} for rid, r in records.items()])
+    """One row per float run (in plan order; the QAT arm is in :func:`qat_comparison`): final accuracy, time,
+    throughput and the loop's overhead."""
+    return pd.DataFrame([{"run": rid, **{k: r[k] for k in SUMMARY_COLUMNS}} for rid, r in records.items() if not is_qat(r)])
+
+
+def arm(run: RunRecord) -> str:
+    """``fp32``, or ``qat<k>`` for the QAT arm whose last k rounds trained with fake quantization."""
+    return f"qat{run['qat_rounds']}" if is_qat(run) else "fp32"
 
 
 def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Every run's per-round history, labelled with its partition, seed and planned rounds."""
-    return pd.concat([r.tables["history"].assign(partition=r["partition"], seed=r["seed"], num_rounds=r["rounds"])
+    """Every run's per-round history, labelled with its partition, seed, planned rounds and arm (:func:`arm`)."""
+    return pd.concat([r.tables["history"].assign(partition=r["partition"], seed=r["seed"], num_rounds=r["rounds"], arm=arm(r))
                       for r in records.values()], ignore_index=True)
+
+
+def qat_comparison(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Per seed with both arms: the FP32 run's accuracy and its post-training static int8 model's (``int8_static``)
+    against the QAT arm's int8 model (the same int8 scheme; percent, differences in points), the QAT arm's last
+    fake-quantized accuracy, and how closely its float rounds repeat the FP32 run's (largest difference of the server
+    loss over those rounds: 0 when the two ran the same kernels). Empty when no QAT run exists."""
+    fp32 = {r["seed"]: r for r in ptq_runs(records)}
+    rows = []
+    for r in records.values():
+        if not is_qat(r) or r["seed"] not in fp32:
+            continue
+        base = fp32[r["seed"]]
+        ptq = base.tables["ptq"].set_index("method")["accuracy_pct"]
+        qat = float(r.tables["qat"]["accuracy_pct"].iloc[0])
+        h, hb = r.tables["history"], base.tables["history"].set_index("round")
+        floats = h[(h["phase"] == "fp32") & (h["round"] > 0)].set_index("round")["server_loss"]
+        repeat = float((floats - hb.loc[floats.index, "server_loss"]).abs().max()) if len(floats) else float("nan")
+        rows.append({"seed": r["seed"], "rounds": r["rounds"], "qat_rounds": r["qat_rounds"], "fp32_pct": float(ptq["fp32"]),
+                     "ptq_int8_static_pct": float(ptq["int8_static"]), "qat_int8_pct": qat,
+                     "qat_minus_ptq_points": qat - float(ptq["int8_static"]), "qat_minus_fp32_points": qat - float(ptq["fp32"]),
+                     "qat_fake_quant_pct": 100 * float(h.iloc[-1]["server_accuracy"]), "float_rounds_loss_diff": repeat,
+                     "qat_size_bytes": int(r.tables["qat"]["size_bytes"].iloc[0]), "wall_s": r["wall_s"]})
+    return pd.DataFrame(rows)
 
 
 def ptq_run(records: Mapping[str, RunRecord]) -> RunRecord:
@@ -207,7 +244,8 @@ def _accuracy_by_seed(summary: pd.DataFrame, partition: str, rounds: int) -> pd.
     return 100 * rows.set_index("seed")["server_accuracy"]
 
 
-def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm: pd.DataFrame, run: RunRecord) -> ClaimsLedger:
+def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm: pd.DataFrame, run: RunRecord,
+                 qat: pd.DataFrame | None = None) -> ClaimsLedger:
     """Every claim of the seed (``003_4ffed47dd2e2f732.txt``) and the study's own checks, judged by the claims engine.
 
     Accuracy claims need the real images (``source`` not ``generated``); sizes and traffic are computed in any profile
@@ -215,7 +253,8 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
     "1.66 MB"), so they are compared with MiB. The seed's one run is compared with the prediction interval of one
     study run over seeds; a quantized model is paired with its own seed's FP32 model. The seed's "INT8" is
     ``quantize_dynamic``: its sizes, saving and traffic are judged on that model; the fully int8 model (static, pt2e)
-    is the study's own check.
+    is the study's own check. ``qat`` (:func:`qat_comparison`) pairs each seed's static int8 model with the QAT
+    arm's.
     """
     p = s.params
     real = p["source"] != "generated"
@@ -332,8 +371,17 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
     ledger.add("FP16 training would be 20-30 % faster, INT8 40-50 %", "20-30 % / 40-50 %",
                not_testable("the seed never trained in FP16 or INT8 (its own words: 'NOT IMPLEMENTED'); the study trains in "
                             "FP32 (bf16 only on CPUs with native bf16) and quantizes after training", needs="gpu"), "speed")
-    ledger.add("PTQ is slightly less accurate than quantization-aware training", "slightly lower",
-               not_testable("the study has no QAT arm (the seed proposes QAT but did not run it)", needs="new arm"), "ptq_seeds")
+    has_qat = qat is not None and not qat.empty
+    if has_qat and real:
+        k, n = int(qat["qat_rounds"].iloc[0]), int(qat["rounds"].iloc[0])
+        ledger.add("PTQ is slightly less accurate than quantization-aware training", "slightly lower", ptq_below_qat(qat),
+                   "ptq_vs_qat", f"the QAT arm trains rounds {n - k + 1}-{n} of {n} with int8 fake quantization (rounds 1-{n - k} "
+                   "as the FP32 run's); both int8 models are pt2e static int8 (per-channel weights, calibrated or trained "
+                   "ranges); 'slightly' is read as the direction", key="ptq_below_qat")
+    else:
+        ledger.add("PTQ is slightly less accurate than quantization-aware training", "slightly lower",
+                   not_testable(no_real if not real else "qat_rounds = 0 in this profile: no QAT arm ran",
+                                needs="profile"), "ptq_seeds")
 
     # --- the study's own checks ---
     ledger.check("The FedAvg model learns: test accuracy above chance (always the most frequent class)",
@@ -342,6 +390,10 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
         ledger.check("A fully INT8 model keeps accuracy within 0.5 points of FP32",
                      within(_drops(by_seed, "int8_static"), 0.0, 0.5, "int8_static - FP32 accuracy", "{:+.2f}", " points")
                      if real else not_testable(no_real, needs="profile"), "ptq_seeds", key="int8_static_drop")
+    if has_qat:
+        ledger.check("A QAT int8 model keeps accuracy within 0.5 points of FP32",
+                     within(qat["qat_minus_fp32_points"].tolist(), 0.0, 0.5, "QAT int8 - FP32 accuracy", "{:+.2f}", " points")
+                     if real else not_testable(no_real, needs="profile"), "ptq_vs_qat", key="qat_drop")
     skews = main["label_skew_tv"].tolist()
     ledger.check("IID partitioning gives each client a similar class distribution (label skew below 0.05)",
                  within(skews, 0.0, 0.05, "label skew (total variation distance)", "{:.3f}", " TV"), "accuracy",
@@ -413,8 +465,9 @@ def partitions_and_rounds(s: Settings, summary: pd.DataFrame, claims: ClaimsLedg
 
 
 def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, run: RunRecord,
-            summary: pd.DataFrame, claims: ClaimsLedger) -> str:
-    """The notebook's conclusion in a few sentences, from the measured tables and the ledger's verdicts."""
+            summary: pd.DataFrame, claims: ClaimsLedger, qat: pd.DataFrame | None = None) -> str:
+    """The notebook's conclusion in a few sentences, from the measured tables and the ledger's verdicts (``qat``:
+    :func:`qat_comparison`)."""
     p = s.params
     v = claims.verdicts
     main_acc = acc[(acc["partition"] == p["partition"]) & (acc["rounds"] == p["num_rounds"])].iloc[0]
@@ -445,6 +498,8 @@ def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFram
                                                                         "it loses more than 0.5 points ({measured}). ",
                                                                         "whether it keeps accuracy within 0.5 points is undecided ({measured}). ",
                                                                         "its accuracy needs the real images. "))
+    if qat is not None and not qat.empty and "ptq_below_qat" in v:
+        text += qat_sentence(qat, v["ptq_below_qat"]) + " "
     text += (f"FP32 traffic is {fp32_comm['round_mib']:.2f} MiB per round; all {int(fp32_comm['rounds'])} rounds cost "
              f"${fp32_comm['cost_usd']:,.0f} at ${p['price_usd_per_mib']:g}/MiB.")
     if comparisons := partitions_and_rounds(s, summary, claims):
@@ -453,6 +508,28 @@ def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFram
         text += (f" **Some runs stopped at the time limit ({p['time_limit_s']} s) before their last round**, so these numbers "
                  "are not final; their checkpoints are kept, and running their stages again continues them.")
     return text
+
+
+def ptq_below_qat(qat: pd.DataFrame):
+    """The seed's "PTQ is slightly less accurate than QAT" on :func:`qat_comparison`: the post-training static int8
+    accuracy minus the QAT arm's, paired by seed, below zero."""
+    by = qat.set_index("seed")
+    return paired_less(by["ptq_int8_static_pct"].to_dict(), by["qat_int8_pct"].to_dict(), 0.0, "PTQ - QAT int8 test accuracy",
+                       "{:+.2f}", " points", "seeds, paired: each QAT arm with its own seed's FP32 run")
+
+
+def qat_sentence(qat: pd.DataFrame, verdict) -> str:
+    """What the QAT arm shows against post-training static int8, from its verdict and the per-seed table."""
+    k, n, seeds = int(qat["qat_rounds"].iloc[0]), int(qat["rounds"].iloc[0]), len(qat)
+    means = (f"QAT {qat['qat_int8_pct'].mean():.2f} % against PTQ {qat['ptq_int8_static_pct'].mean():.2f} % and FP32 "
+             f"{qat['fp32_pct'].mean():.2f} %, {seeds} seed{'s' if seeds != 1 else ''}")
+    arm = f"quantization-aware training (the last {k} of {n} rounds with int8 fake quantization)"
+    return says(verdict, f"As the seed expects, {arm} gives a more accurate int8 model than post-training quantization: PTQ - QAT "
+                         f"{{measured}} ({means}).",
+                f"Against the seed's expectation, post-training quantization gives a more accurate int8 model than {arm}: "
+                f"PTQ - QAT {{measured}} ({means}).",
+                f"Whether {arm} gives a more accurate int8 model than post-training quantization is undecided: PTQ - QAT "
+                f"{{measured}}, an interval that covers zero ({means}).", "")
 
 
 def metrics(summary: pd.DataFrame, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, s: Settings) -> dict[str, float]:

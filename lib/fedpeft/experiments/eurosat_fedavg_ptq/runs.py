@@ -10,6 +10,8 @@ never needs a trained model.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -32,19 +34,29 @@ from fedpeft.federated.strategies import build_strategy
 from fedpeft.models.cnn import EuroSATCNN
 from fedpeft.models.counting import count_parameters, training_checkpoint_bytes
 from fedpeft.quantization.ptq import quantize
+from fedpeft.quantization.qat import convert_qat, prepare_qat
 from fedpeft.training.image import ClassifierTrainer
 
 
 def run_specs(s: Settings) -> list[RunSpec]:
     """Every run: the main partition over ``seeds`` (each also measures PTQ), each of ``compare_partitions``
-    over ``compare_seeds``, and the optional longer run (``extra_rounds``). Ids: ``<partition>-s<seed>-r<rounds>``."""
+    over ``compare_seeds``, the optional longer run (``extra_rounds``) and the quantization-aware arm over ``seeds``
+    (``qat_rounds``). Ids: ``<partition>-s<seed>-r<rounds>``, the QAT arm's ``...-qat<qat_rounds>``."""
     p = s.params
     plan = [(p["partition"], seed, p["num_rounds"], True) for seed in p["seeds"]]
     plan += [(scheme, seed, p["num_rounds"], False) for scheme in p["compare_partitions"] for seed in p["compare_seeds"]]
     if p["extra_rounds"]:
         plan.append((p["partition"], p["seeds"][0], p["extra_rounds"], False))
-    return [RunSpec(f"{scheme}-s{seed}-r{rounds}", {"partition": scheme, "seed": seed, "rounds": rounds, "ptq": ptq})
-            for scheme, seed, rounds, ptq in plan]
+    specs = [RunSpec(f"{scheme}-s{seed}-r{rounds}", {"partition": scheme, "seed": seed, "rounds": rounds, "ptq": ptq})
+             for scheme, seed, rounds, ptq in plan]
+    if p["qat_rounds"] > p["num_rounds"]:
+        raise ValueError(f"eurosat_fedavg_ptq: qat_rounds = {p['qat_rounds']} is not allowed with num_rounds = {p['num_rounds']}; "
+                         "it must be between 0 (no QAT arm) and num_rounds (QAT from the start)")
+    if p["qat_rounds"]:
+        specs += [RunSpec(f"{p['partition']}-s{seed}-r{p['num_rounds']}-qat{p['qat_rounds']}",
+                          {"partition": p["partition"], "seed": seed, "rounds": p["num_rounds"], "ptq": False,
+                           "qat_rounds": p["qat_rounds"]}) for seed in p["seeds"]]
+    return specs
 
 
 def load_data(s: Settings, progress: bool = True) -> tuple[fdata.ImageArrays, fdata.ImageArrays]:
@@ -108,11 +120,21 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     trainer = make_trainer(s)
     torch.manual_seed(seed)
     model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
-    config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
+    qat_rounds = spec.args.get("qat_rounds", 0)
+    float_rounds = rounds - qat_rounds
     strategy = build_strategy("fedavg")
+    qat = None
     with measure(trainer.torch_device) as m:
-        result = run_rounds(p["engine"], model, clients, strategy, trainer, config, server_test=server_test,
-                            checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id).result
+        if float_rounds:
+            config = RoundConfig(num_rounds=float_rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
+            result = run_rounds(p["engine"], model, clients, strategy, trainer, config, server_test=server_test,
+                                checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id).result
+            model.load_state_dict(result.final_state)
+        if qat_rounds and not (float_rounds and result.stopped_by_time_limit):
+            float_result = result if float_rounds else None
+            model, result = _qat_rounds(s, model, clients, pool, server_test, seed, qat_rounds, spec.run_id, progress)
+            qat = _qat_table(model, server_test, s)
+            result = _joined(float_result, result) if float_result is not None else result
     if result.stopped_by_time_limit and checkpoints.active() is not None:
         checkpoints.active().keep()  # a time-limited run resumes from its last round when it is run again
     model.load_state_dict(result.final_state)
@@ -137,7 +159,57 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     tables = {"history": h, "ledger": result.ledger.frame()}
     if spec.args["ptq"]:
         tables["ptq"] = ptq_comparison(model, server_test, pool, s)
+    if qat is not None:
+        tables["qat"] = qat
+        scalars.update({"qat_rounds": qat_rounds, "qat_int8_accuracy": float(qat["accuracy_pct"].iloc[0]) / 100,
+                        "qat_precision": "fp32"})
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
+
+
+def _qat_rounds(s: Settings, model: torch.nn.Module, clients: list[Client], pool: fdata.ImageArrays, server_test, seed: int,
+                rounds: int, run_id: str, progress: bool) -> tuple[torch.nn.Module, Any]:
+    """The QAT arm's last ``rounds`` rounds: FedAvg of the int8 fake-quantized graph of ``model`` (the clients' data,
+    optimizer and local epochs as before; in fp32 and contiguous layout, which the fake-quantization kernels take).
+    Its rounds are counted from 1 again, so their client sampling and batch order are those of the run's first
+    rounds, not of the FP32 run's last: either is a seeded draw. Returns the QAT graph and the rounds' result."""
+    p = s.params
+    example = fdata.normalize_batch(pool.images[: p["batch_size"]])
+    qat_model = prepare_qat(model, example)
+    trainer = make_trainer(s)
+    trainer.precision, trainer.channels_last = "fp32", False
+    config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
+    result = run_rounds("inprocess", qat_model, clients, build_strategy("fedavg"), trainer, config, server_test=server_test,
+                        checkpoint_path=checkpoints.path("qat-rounds"), progress=progress, description=f"{run_id} (QAT)").result
+    qat_model.load_state_dict(result.final_state)
+    return qat_model, result
+
+
+def _joined(first, second):
+    """One result of two consecutive calls of the round loop: the second's rounds renumbered after the first's (its
+    round 0, the same model evaluated again through fake quantization, stays as the row of the switch), client rows
+    and ledgers concatenated, times added; ``phase`` says which call each history row came from."""
+    offset = first.rounds_completed
+    history = pd.concat([first.history.assign(phase="fp32"),
+                         second.history.assign(phase="qat", round=second.history["round"] + offset)], ignore_index=True)
+    clients = pd.concat([first.client_history, second.client_history.assign(round=second.client_history["round"] + offset)],
+                        ignore_index=True)
+    ledger = copy.deepcopy(first.ledger)
+    for row in second.ledger.frame().itertuples(index=False):
+        ledger.record(int(row.round) + offset, row.client, row.direction, int(row.bytes), payload=row.payload)
+    resumed = offset + second.resumed_from_round if second.resumed_from_round else first.resumed_from_round
+    return dataclasses.replace(second, history=history, client_history=clients, ledger=ledger,
+                               wall_s=first.wall_s + second.wall_s, resumed_from_round=resumed)
+
+
+def _qat_table(qat_model: torch.nn.Module, server_test, s: Settings) -> pd.DataFrame:
+    """The QAT arm's int8 model (converted from its fake-quantized graph): accuracy on the server's test set and saved
+    size, in the columns of the PTQ table."""
+    trainer = make_trainer(s)
+    trainer.precision, trainer.channels_last = "fp32", False
+    q = convert_qat(qat_model)
+    stats = trainer.evaluate(q.module, server_test)
+    return pd.DataFrame([{"method": q.method, "accuracy_pct": 100 * stats["accuracy"], "size_bytes": q.size_bytes(),
+                          "size_mib": q.size_bytes() / MIB, "int8_weight_share": q.int8_fraction(), "notes": "; ".join(q.notes)}])
 
 
 def ptq_comparison(model: torch.nn.Module, server_test, calibration_source, s: Settings) -> pd.DataFrame:

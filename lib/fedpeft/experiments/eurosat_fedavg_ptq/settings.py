@@ -41,12 +41,14 @@ SCHEMA: dict[str, Spec] = {
     "calibration_images": Spec(int, low=1, high=1_000_000, doc="training images that calibrate int8_static"),
     "price_usd_per_mib": Spec(float, low=0.0, high=1e12, doc="link price; the seed's satellite link: $5 per MB (= MiB)"),
     "extra_rounds": Spec(int, low=0, high=10_000, doc="an extra run with this many rounds (0: none), to show what more rounds give"),
+    "qat_rounds": Spec(int, low=0, high=10_000, doc="a quantization-aware arm over every main seed: its last this many of the "
+                       "num_rounds rounds train with int8 fake quantization (0: no QAT arm; num_rounds: QAT from the start)"),
     "engine": Spec(str, choices=ENGINES),
     "torch_threads": threads_spec(),
 }
 
 #: Keys that decide which runs exist (a run's own partition, seed and rounds are in its spec).
-PLAN_KEYS = frozenset({"partition", "seeds", "compare_partitions", "compare_seeds", "num_rounds", "extra_rounds"})
+PLAN_KEYS = frozenset({"partition", "seeds", "compare_partitions", "compare_seeds", "num_rounds", "extra_rounds", "qat_rounds"})
 #: Keys only the report reads: changing them reruns the report stage alone.
 REPORT_KEYS = frozenset({"price_usd_per_mib"})
 
