@@ -198,3 +198,32 @@ def test_client_states_kept_on_disk_give_identical_results_and_leave_memory_empt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.pt", "1.pt", "2.pt"]
     with pytest.raises(ValueError, match="client_state_dir and checkpoint_path cannot be used together"):
         go(client_state_dir=tmp_path, checkpoint_path=tmp_path / "ckpt.pt")
+
+
+def test_a_continued_run_equals_one_uninterrupted_run(tiny_images, tmp_path):
+    """continue_rounds: 1 round, then the rest continued from a fresh copy of the model it trained (another model
+    object, as the QAT arm's, and another trainer), gives the 3-round run's global model, history and ledger: the
+    continued rounds keep their round numbers, hence their client draws and batch orders."""
+    from fedpeft.federated.continuation import continue_rounds
+
+    torch.manual_seed(0)
+    clients = make_clients(tiny_images)
+    model = EuroSATCNN()
+    trainer = ClassifierTrainer(lr=1e-3, batch_size=8, epochs=1)
+    whole = run_federated(model, clients, FedAvg(), trainer, RoundConfig(num_rounds=3, seed=5), server_test=tiny_images, progress=False)
+    first = run_federated(model, clients, FedAvg(), trainer, RoundConfig(num_rounds=1, seed=5), server_test=tiny_images,
+                          progress=False, checkpoint_path=tmp_path / "first.pt")
+    again = EuroSATCNN()
+    again.load_state_dict(first.final_state)
+    trainer2, config = ClassifierTrainer(lr=1e-3, batch_size=8, epochs=1), RoundConfig(num_rounds=3, seed=5)
+    assert continue_rounds(tmp_path / "first.pt", tmp_path / "second.pt", again, clients, FedAvg(), trainer2, config) == 1
+    rest = run_federated(again, clients, FedAvg(), trainer2, config, server_test=tiny_images, progress=False,
+                         checkpoint_path=tmp_path / "second.pt")
+    assert_same_state(rest.final_state, whole.final_state)
+    assert rest.history["round"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(rest.history["server_loss"], whole.history["server_loss"], rtol=1e-6)
+    assert rest.ledger.frame().equals(whole.ledger.frame())
+    # the continued run's own checkpoint is left as it is; nothing is left to continue past num_rounds
+    assert continue_rounds(tmp_path / "first.pt", tmp_path / "second.pt", again, clients, FedAvg(), trainer2, config) == 3
+    with pytest.raises(ValueError, match="ends at round 1: nothing is left to continue up to num_rounds = 1"):
+        continue_rounds(tmp_path / "first.pt", tmp_path / "third.pt", again, clients, FedAvg(), trainer2, RoundConfig(num_rounds=1))

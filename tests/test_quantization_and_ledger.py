@@ -112,8 +112,8 @@ def test_ledger_totals_and_cost():
 
 
 def test_qat_graph_has_every_buffer_shaped_and_leaves_batchnorm_alone(model, inputs):
-    """prepare_qat initialises the observers with one eval-mode pass: no empty buffer is left (client states average
-    from the first round), the float model is untouched and the BatchNorm statistics do not move."""
+    """prepare_qat initialises the observers with one pass on BatchNorm's running statistics: no empty buffer is left
+    (client states average from the first round), the float model is untouched and no BatchNorm statistic moves."""
     from fedpeft.quantization.qat import prepare_qat
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -122,14 +122,37 @@ def test_qat_graph_has_every_buffer_shaped_and_leaves_batchnorm_alone(model, inp
     assert not [k for k, v in state.items() if v.numel() == 0]
     assert any(k.endswith(".scale") for k in state) and any(k.endswith(".min_val") for k in state)
     for name in ("bn1.running_mean", "bn1.running_var", "bn3.running_var"):
-        assert torch.equal(state[name], before[name])
+        assert torch.equal(state[f"graph.{name}"], before[name])
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not prepared.training
+
+
+def test_a_copied_qat_model_trains_batchnorm_and_evaluates_without_moving_its_ranges(model, inputs):
+    """The round loop trains a deep copy: on it, .train() must use batch statistics (BatchNorm's running mean moves)
+    and let the observers learn; .eval() must leave both the BatchNorm statistics and the activation ranges alone."""
+    import copy
+
+    from fedpeft.quantization.qat import prepare_qat
+
+    work = copy.deepcopy(prepare_qat(model, inputs))
+    ranges = lambda m: {k: v.clone() for k, v in m.state_dict().items() if k.endswith(("min_val", "max_val"))}  # noqa: E731
+    stats = lambda m: {k: v.clone() for k, v in m.state_dict().items() if k.endswith("running_mean")}  # noqa: E731
+    r0, s0 = ranges(work), stats(work)
+    work.eval()
+    with torch.no_grad():
+        work(3 * inputs)
+    assert all(torch.equal(v, r0[k]) for k, v in ranges(work).items())
+    assert all(torch.equal(v, s0[k]) for k, v in stats(work).items())
+    work.train()
+    work(3 * inputs)
+    assert any(not torch.equal(v, s0[k]) for k, v in stats(work).items())
+    assert any(not torch.equal(v, r0[k]) for k, v in ranges(work).items())
 
 
 def test_qat_trains_converts_to_the_same_int8_scheme_and_averages(model, inputs):
     """One training step changes the fake-quantized weights; the converted model stores every weight in int8 at the
     size of post-training static int8 (the same scheme) and predicts as the fake-quantized graph does; the mean of
-    two client states loads back into the graph (FedAvg of QAT clients)."""
+    two client states, integer observer flags included, loads back into the model (FedAvg of QAT clients)."""
     from fedpeft.federated.strategies import build_strategy
     from fedpeft.quantization.qat import convert_qat, prepare_qat
 
@@ -141,7 +164,7 @@ def test_qat_trains_converts_to_the_same_int8_scheme_and_averages(model, inputs)
     loss.backward()
     opt.step()
     trained = {k: v.clone() for k, v in prepared.state_dict().items()}
-    assert not torch.equal(trained["conv1.weight"], start["conv1.weight"])
+    assert not torch.equal(trained["graph.conv1.weight"], start["graph.conv1.weight"])
     q = convert_qat(prepared)
     assert q.method == "int8_qat" and q.int8_fraction() == 1.0
     assert q.size_bytes() == quantize(model, "int8_static", calibration=[inputs]).size_bytes()
@@ -151,4 +174,7 @@ def test_qat_trains_converts_to_the_same_int8_scheme_and_averages(model, inputs)
     assert (fake.argmax(1) == real.argmax(1)).float().mean() >= 0.9
     mean = build_strategy("fedavg").aggregate(start, [start, trained], [1, 1], None)
     prepared.load_state_dict(mean)
-    assert torch.allclose(prepared.state_dict()["conv1.weight"], (start["conv1.weight"] + trained["conv1.weight"]) / 2)
+    after = prepared.state_dict()
+    assert torch.allclose(after["graph.conv1.weight"], (start["graph.conv1.weight"] + trained["graph.conv1.weight"]) / 2)
+    flags = [k for k in after if k.endswith("observer_enabled")]
+    assert flags and all(after[k].dtype == torch.int64 and after[k].item() in (0, 1) for k in flags)

@@ -10,8 +10,9 @@ never needs a trained model.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from fedpeft.core.profiling import measure
 from fedpeft.core.records import RunRecord, RunSpec
 from fedpeft.data import eurosat as fdata
 from fedpeft.experiments.eurosat_fedavg_ptq.settings import EXPERIMENT
+from fedpeft.federated.continuation import continue_rounds
 from fedpeft.federated.engines import run_rounds
 from fedpeft.federated.ledger import MIB
 from fedpeft.federated.loop import Client, RoundConfig
@@ -121,20 +123,16 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     torch.manual_seed(seed)
     model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
     qat_rounds = spec.args.get("qat_rounds", 0)
-    float_rounds = rounds - qat_rounds
-    strategy = build_strategy("fedavg")
     qat = None
     with measure(trainer.torch_device) as m:
-        if float_rounds:
-            config = RoundConfig(num_rounds=float_rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
-            result = run_rounds(p["engine"], model, clients, strategy, trainer, config, server_test=server_test,
+        if qat_rounds:
+            model, result = _qat_run(s, model, clients, pool, server_test, seed, rounds, qat_rounds, trainer, spec.run_id, progress)
+            if not result.stopped_by_time_limit:
+                qat = _qat_table(model, server_test, s)
+        else:
+            config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
+            result = run_rounds(p["engine"], model, clients, build_strategy("fedavg"), trainer, config, server_test=server_test,
                                 checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id).result
-            model.load_state_dict(result.final_state)
-        if qat_rounds and not (float_rounds and result.stopped_by_time_limit):
-            float_result = result if float_rounds else None
-            model, result = _qat_rounds(s, model, clients, pool, server_test, seed, qat_rounds, spec.run_id, progress)
-            qat = _qat_table(model, server_test, s)
-            result = _joined(float_result, result) if float_result is not None else result
     if result.stopped_by_time_limit and checkpoints.active() is not None:
         checkpoints.active().keep()  # a time-limited run resumes from its last round when it is run again
     model.load_state_dict(result.final_state)
@@ -159,46 +157,62 @@ def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
     tables = {"history": h, "ledger": result.ledger.frame()}
     if spec.args["ptq"]:
         tables["ptq"] = ptq_comparison(model, server_test, pool, s)
+    if qat_rounds:
+        scalars.update({"qat_rounds": qat_rounds, "qat_precision": "fp32"})
     if qat is not None:
         tables["qat"] = qat
-        scalars.update({"qat_rounds": qat_rounds, "qat_int8_accuracy": float(qat["accuracy_pct"].iloc[0]) / 100,
-                        "qat_precision": "fp32"})
+        scalars["qat_int8_accuracy"] = float(qat["accuracy_pct"].iloc[0]) / 100
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
 
 
-def _qat_rounds(s: Settings, model: torch.nn.Module, clients: list[Client], pool: fdata.ImageArrays, server_test, seed: int,
-                rounds: int, run_id: str, progress: bool) -> tuple[torch.nn.Module, Any]:
-    """The QAT arm's last ``rounds`` rounds: FedAvg of the int8 fake-quantized graph of ``model`` (the clients' data,
-    optimizer and local epochs as before; in fp32 and contiguous layout, which the fake-quantization kernels take).
-    Its rounds are counted from 1 again, so their client sampling and batch order are those of the run's first
-    rounds, not of the FP32 run's last: either is a seeded draw. Returns the QAT graph and the rounds' result."""
+def _qat_run(s: Settings, model: torch.nn.Module, clients: list[Client], pool: fdata.ImageArrays, server_test, seed: int,
+             rounds: int, qat_rounds: int, trainer: ClassifierTrainer, run_id: str, progress: bool) -> tuple[torch.nn.Module, Any]:
+    """The QAT arm: rounds ``1 .. rounds - qat_rounds`` as the FP32 run's (in-process, the same trainer), then the
+    last ``qat_rounds`` FedAvg rounds of the int8 fake-quantized :class:`~fedpeft.quantization.qat.QATModel` of the
+    model they trained (the clients' data, optimizer and local epochs as before; fp32 and contiguous layout, which the
+    fake-quantization kernels take). The QAT rounds continue the run's round numbers
+    (:func:`~fedpeft.federated.continuation.continue_rounds`), so their client draws and batch orders are the FP32
+    run's own for those rounds, and the history (``phase``: ``fp32`` or ``qat``) and ledger are one run's. The time
+    limit covers both phases. Returns the model (the QAT model once its rounds ran) and the run's result."""
     p = s.params
-    example = fdata.normalize_batch(pool.images[: p["batch_size"]])
-    qat_model = prepare_qat(model, example)
-    trainer = make_trainer(s)
-    trainer.precision, trainer.channels_last = "fp32", False
-    config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=p["time_limit_s"])
-    result = run_rounds("inprocess", qat_model, clients, build_strategy("fedavg"), trainer, config, server_test=server_test,
-                        checkpoint_path=checkpoints.path("qat-rounds"), progress=progress, description=f"{run_id} (QAT)").result
+    float_rounds = rounds - qat_rounds
+    with tempfile.TemporaryDirectory() as scratch:  # outside the harness the continuation still needs the float rounds' checkpoint
+        first = checkpoints.path("rounds") or Path(scratch) / "rounds.pt"
+        second = checkpoints.path("qat-rounds") or Path(scratch) / "qat-rounds.pt"
+        limit, before = p["time_limit_s"], None
+        if float_rounds:
+            config = RoundConfig(num_rounds=float_rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=limit)
+            before = run_rounds("inprocess", model, clients, build_strategy("fedavg"), trainer, config, server_test=server_test,
+                                checkpoint_path=first, progress=progress, description=run_id).result
+            if before.stopped_by_time_limit:
+                return model, _with_phases(before, rounds, qat_rounds)
+            model.load_state_dict(before.final_state)
+            limit = None if limit is None else max(limit - before.wall_s, 1e-3)
+        qat_model = prepare_qat(model, fdata.normalize_batch(pool.images[: p["batch_size"]]))
+        qat_trainer = make_trainer(s)
+        qat_trainer.precision, qat_trainer.channels_last = "fp32", False
+        strategy = build_strategy("fedavg")
+        config = RoundConfig(num_rounds=rounds, seed=seed, fraction_train=p["fraction_train"], time_limit_s=limit)
+        resumed = second.is_file()
+        if float_rounds:
+            continue_rounds(first, second, qat_model, clients, strategy, qat_trainer, config)
+        result = run_rounds("inprocess", qat_model, clients, strategy, qat_trainer, config, server_test=server_test,
+                            checkpoint_path=second, progress=progress, description=f"{run_id} (QAT)").result
     qat_model.load_state_dict(result.final_state)
-    return qat_model, result
+    if before is not None:
+        result = dataclasses.replace(result, wall_s=before.wall_s + result.wall_s,
+                                     resumed_from_round=result.resumed_from_round if resumed else before.resumed_from_round)
+    return qat_model, _with_phases(result, rounds, qat_rounds)
 
 
-def _joined(first, second):
-    """One result of two consecutive calls of the round loop: the second's rounds renumbered after the first's (its
-    round 0, the same model evaluated again through fake quantization, stays as the row of the switch), client rows
-    and ledgers concatenated, times added; ``phase`` says which call each history row came from."""
-    offset = first.rounds_completed
-    history = pd.concat([first.history.assign(phase="fp32"),
-                         second.history.assign(phase="qat", round=second.history["round"] + offset)], ignore_index=True)
-    clients = pd.concat([first.client_history, second.client_history.assign(round=second.client_history["round"] + offset)],
-                        ignore_index=True)
-    ledger = copy.deepcopy(first.ledger)
-    for row in second.ledger.frame().itertuples(index=False):
-        ledger.record(int(row.round) + offset, row.client, row.direction, int(row.bytes), payload=row.payload)
-    resumed = offset + second.resumed_from_round if second.resumed_from_round else first.resumed_from_round
-    return dataclasses.replace(second, history=history, client_history=clients, ledger=ledger,
-                               wall_s=first.wall_s + second.wall_s, resumed_from_round=resumed)
+def _with_phases(result, rounds: int, qat_rounds: int):
+    """``result`` with a ``phase`` column in its history: ``qat`` for the last ``qat_rounds`` of ``rounds``, else
+    ``fp32`` (round 0, the initial model, included)."""
+    h = result.history
+    phase = np.where(h["round"] > rounds - qat_rounds, "qat", "fp32")
+    if qat_rounds == rounds:
+        phase = np.where(h["round"] > 0, "qat", "fp32")
+    return dataclasses.replace(result, history=h.assign(phase=phase))
 
 
 def _qat_table(qat_model: torch.nn.Module, server_test, s: Settings) -> pd.DataFrame:
