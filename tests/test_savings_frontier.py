@@ -20,6 +20,10 @@ def test_plan_varies_one_axis_at_a_time_over_every_seed():
     ids = _ids()
     points = sorted({i.rsplit("-s", 1)[0] for i in ids})
     assert len(ids) == len(set(ids)) == 2 * len(points)  # every point on both seeds, the base point once
+    cnn = [p for p in points if p.startswith("eurosat-")]
+    assert cnn == ["eurosat-full-fp32-diloco2-iid", "eurosat-full-fp32-every-iid", "eurosat-full-int8ef-every-iid"]
+    assert {s.kind for s in runs.run_specs(load("embedded"))} == {"point", "cnn_point"}
+    points = [p for p in points if p not in cnn]
     assert points == sorted([
         "sst2-lora-naive-fp32-every-iid", "sst2-full-fp32-every-iid", "sst2-full-int8ef-every-iid",
         "sst2-lora-svd-fp32-every-iid", "sst2-lora-ffa-fp32-every-iid", "sst2-lora-fedex-fp32-every-iid",
@@ -32,7 +36,7 @@ def test_plan_varies_one_axis_at_a_time_over_every_seed():
         "task": "sst2", "model": "lora", "aggregation": "naive", "codec": "int8", "error_feedback": True, "sync_interval": 0,
         "sharding": "iid", "seed": 43}
     bare = _ids({"aggregations": [], "full_model": False, "full_model_codecs": [], "codecs": [], "sync_intervals": [],
-                 "skewed_points": [], "qlora": False})
+                 "skewed_points": [], "qlora": False, "cnn_points": False})
     assert bare == ["sst2-lora-naive-fp32-every-iid-s42", "sst2-lora-naive-fp32-every-iid-s43"]
 
 
@@ -45,6 +49,25 @@ def test_bad_settings_name_the_setting_and_what_is_allowed():
         load("embedded", {"full_model": False})
     with pytest.raises(ParameterError, match="codecs"):
         load("embedded", {"codecs": ["int4"]})
+    with pytest.raises(ValueError, match=r"cnn_sync_intervals = \[3\] holds \[3\], which do not divide cnn_rounds = 2"):
+        load("embedded", {"cnn_sync_intervals": [3]})
+
+
+def test_each_task_s_points_depend_on_their_own_settings_only():
+    """A change to the CNN's settings leaves the text points' records valid, and the other way round (KIND_KEYS)."""
+    from fedpeft.experiments.runs import identity
+    from fedpeft.experiments.savings_frontier.settings import data_files
+
+    def ids(overrides):
+        s = load("embedded", overrides)
+        return {spec.run_id: identity(s, spec) for spec in runs.run_specs(s)}
+
+    base, cnn_changed, text_changed = ids({}), ids({"cnn_learning_rate": 0.01}), ids({"learning_rate": 0.01})
+    for rid in base:
+        is_cnn = rid.startswith("eurosat-")
+        assert (base[rid] == cnn_changed[rid]) != is_cnn and (base[rid] == text_changed[rid]) == is_cnn, rid
+    assert data_files(load("local")) == ["glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", "eurosat/EuroSAT_RGB.zip"]
+    assert data_files(load("local", {"cnn_points": False})) == ["glue/SST-2/train.tsv", "glue/SST-2/dev.tsv"]
 
 
 def test_client_memory_counts_frozen_weights_as_stored_and_sixteen_bytes_per_trainable_value():
@@ -148,3 +171,54 @@ def test_error_feedback_keeps_the_residual_a_quantized_update_dropped():
     trained = {"w": torch.linspace(-1, 1, 300) ** 3}
     received = strategy.from_uplink(strategy.uplink(trained, 0), 0)
     assert torch.allclose(received["w"] + strategy.residuals[0]["w"], trained["w"], atol=1e-6)
+
+
+def test_a_cnn_point_sends_the_whole_model_and_its_codec_shrinks_the_uplink():
+    """One EuroSAT CNN point end to end on generated images: the full state travels (434,602 parameters and the
+    BatchNorm buffers), int8 + EF shrinks the uplink about 4x, DiLoCo at H = 2 syncs half as often."""
+    s = load("embedded", {"cnn_images_per_class": 8, "seeds": [0]})
+    specs = {x.run_id: x for x in runs.run_specs(s)}
+    base = runs.execute(s, specs["eurosat-full-fp32-every-iid-s0"], progress=False)
+    int8 = runs.execute(s, specs["eurosat-full-int8ef-every-iid-s0"], progress=False)
+    diloco = runs.execute(s, specs["eurosat-full-fp32-diloco2-iid-s0"], progress=False)
+    assert base["trainable"] == base["total"] == 434_602 and base["train_examples"] == 64 and base["eval_examples"] == 16
+    assert base["up_bytes"] == base["down_bytes"] > 434_602 * 4  # parameters and BatchNorm buffers, fp32 both ways
+    assert int8["down_bytes"] == base["down_bytes"] and 3.5 < base["up_bytes"] / int8["up_bytes"] < 4.0
+    assert (diloco["rounds_completed"], diloco["total_bytes"]) == (1, base["total_bytes"] // 2)
+    assert report.local_steps(base, 10_000) == 2 * -(-22 // 32)  # its own batch of 32, not the text task's
+    assert base.tables["history"]["server_score"].equals(base.tables["history"]["server_accuracy"])
+    with pytest.raises(ValueError, match="cnn_pool_images = 1000 is not allowed: there are 64 images"):
+        runs.cnn_images(load("embedded", {"cnn_images_per_class": 8, "cnn_pool_images": 1000}), progress=False)
+
+
+def _cnn_rows(cost):
+    rows = []
+    for seed, (full, c) in enumerate(zip([60.0, 62.0, 61.0], cost, strict=True)):
+        rows += [{"technique": "CNN full model", "task": "eurosat", "sharding": "iid", "seed": seed, "score": full,
+                  "total_bytes": 20 * 2**20, "client_state_bytes": 7 * 2**20, "rounds": 6, "local_steps": 120},
+                 {"technique": "CNN full model int8 + EF", "task": "eurosat", "sharding": "iid", "seed": seed, "score": full + c,
+                  "total_bytes": 12 * 2**20, "client_state_bytes": 10 * 2**20, "rounds": 6, "local_steps": 120},
+                 {"technique": "CNN full model int8", "task": "eurosat", "sharding": "iid", "seed": seed, "score": full + c - 3.0,
+                  "total_bytes": 12 * 2**20, "client_state_bytes": 8 * 2**20, "rounds": 6, "local_steps": 120}]
+    return pd.DataFrame(rows).assign(wall_s=30.0)
+
+
+@pytest.mark.parametrize(("cost", "verdict"), [([-0.1, 0.1, 0.0], "holds"), ([-3.0, -2.5, -2.8], "does not hold")])
+def test_the_cnn_s_techniques_are_judged_against_the_cnn_s_own_full_model(cost, verdict):
+    s = load("embedded")
+    both = pd.concat([_runs_table([-0.1, 0.1, 0.0]).assign(task="sst2"), _cnn_rows(cost)], ignore_index=True)
+    text, cnn = report.savings(both, "iid", 1.0), report.savings(both, "iid", 1.0, task="eurosat")
+    assert "CNN full model" not in set(text["technique"]) and set(cnn["technique"]) == {
+        "CNN full model", "CNN full model int8 + EF", "CNN full model int8"}
+    assert cnn.set_index("technique").loc["CNN full model int8 + EF", "saved_x"] == pytest.approx(20 / 12)
+    ledger = report.build_claims(s, both, text, None, cnn)
+    assert ledger.verdicts["cost:CNN full model int8 + EF"].verdict == verdict
+    assert ledger.verdicts["cost:LoRA naive"].verdict == "holds"  # the text task's verdicts are its own
+    assert ledger.verdicts["ef:CNN full model int8"].verdict == "holds"  # EF gains 3 points on every seed
+    row = ledger.frame().set_index("key").loc["cost:CNN full model int8 + EF"]
+    assert row["evidence"] == "savings_cnn" and row["claim"].startswith("CNN full model int8 + EF saves 1.67x of the CNN full model's")
+    words = report.finding(s, text, ledger, None, cnn)
+    assert "On the EuroSAT CNN (3 clients, full-model updates), its full model sent in fp32 every round moves 20.0 MiB" in words
+    assert "CNN full model int8 + EF saves 1.67x" in words
+    assert report.savings(_cnn_rows(cost), "iid", 1.0) is None  # no text-task full model in a CNN-only table
+

@@ -18,7 +18,7 @@ from fedpeft.core.config import Settings
 from fedpeft.core.records import RunRecord
 from fedpeft.experiments import runs as run_stages
 from fedpeft.experiments.savings_frontier.experiment import EXPERIMENT as DECLARED
-from fedpeft.experiments.savings_frontier.settings import EXPERIMENT, load  # noqa: F401 - the notebook's API
+from fedpeft.experiments.savings_frontier.settings import CNN_TASK, EXPERIMENT, load  # noqa: F401 - the notebook's API
 from fedpeft.reporting.claims import ClaimsLedger, Verdict, at_most, paired_greater, says
 from fedpeft.reporting.frontier import savings_table
 from fedpeft.reporting.outputs import STUDY_PACKAGES
@@ -28,9 +28,13 @@ SEED_REPORT = DECLARED.seed_report
 NOTEBOOK = DECLARED.notebook
 PACKAGES = STUDY_PACKAGES + DECLARED.packages
 BASELINE = "full model"
+#: The EuroSAT CNN's yardstick: its full model sent in fp32 every round (every CNN technique's name starts "CNN").
+CNN_BASELINE = "CNN full model"
 LIMITATIONS = """\
-- One task (SST-2) and one small federation (the GLUE experiment's clients); the EuroSAT CNN's full-model updates,
-  which the plan also names, are not run yet, so the frontier is that of one text classifier.
+- Two tasks, each in one small federation: SST-2 (the GLUE experiment's clients) for the adapters and the full
+  model, and the EuroSAT CNN (a smaller federation than the EuroSAT experiment's, set by the `cnn_*` settings) for
+  full-model updates alone. Each task's techniques are judged against its own full model; the two tasks' accuracies
+  are never compared.
 - FLoRA is not a point: its adapter's rank grows by K r every round, which the round loop does not model (the GLUE
   experiment runs it as a one-shot merge).
 - Quantized updates are the client's uplink; the server's broadcast travels in fp32, as in NVIDIA FLARE's example.
@@ -52,8 +56,11 @@ def collect(s: Settings, progress: bool = True) -> dict[str, RunRecord]:
 
 
 def technique(args: Mapping) -> str:
-    """A point's name: what is sent, how and how often ("LoRA naive int8 + EF", "full model", "LoRA naive DiLoCo H=2")."""
+    """A point's name: what is sent, how and how often ("LoRA naive int8 + EF", "full model", "LoRA naive DiLoCo H=2";
+    the EuroSAT CNN's "CNN full model int8 + EF")."""
     name = BASELINE if args["model"] == "full" else f"{'QLoRA' if args['model'] == 'qlora' else 'LoRA'} {args['aggregation']}"
+    if args.get("task") == CNN_TASK:
+        name = f"CNN {name}"
     if args["codec"] != "fp32":
         name += f" {args['codec']}"
     if args["error_feedback"]:
@@ -81,8 +88,9 @@ def client_memory_bytes(r: RunRecord) -> int:
 
 def local_steps(r: RunRecord, batch_size: int) -> int:
     """Optimizer steps of the largest client over the whole run: per round ceil(epochs x examples / batch), as the
-    trainer takes them."""
+    trainer takes them (``batch_size``: the text task's; a CNN point's record holds its own)."""
     largest = int(r.tables["shards"]["examples"].max())
+    batch_size = int(r.scalars.get("batch_size", batch_size))  # the CNN's points record their own
     per_round = max(1, math.ceil(float(r["local_epochs_per_round"]) * largest / batch_size))
     return per_round * int(r["rounds_completed"])
 
@@ -93,7 +101,7 @@ def points(records: Mapping[str, RunRecord], batch_size: int) -> pd.DataFrame:
     rows = []
     for r in records.values():
         a = r.spec
-        rows.append({"technique": technique(a), "sharding": a["sharding"], "seed": a["seed"], "model": a["model"],
+        rows.append({"technique": technique(a), "task": a["task"], "sharding": a["sharding"], "seed": a["seed"], "model": a["model"],
                      "aggregation": a["aggregation"], "codec": a["codec"], "error_feedback": a["error_feedback"],
                      "sync_interval": a["sync_interval"], "score": 100 * r["score"], "chance": 100 * r["chance_score"],
                      "rounds": r["rounds_completed"], "up_bytes": r["up_bytes"], "down_bytes": r["down_bytes"],
@@ -111,14 +119,17 @@ def histories(records: Mapping[str, RunRecord]) -> pd.DataFrame:
                       for r in records.values()], ignore_index=True)
 
 
-def savings(runs: pd.DataFrame, sharding: str, margin: float) -> pd.DataFrame | None:
-    """The savings table of the points run on ``sharding`` against the full model there
+def savings(runs: pd.DataFrame, sharding: str, margin: float, task: str | None = None) -> pd.DataFrame | None:
+    """The savings table of one task's points run on ``sharding`` against that task's full model there
     (:func:`fedpeft.reporting.frontier.savings_table`), with each technique's client memory (MiB), rounds and local
-    steps; None when the full model did not run on ``sharding``."""
-    part = runs[runs["sharding"] == sharding]
-    if BASELINE not in set(part["technique"]):
+    steps; None when that full model did not run on ``sharding``. ``task``: ``None`` for the text task,
+    :data:`CNN_TASK` for the EuroSAT CNN's points."""
+    is_cnn = runs["task"] == CNN_TASK if "task" in runs else pd.Series(False, index=runs.index)
+    part = runs[(runs["sharding"] == sharding) & (is_cnn if task == CNN_TASK else ~is_cnn)]
+    baseline = CNN_BASELINE if task == CNN_TASK else BASELINE
+    if baseline not in set(part["technique"]):
         return None
-    table = savings_table(part, BASELINE, margin)
+    table = savings_table(part, baseline, margin)
     extra = part.groupby("technique").agg(client_state_MiB=("client_state_bytes", lambda b: b.mean() / 2**20),
                                           rounds=("rounds", "max"), local_steps=("local_steps", "max"))
     out = table.merge(extra, left_on="technique", right_index=True, how="left")
@@ -136,10 +147,11 @@ def _with_saving(verdict: Verdict, saved_x: float) -> Verdict:
     return replace(verdict, measured=f"{saved_x:.3g}x fewer bytes at {verdict.measured}")
 
 
-def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: pd.DataFrame | None = None) -> ClaimsLedger:
-    """The study's checks (this experiment has no seed report): each technique's cost against the full model,
-    judged as non-inferiority at ``cost_margin`` points, paired by seed; error feedback against none; on label skew;
-    and the client memory QLoRA saves."""
+def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: pd.DataFrame | None = None,
+                 cnn: pd.DataFrame | None = None) -> ClaimsLedger:
+    """The study's checks (this experiment has no seed report): each technique's cost against its task's full model
+    (``table``: the text task's, ``cnn``: the EuroSAT CNN's), judged as non-inferiority at ``cost_margin`` points,
+    paired by seed; error feedback against none; on label skew; and the client memory QLoRA saves."""
     ledger = ClaimsLedger(s.profile, EXPERIMENT)
     ledger.few_seeds = (f"every point runs on the same {runs['seed'].nunique()} seeds ({len(runs)} runs, "
                         f"{runs['wall_s'].sum() / 3600:.1f} h of training here); more seeds for every point did not fit the budget")
@@ -149,10 +161,13 @@ def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: p
         ledger.check(f"{row['technique']} saves {row['saved_x']:.3g}x of the full model's traffic at a cost of at most {points}",
                      _with_saving(table.attrs["verdicts"][row["technique"]], row["saved_x"]), "savings",
                      f"IID shards; {row['reading']}", seed_figure="not in a seed", key=f"cost:{row['technique']}")
+    if cnn is not None:
+        for _, row in cnn[cnn["technique"] != CNN_BASELINE].iterrows():
+            ledger.check(f"{row['technique']} saves {row['saved_x']:.3g}x of the CNN full model's traffic at a cost of at most "
+                         f"{points}", _with_saving(cnn.attrs["verdicts"][row["technique"]], row["saved_x"]), "savings_cnn",
+                         f"EuroSAT CNN, IID shards; {row['reading']}", seed_figure="not in a seed", key=f"cost:{row['technique']}")
     for codec in ("int8", "nf4", "fp16"):
-        base = f"LoRA {s['base_aggregation']} {codec}"
-        for prefix in ("LoRA", BASELINE):
-            plain = base if prefix == "LoRA" else f"{BASELINE} {codec}"
+        for plain in (f"LoRA {s['base_aggregation']} {codec}", f"{BASELINE} {codec}", f"{CNN_BASELINE} {codec}"):
             with_ef, without = _arm(runs, plain + " + EF"), _arm(runs, plain)
             shared = with_ef.index.intersection(without.index)
             with_ef, without = with_ef.loc[shared], without.loc[shared]
@@ -182,8 +197,25 @@ def build_claims(s: Settings, runs: pd.DataFrame, table: pd.DataFrame, skewed: p
     return ledger
 
 
-def finding(s: Settings, table: pd.DataFrame, claims: ClaimsLedger, skewed: pd.DataFrame | None = None) -> str:
-    """The report's opening paragraph, written from the savings table and the verdicts."""
+def cnn_sentences(s: Settings, cnn: pd.DataFrame) -> str:
+    """What the EuroSAT CNN's points show, from their savings table: its full model's traffic and accuracy, and each
+    technique's saving and cost against it."""
+    base = cnn[cnn["technique"] == CNN_BASELINE].iloc[0]
+    ranked = cnn[cnn["technique"] != CNN_BASELINE].sort_values("saved_x", ascending=False)
+    text = (f"On the EuroSAT CNN ({s['cnn_clients']} clients, full-model updates), its full model sent in fp32 every round "
+            f"moves {base['total_MiB']:,.1f} MiB over {int(base['rounds'])} rounds and reaches {base['score_mean']:.2f} % test "
+            f"accuracy ({int(base['seeds'])} seeds).")
+    if len(ranked):
+        text += " Against it, paired by seed: " + "; ".join(f"{r['technique']} {r['reading']}" for _, r in ranked.iterrows()) + "."
+    front = cnn[cnn["on_frontier"]].sort_values("total_MiB")
+    if len(front):
+        text += " On its frontier: " + ", ".join(front["technique"]) + "."
+    return text
+
+
+def finding(s: Settings, table: pd.DataFrame, claims: ClaimsLedger, skewed: pd.DataFrame | None = None,
+            cnn: pd.DataFrame | None = None) -> str:
+    """The report's opening paragraph, written from the savings tables (``cnn``: the EuroSAT CNN's) and the verdicts."""
     base = table[table["technique"] == BASELINE]
     parts = []
     if len(base):
@@ -210,6 +242,8 @@ def finding(s: Settings, table: pd.DataFrame, claims: ClaimsLedger, skewed: pd.D
     shown = [t for t in (BASELINE, f"LoRA {s['base_aggregation']}", f"QLoRA {s['base_aggregation']}") if t in memory.index]
     if len(shown) > 1:
         parts.append("A client's model state: " + ", ".join(f"{t} {memory[t]:.1f} MiB" for t in shown) + ".")
+    if cnn is not None and len(cnn):
+        parts.append(cnn_sentences(s, cnn))
     return " ".join(parts)
 
 
@@ -223,11 +257,12 @@ def _key(name: str) -> str:
     return name.lower().replace(" + ", "_").replace(" ", "_").replace("=", "")
 
 
-def metrics(table: pd.DataFrame, runs: pd.DataFrame) -> dict[str, float]:
-    """Flat numbers for ``dvc metrics``: per technique (IID) its mean score (%), total bytes and client memory (bytes)."""
+def metrics(table: pd.DataFrame, runs: pd.DataFrame, cnn: pd.DataFrame | None = None) -> dict[str, float]:
+    """Flat numbers for ``dvc metrics``: per technique (IID, both tasks) its mean score (%), total bytes and client
+    memory (bytes)."""
     out: dict[str, float] = {}
     iid = runs[runs["sharding"] == "iid"].groupby("technique")
-    for _, r in table.iterrows():
+    for _, r in pd.concat([table, cnn]).iterrows() if cnn is not None else table.iterrows():
         k = _key(r["technique"])
         out[f"{k}_score_pct"] = float(r["score_mean"])
         out[f"{k}_total_bytes"] = int(iid.get_group(r["technique"])["total_bytes"].iloc[0])
@@ -237,7 +272,7 @@ def metrics(table: pd.DataFrame, runs: pd.DataFrame) -> dict[str, float]:
 
 
 def describe(s: Settings, runs: pd.DataFrame) -> str:
-    """What ran, as markdown: the model, data, federation, budget and the axes."""
+    """What ran, as markdown: the model, data, federation, budget and the axes (and the EuroSAT CNN's, when it ran)."""
     return (f"`{s['model']}` on {s['main_task']} ({s['source']} data: {s['train_examples'] or 'all'} training examples, "
             f"{s['eval_examples'] or 'all'} validation examples), {s['num_clients']} clients. Every point trains each client "
             f"for {s['num_rounds'] * s['local_epochs']:g} epochs in all: FedAvg {s['num_rounds']} rounds of "
@@ -246,4 +281,9 @@ def describe(s: Settings, runs: pd.DataFrame) -> str:
             f"(alpha {s['lora_alpha']:g}) on {', '.join(s['target_modules'])} at lr {s['learning_rate']:g}; the full model "
             f"at lr {s['full_finetune_lr']:g}. {runs['technique'].nunique()} techniques, {runs['seed'].nunique()} seeds "
             f"({', '.join(str(x) for x in sorted(runs['seed'].unique()))}), {len(runs)} runs; Dirichlet alpha "
-            f"{s['dirichlet_alpha']:g} for the skewed points.")
+            f"{s['dirichlet_alpha']:g} for the skewed points." + (
+            f" The EuroSAT CNN ({s['cnn_source']} images): {s['cnn_clients']} IID clients sharing "
+            f"{s['cnn_pool_images'] or 'all'} images, {s['cnn_test_images'] or 'all held-out'} in the server's test set, "
+            f"{s['cnn_rounds']} rounds of {s['cnn_local_epochs']} local epoch{'s' if s['cnn_local_epochs'] != 1 else ''} "
+            f"(Adam, lr {s['cnn_learning_rate']:g}, batch {s['cnn_batch_size']}), its full model's parameters and BatchNorm "
+            "statistics sent every round." if s["cnn_points"] else ""))

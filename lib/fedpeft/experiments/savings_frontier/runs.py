@@ -11,14 +11,21 @@ quantization scales) and the client's model-state memory (:func:`client_state_by
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from fedpeft.core import checkpoints
+from fedpeft.core.baselines import majority_baseline
 from fedpeft.core.config import Settings
+from fedpeft.core.device import run_device
 from fedpeft.core.records import RunRecord, RunSpec
+from fedpeft.data import eurosat
+from fedpeft.data.eurosat import ImageArrays
 from fedpeft.experiments.glue_lora_aggregation.runs import (
     TaskData,
     adapter_model,
@@ -28,18 +35,21 @@ from fedpeft.experiments.glue_lora_aggregation.runs import (
     shard,
     shard_table,
 )
-from fedpeft.experiments.savings_frontier.settings import EXPERIMENT
+from fedpeft.experiments.savings_frontier.settings import CNN_TASK, EXPERIMENT
 from fedpeft.federated.compression import CompressedUpdates
 from fedpeft.federated.engines import run_rounds
 from fedpeft.federated.loop import Client, RoundConfig
 from fedpeft.federated.lora_aggregation import LoraAggregation
+from fedpeft.federated.partition import label_skew, partition
 from fedpeft.federated.strategies import DiLoCo, FedAvg
+from fedpeft.models.cnn import EuroSATCNN
 from fedpeft.models.counting import count_parameters
 from fedpeft.models.text import frozen_lora_a
 from fedpeft.quantization.nf4 import _quant_state_bytes as quant_state_bytes
+from fedpeft.training.image import ClassifierTrainer
 
-#: Bytes a client keeps per trainable parameter while training with AdamW in fp32: the value, its gradient and the
-#: two moments.
+#: Bytes a client keeps per trainable parameter while training with AdamW (the CNN: Adam) in fp32: the value, its
+#: gradient and the two moments.
 TRAINABLE_BYTES = 4 * 4
 
 
@@ -53,7 +63,8 @@ def point_id(task: str, model: str, aggregation: str, codec: str, sync_interval:
 def _spec(task: str, model: str, aggregation: str, codec: str, sync_interval: int, sharding: str, seed: int) -> RunSpec:
     args = {"task": task, "model": model, "aggregation": aggregation, "codec": codec.removesuffix("+ef"),
             "error_feedback": codec.endswith("+ef"), "sync_interval": sync_interval, "sharding": sharding, "seed": seed}
-    return RunSpec(point_id(task, model, aggregation, codec, sync_interval, sharding, seed), args, "point")
+    return RunSpec(point_id(task, model, aggregation, codec, sync_interval, sharding, seed), args,
+                   "cnn_point" if task == CNN_TASK else "point")
 
 
 def run_specs(s: Settings) -> list[RunSpec]:
@@ -69,15 +80,22 @@ def run_specs(s: Settings) -> list[RunSpec]:
     points += [("lora" if what == "lora" else "full", base if what == "lora" else "fedavg", "fp32", 0, "dirichlet")
                for what in p["skewed_points"]]
     points += [("qlora", base, "fp32", 0, "iid")] if p["qlora"] else []
+    planned = [(task, *point) for point in points]
+    if p["cnn_points"]:
+        cnn = [("full", "fedavg", "fp32", 0, "iid")] + [("full", "fedavg", codec, 0, "iid") for codec in p["cnn_codecs"]]
+        cnn += [("full", "fedavg", "fp32", h, "iid") for h in p["cnn_sync_intervals"]]
+        planned += [(CNN_TASK, *point) for point in cnn]
     specs: dict[str, RunSpec] = {}
-    for point in dict.fromkeys(points):
+    for point in dict.fromkeys(planned):
         for seed in p["seeds"]:
-            spec = _spec(task, *point, seed)
+            spec = _spec(*point, seed)
             specs.setdefault(spec.run_id, spec)
     return list(specs.values())
 
 
 def execute(s: Settings, spec: RunSpec, progress: bool = True) -> RunRecord:
+    if spec.kind == "cnn_point":
+        return _cnn_point_record(s, spec, progress)
     data = prepare_task(s, spec.args["task"], seed=s["model_seed"])
     return _point_record(s, spec, data, progress)
 
@@ -157,4 +175,66 @@ def _point_record(s: Settings, spec: RunSpec, data: TaskData, progress: bool) ->
                "total": count_parameters(model), "train_examples": len(data.train), "eval_examples": len(data.dev),
                "strategy": strategy.describe(), **client_state_bytes(model)}
     tables = {"history": h, "ledger_per_round": per_round, "shards": shard_table(data, parts)}
+    return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)
+
+
+# --- the EuroSAT CNN's points ------------------------------------------------------------------------------------
+
+def cnn_images(s: Settings, progress: bool = True) -> tuple[ImageArrays, ImageArrays]:
+    """(the images the CNN's clients share, the server's test set): 20 % of the images held out (stratified, seed 0,
+    as in the EuroSAT experiment), then ``cnn_test_images`` and ``cnn_pool_images`` drawn from each side (stratified,
+    seed 0; 0 keeps all)."""
+    if s["cnn_source"] == "generated":
+        images = eurosat.generate_landcover_images(s["cnn_images_per_class"], seed=0)
+    else:
+        images = eurosat.load_eurosat_zip(s.data_root, s.cache_dir, verify=True, progress=progress)
+    pool_idx, test_idx = eurosat.stratified_split(images.labels.numpy(), 0.2, seed=0)
+    pool, test = images.subset(pool_idx), images.subset(test_idx)
+    return _draw(pool, s["cnn_pool_images"], "cnn_pool_images"), _draw(test, s["cnn_test_images"], "cnn_test_images")
+
+
+def _draw(images: ImageArrays, count: int, setting: str) -> ImageArrays:
+    if count == 0 or count == len(images):
+        return images
+    if count > len(images):
+        raise ValueError(f"{setting} = {count} is not allowed: there are {len(images):,} images to draw from; use at most that, or 0 for all")
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(images)), train_size=count, stratify=images.labels.numpy(), random_state=0)
+    return images.subset(np.sort(keep))
+
+
+def _cnn_point_record(s: Settings, spec: RunSpec, progress: bool) -> RunRecord:
+    """One CNN point: the full model's state (parameters and BatchNorm buffers) averaged by FedAvg or DiLoCo, its
+    updates compressed by the point's codec; Adam, every client every round, the server's test accuracy after each."""
+    a = spec.args
+    pool, test = cnn_images(s, progress)
+    every = max(1, a["sync_interval"])
+    labels = pool.labels.numpy()
+    options = {"alpha": s["dirichlet_alpha"]} if a["sharding"] == "dirichlet" else {}
+    parts = partition(labels, "dirichlet" if a["sharding"] == "dirichlet" else "iid", s["cnn_clients"], a["seed"], **options)
+    clients = [Client(str(i + 1), pool.subset(p)) for i, p in enumerate(parts)]
+    torch.manual_seed(s["model_seed"])  # every point and seed starts from the same CNN
+    trainer = ClassifierTrainer(lr=s["cnn_learning_rate"], batch_size=s["cnn_batch_size"], epochs=s["cnn_local_epochs"] * every,
+                                optimizer="adam", precision="fp32", channels_last=True, eval_batch_size=64,
+                                device=run_device(s.params))
+    model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
+    strategy = _strategy(s, FedAvg(), a)
+    config = RoundConfig(num_rounds=s["cnn_rounds"] // every, seed=a["seed"], exchange="state", evaluate_clients=False)
+    run = run_rounds("inprocess", model, clients, strategy, trainer, config, server_test=test,
+                     checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id).result
+    per_round = run.ledger.per_round()
+    h = run.history.assign(server_score=run.history["server_accuracy"])
+    model.load_state_dict(run.final_state)
+    scalars = {**a, "score": float(h["server_score"].iloc[-1]), "chance_score": majority_baseline(test.labels.numpy()),
+               "wall_s": run.wall_s, "rounds_completed": run.rounds_completed,
+               "local_epochs_per_round": s["cnn_local_epochs"] * every, "batch_size": s["cnn_batch_size"],
+               "up_bytes": int(per_round["up"].sum()), "down_bytes": int(per_round["down"].sum()),
+               "total_bytes": int(per_round["total"].sum()), "trainable": count_parameters(model, trainable_only=True),
+               "total": count_parameters(model), "train_examples": len(pool), "eval_examples": len(test),
+               "label_skew": label_skew(parts, labels), "strategy": strategy.describe(), **client_state_bytes(model)}
+    shards = pd.DataFrame([{"client": i, "examples": int(len(p)),
+                            "labels": json.dumps({str(k): int(v) for k, v in zip(*np.unique(labels[p], return_counts=True), strict=True)})}
+                           for i, p in enumerate(parts, start=1)])
+    tables = {"history": h, "ledger_per_round": per_round, "shards": shards}
     return RunRecord(EXPERIMENT, spec.run_id, spec.args, scalars, tables)

@@ -12,6 +12,11 @@ IID shards), with the same clients, data and budget of local steps (``num_rounds
 - *data*: the points of ``skewed_points`` again on Dirichlet label skew (``dirichlet_alpha``);
 - *memory*: the adapters on a 4-bit NF4 base (``qlora``, QLoRA).
 
+A second task, the EuroSAT report's CNN (``cnn_points``), measures full-model updates on their own yardstick (the
+CNN's full model in fp32 every round, IID), in a federation of its own (the ``cnn_*`` settings): each of
+``cnn_codecs`` and DiLoCo every ``H`` of ``cnn_sync_intervals`` rounds' worth of local epochs (label skew is the
+text task's axis). Its accuracy is the server's test accuracy, never compared with the text task's.
+
 Runs are in :mod:`.runs` (one DVC stage each), the table, figure and claims in :mod:`.report`.
 """
 
@@ -25,6 +30,8 @@ from fedpeft.federated.compression import CODECS
 from fedpeft.federated.lora_aggregation import ROUND_METHODS
 
 EXPERIMENT = "savings_frontier"
+#: The task name of the EuroSAT CNN's points (the text task's is a GLUE task name).
+CNN_TASK = "eurosat"
 #: A codec as the plan names it: one of CODECS, with "+ef" for error feedback (fp32 is the base point's own).
 CODEC_CHOICES = tuple(c for c in CODECS if c != "fp32") + tuple(f"{c}+ef" for c in CODECS if c != "fp32")
 SKEWABLE = ("lora", "full")
@@ -62,15 +69,38 @@ SCHEMA: dict[str, Spec] = {
     "skewed_points": Spec(list, item=str, choices=SKEWABLE, unique=True, doc="base points (LoRA, full model) run again on Dirichlet shards"),
     "qlora": Spec(bool, doc="the base point on a 4-bit NF4 base model (QLoRA): the client's memory"),
     "seeds": seeds_spec(doc="every point runs once per seed (shards, adapters' initialization, batches)"),
+    "cnn_points": Spec(bool, doc="the EuroSAT CNN's full-model points (a second task, its own full model as the yardstick)"),
+    "cnn_source": Spec(str, choices=("generated", "eurosat_zip"), doc="the CNN's images: generated, or the data root's EuroSAT zip"),
+    "cnn_images_per_class": Spec(int, low=4, high=10_000, doc="images per class for cnn_source = generated"),
+    "cnn_pool_images": Spec(int, low=0, high=10_000_000, doc="images the CNN's clients share, drawn stratified (seed 0) after "
+                            "the server's test set is held out; 0 = all"),
+    "cnn_test_images": Spec(int, low=0, high=10_000_000, doc="images of the server's test set, drawn stratified (seed 0); 0 = all "
+                            "held out (20 % of the images)"),
+    "cnn_clients": Spec(int, low=1, high=10_000),
+    "cnn_rounds": Spec(int, low=1, high=10_000, doc="rounds of FedAvg every round (DiLoCo at H: cnn_rounds / H rounds)"),
+    "cnn_local_epochs": Spec(int, low=1, high=1000, doc="local epochs per FedAvg round (DiLoCo at H: H times as many)"),
+    "cnn_batch_size": Spec(int, low=1, high=65_536),
+    "cnn_learning_rate": Spec(float, low=1e-8, high=10.0, doc="Adam's learning rate (the EuroSAT report's 1e-3)"),
+    "cnn_codecs": Spec(list, item=str, choices=CODEC_CHOICES, unique=True, doc="how the CNN's updates travel ('+ef': with error feedback)"),
+    "cnn_sync_intervals": Spec(list, item=int, unique=True, low=1, high=1000, doc="DiLoCo on the CNN every H rounds' worth of local epochs"),
     "cost_margin": Spec(float, low=0.0, high=100.0, doc="points of accuracy a technique may lose and still count as no real cost"),
     "torch_threads": threads_spec(),
 }
 
 #: Keys that decide which runs exist.
 PLAN_KEYS = frozenset({"base_aggregation", "aggregations", "full_model", "codecs", "full_model_codecs", "sync_intervals",
-                       "skewed_points", "qlora", "seeds"})
+                       "skewed_points", "qlora", "seeds", "cnn_points", "cnn_codecs", "cnn_sync_intervals"})
 #: Keys only the report reads.
 REPORT_KEYS = frozenset({"cost_margin"})
+#: Keys only one kind of run reads: the text task's points (``point``) and the EuroSAT CNN's (``cnn_point``), so that
+#: a change to one task's settings leaves the other's records valid.
+KIND_KEYS = {
+    "point": frozenset({"source", "model", "main_task", "train_examples", "eval_examples", "pretrain_examples", "max_length",
+                        "num_clients", "num_rounds", "local_epochs", "batch_size", "eval_batch_size", "learning_rate",
+                        "full_finetune_lr", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "dirichlet_alpha"}),
+    "cnn_point": frozenset({"cnn_source", "cnn_images_per_class", "cnn_pool_images", "cnn_test_images", "cnn_clients",
+                            "cnn_rounds", "cnn_local_epochs", "cnn_batch_size", "cnn_learning_rate"}),
+}
 
 
 def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
@@ -85,14 +115,22 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
     if (s["full_model_codecs"] or "full" in s["skewed_points"]) and not s["full_model"]:
         raise ValueError(f"full_model_codecs = {s['full_model_codecs']} and skewed_points = {s['skewed_points']} vary the "
                          "full model, which full_model = false does not run")
+    uneven = [h for h in s["cnn_sync_intervals"] if s["cnn_rounds"] % h]
+    if uneven:
+        raise ValueError(f"cnn_sync_intervals = {s['cnn_sync_intervals']} holds {uneven}, which do not divide cnn_rounds = "
+                         f"{s['cnn_rounds']}; every CNN point trains the same local epochs, so H must divide the rounds")
     if s["source"] == "generated" and s["main_task"] != "sst2":
         raise ValueError("source = 'generated' makes SST-2-like sentences only: set main_task: sst2")
     return s
 
 
 def data_files(s: Settings) -> list[str]:
-    """The data-root files (manifest paths) the runs read: the task's train and dev split."""
+    """The data-root files (manifest paths) the runs read: the task's train and dev split, and the EuroSAT zip when
+    the CNN's points read it."""
     folders = {"sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": "glue/STS-B"}
-    if s["source"] != "tsv" or s["main_task"] not in folders:
-        return []
-    return [f"{folders[s['main_task']]}/{split}" for split in ("train.tsv", "dev.tsv")]
+    files = []
+    if s["source"] == "tsv" and s["main_task"] in folders:
+        files += [f"{folders[s['main_task']]}/{split}" for split in ("train.tsv", "dev.tsv")]
+    if s["cnn_points"] and s["cnn_source"] == "eurosat_zip":
+        files.append("eurosat/EuroSAT_RGB.zip")  # fedpeft.data.eurosat.EUROSAT_ZIP
+    return files
