@@ -55,6 +55,7 @@ def test_the_paper_has_every_experiment_and_every_claim(tmp_path):
         assert part.count("verdict & rule") == part.count("Evidence: ") == rows["experiment"].nunique()
     found = tex[tex.index("\\section*{What the study found}"):tex.index("\\section{Question}")]
     assert "figures/frontier.pdf" in found and "What each technique saves" in found  # the study's answer opens it
+    assert "figures/frontier_cnn.pdf" in found and "saves against the EuroSAT CNN's full model" in found  # both tasks
     figures = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\}", tex)
     assert figures and all((tmp_path / f).is_file() for f in figures)
     assert tex.count("\\begin{table}[H]") >= len(registry.names())  # the tally and each headline

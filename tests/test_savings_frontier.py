@@ -21,7 +21,8 @@ def test_plan_varies_one_axis_at_a_time_over_every_seed():
     points = sorted({i.rsplit("-s", 1)[0] for i in ids})
     assert len(ids) == len(set(ids)) == 2 * len(points)  # every point on both seeds, the base point once
     cnn = [p for p in points if p.startswith("eurosat-")]
-    assert cnn == ["eurosat-full-fp32-diloco2-iid", "eurosat-full-fp32-every-iid", "eurosat-full-int8ef-every-iid"]
+    assert cnn == ["eurosat-full-fp32-diloco2-iid", "eurosat-full-fp32-every-dirichlet", "eurosat-full-fp32-every-iid",
+                   "eurosat-full-int8ef-every-iid", "eurosat-full-nf4ef-every-dirichlet", "eurosat-full-nf4ef-every-iid"]
     assert {s.kind for s in runs.run_specs(load("embedded"))} == {"point", "cnn_point"}
     points = [p for p in points if p not in cnn]
     assert points == sorted([
@@ -66,7 +67,7 @@ def test_each_task_s_points_depend_on_their_own_settings_only():
     for rid in base:
         is_cnn = rid.startswith("eurosat-")
         assert (base[rid] == cnn_changed[rid]) != is_cnn and (base[rid] == text_changed[rid]) == is_cnn, rid
-    assert data_files(load("local")) == ["glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", "eurosat/EuroSAT_RGB.zip"]
+    assert data_files(load("local", {"cnn_points": True})) == ["glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", "eurosat/EuroSAT_RGB.zip"]
     assert data_files(load("local", {"cnn_points": False})) == ["glue/SST-2/train.tsv", "glue/SST-2/dev.tsv"]
 
 
@@ -174,21 +175,46 @@ def test_error_feedback_keeps_the_residual_a_quantized_update_dropped():
 
 
 def test_a_cnn_point_sends_the_whole_model_and_its_codec_shrinks_the_uplink():
-    """One EuroSAT CNN point end to end on generated images: the full state travels (434,602 parameters and the
-    BatchNorm buffers), int8 + EF shrinks the uplink about 4x, DiLoCo at H = 2 syncs half as often."""
+    """EuroSAT CNN points end to end on generated images: the whole state travels (every parameter and BatchNorm
+    buffer, fp32 both ways, exactly the serialized state each message), NF4 + EF shrinks the uplink ~6x while the
+    BatchNorm statistics stay fp32 (no negative variance), DiLoCo at H = 2 syncs half as often with twice the epochs
+    a round, and the points of one seed start from the same CNN and shards (their round-0 scores are equal)."""
+    from fedpeft.federated.ledger import serialize_state
+    from fedpeft.models.cnn import EuroSATCNN
+
     s = load("embedded", {"cnn_images_per_class": 8, "seeds": [0]})
     specs = {x.run_id: x for x in runs.run_specs(s)}
     base = runs.execute(s, specs["eurosat-full-fp32-every-iid-s0"], progress=False)
-    int8 = runs.execute(s, specs["eurosat-full-int8ef-every-iid-s0"], progress=False)
+    nf4 = runs.execute(s, specs["eurosat-full-nf4ef-every-iid-s0"], progress=False)
     diloco = runs.execute(s, specs["eurosat-full-fp32-diloco2-iid-s0"], progress=False)
     assert base["trainable"] == base["total"] == 434_602 and base["train_examples"] == 64 and base["eval_examples"] == 16
-    assert base["up_bytes"] == base["down_bytes"] > 434_602 * 4  # parameters and BatchNorm buffers, fp32 both ways
-    assert int8["down_bytes"] == base["down_bytes"] and 3.5 < base["up_bytes"] / int8["up_bytes"] < 4.0
+    message = len(serialize_state(EuroSATCNN().state_dict()))
+    assert base["up_bytes"] == base["down_bytes"] == message * 3 * 2  # 3 clients x 2 rounds
+    assert nf4["down_bytes"] == base["down_bytes"] and 5.5 < base["up_bytes"] / nf4["up_bytes"] < 7.5
+    assert nf4["strategy"].endswith("(6 state tensors in fp32)")  # running mean and variance of the 3 BatchNorms
     assert (diloco["rounds_completed"], diloco["total_bytes"]) == (1, base["total_bytes"] // 2)
-    assert report.local_steps(base, 10_000) == 2 * -(-22 // 32)  # its own batch of 32, not the text task's
-    assert base.tables["history"]["server_score"].equals(base.tables["history"]["server_accuracy"])
+    # the image trainer takes epochs x ceil(examples / batch) steps: 2 rounds x 1 x ceil(22 / 32), 1 round x 2 x 1
+    largest = int(base.tables["shards"]["examples"].max())
+    assert report.local_steps(base, 10_000) == 2 * -(-largest // 32) and report.local_steps(diloco, 10_000) == 2 * -(-largest // 32)
+    h = {r: x.tables["history"] for r, x in (("base", base), ("nf4", nf4), ("diloco", diloco))}
+    assert h["base"]["server_score"].equals(h["base"]["server_accuracy"])
+    assert h["base"]["server_loss"].iloc[0] == h["nf4"]["server_loss"].iloc[0] == h["diloco"]["server_loss"].iloc[0]
+    assert base.tables["shards"].equals(nf4.tables["shards"])
     with pytest.raises(ValueError, match="cnn_pool_images = 1000 is not allowed: there are 64 images"):
         runs.cnn_images(load("embedded", {"cnn_images_per_class": 8, "cnn_pool_images": 1000}), progress=False)
+
+
+def test_batchnorm_statistics_sent_exactly_come_back_exactly():
+    """A variance that falls in a 4-bit block with larger values can decode below zero; keys in ``exact`` travel in
+    fp32 and come back bit for bit, the others are still quantized."""
+    from fedpeft.federated.compression import decode_state, encode_state
+
+    delta = {"w": torch.linspace(-1.0, 1.0, 128), "bn.running_var": torch.tensor([-0.65] + [0.9] * 63)}
+    like = {k: v.clone() for k, v in delta.items()}
+    back = decode_state(encode_state(delta, "nf4", frozenset({"bn.running_var"})), "nf4", like, frozenset({"bn.running_var"}))
+    assert torch.equal(back["bn.running_var"], delta["bn.running_var"]) and not torch.equal(back["w"], delta["w"])
+    lossy = decode_state(encode_state(delta, "nf4"), "nf4", like)
+    assert not torch.equal(lossy["bn.running_var"], delta["bn.running_var"])
 
 
 def _cnn_rows(cost):
@@ -211,14 +237,24 @@ def test_the_cnn_s_techniques_are_judged_against_the_cnn_s_own_full_model(cost, 
     assert "CNN full model" not in set(text["technique"]) and set(cnn["technique"]) == {
         "CNN full model", "CNN full model int8 + EF", "CNN full model int8"}
     assert cnn.set_index("technique").loc["CNN full model int8 + EF", "saved_x"] == pytest.approx(20 / 12)
-    ledger = report.build_claims(s, both, text, None, cnn)
+    skewed = _cnn_rows(cost).assign(sharding="dirichlet")
+    both = pd.concat([both, skewed], ignore_index=True)
+    cnn_skewed = report.savings(both, "dirichlet", 1.0, task="eurosat")
+    ledger = report.build_claims(s, both, text, None, cnn, cnn_skewed)
+    assert ledger.verdicts["skew:CNN full model int8 + EF"].verdict == verdict
     assert ledger.verdicts["cost:CNN full model int8 + EF"].verdict == verdict
     assert ledger.verdicts["cost:LoRA naive"].verdict == "holds"  # the text task's verdicts are its own
     assert ledger.verdicts["ef:CNN full model int8"].verdict == "holds"  # EF gains 3 points on every seed
     row = ledger.frame().set_index("key").loc["cost:CNN full model int8 + EF"]
     assert row["evidence"] == "savings_cnn" and row["claim"].startswith("CNN full model int8 + EF saves 1.67x of the CNN full model's")
-    words = report.finding(s, text, ledger, None, cnn)
+    words = report.finding(s, text, ledger, None, cnn, cnn_skewed)
     assert "On the EuroSAT CNN (3 clients, full-model updates), its full model sent in fp32 every round moves 20.0 MiB" in words
     assert "CNN full model int8 + EF saves 1.67x" in words
+    # each task's error feedback in its own part: the CNN's after the CNN is introduced
+    assert words.index("On the EuroSAT CNN") < words.index("CNN full model int8 gains")
+    assert words.index("LoRA naive int8 gains") < words.index("On the EuroSAT CNN")
+    assert "On Dirichlet label skew: CNN full model int8 + EF saves 1.67x" in words
+    setup = report.describe(s, both)
+    assert "5 techniques, 3 seeds (0, 1, 2), 15 runs; Dirichlet" in setup and setup.endswith("3 techniques, 3 seeds, 18 runs.")  # per task
     assert report.savings(_cnn_rows(cost), "iid", 1.0) is None  # no text-task full model in a CNN-only table
 

@@ -291,8 +291,9 @@ def paper_tex(profile: str, reports: Path, build: Path) -> str:
 
 
 def answer_figure(reports: Path, build: Path) -> str:
-    """The savings frontier's figure and savings table (from its report, when this profile has one), for the opening
-    section: what each technique saves against the full model and what it costs, on one task."""
+    """The savings frontier's figures and savings tables (from its report, when this profile has one), for the opening
+    section: what each technique saves against the full model and what it costs, on the text task and, when it ran,
+    on the EuroSAT CNN."""
     folder = reports / ANSWER_EXPERIMENT
     if not (folder / "frontier.pdf").is_file() or not (folder / "report.md").is_file():
         return ""
@@ -305,6 +306,14 @@ def answer_figure(reports: Path, build: Path) -> str:
     if (folder / "headline.tex").is_file():
         out += fit_table((folder / "headline.tex").read_text(), caption="What each technique saves against the full model (x) "
                          "and what it costs in accuracy (points, paired by seed)")
+    if (folder / "frontier_cnn.pdf").is_file():  # the second task: the EuroSAT CNN's full-model updates
+        shutil.copyfile(folder / "frontier_cnn.pdf", build / "figures" / "frontier_cnn.pdf")
+        out += ("\n\\begin{figure}[H]\\centering\\includegraphics[width=0.8\\linewidth]{figures/frontier_cnn.pdf}"
+                "\\caption{The same yardstick for full-model updates: the EuroSAT CNN's test accuracy against total traffic, "
+                "each technique against the CNN's own full model sent in fp32 every round.}\\end{figure}\n")
+        if (folder / "savings_cnn.tex").is_file():
+            out += fit_table((folder / "savings_cnn.tex").read_text(), caption="What each technique saves against the EuroSAT "
+                             "CNN's full model (x) and what it costs in accuracy (points, paired by seed)")
     return out
 
 

@@ -126,7 +126,11 @@ def front_page(profile: str, reports: Path) -> str:
                   f'{html.escape(registry.get(ANSWER_EXPERIMENT).title)}: accuracy against total traffic (log axis), one marker '
                   'per technique with the paired interval of its cost against the full model; the line joins the Pareto '
                   f'frontier (<a href="{ANSWER_EXPERIMENT}.html">the experiment</a>; its table is under Headlines).'
-                  '</figcaption></figure>' + figure)
+                  '</figcaption></figure>'
+                  + ('<figure id="frontier_cnn"><img src="assets/frontier_cnn.png" alt="The savings frontier of the EuroSAT CNN">'
+                     "<figcaption>The same yardstick for full-model updates: the EuroSAT CNN's test accuracy against total "
+                     "traffic, each technique against the CNN's own full model.</figcaption></figure>"
+                     if (answer / "frontier_cnn.png").is_file() else "") + figure)
     heads = []
     for e in registry.names():
         headline = reports / e / "headline.md"
@@ -344,8 +348,9 @@ def build(profile: str, out: Path | None = None, reports: Path | None = None) ->
             shutil.copyfile(ASSETS / asset, staging / "assets" / asset)
         if (reports / "verdicts.png").is_file():
             shutil.copyfile(reports / "verdicts.png", staging / "assets" / "verdicts.png")
-        if (reports / ANSWER_EXPERIMENT / "frontier.png").is_file():
-            shutil.copyfile(reports / ANSWER_EXPERIMENT / "frontier.png", staging / "assets" / "frontier.png")
+        for name in ("frontier.png", "frontier_cnn.png"):
+            if (reports / ANSWER_EXPERIMENT / name).is_file():
+                shutil.copyfile(reports / ANSWER_EXPERIMENT / name, staging / "assets" / name)
         (staging / "index.html").write_text(front_page(profile, reports))
         for e in registry.names():
             (staging / f"{e}.html").write_text(experiment_page(profile, e, reports, staging))

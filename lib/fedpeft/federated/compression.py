@@ -82,18 +82,20 @@ def decode(payload: Mapping[str, torch.Tensor], codec: str, shape: Sequence[int]
     return bnb.dequantize_4bit(data.reshape(-1, 1), state).reshape(shape)
 
 
-def encode_state(delta: Mapping[str, torch.Tensor], codec: str) -> StateDict:
-    """Every floating tensor of ``delta`` encoded (keys ``<key>::<part>``); other tensors pass as they are."""
+def encode_state(delta: Mapping[str, torch.Tensor], codec: str, exact: frozenset[str] = frozenset()) -> StateDict:
+    """Every floating tensor of ``delta`` encoded (keys ``<key>::<part>``), those named in ``exact`` in fp32; other
+    tensors pass as they are."""
     out: StateDict = {}
     for k, v in delta.items():
         if not v.is_floating_point():
             out[k] = v
             continue
-        out |= {f"{k}{_SEP}{part}": t for part, t in encode(v, codec).items()}
+        out |= {f"{k}{_SEP}{part}": t for part, t in encode(v, "fp32" if k in exact else codec).items()}
     return out
 
 
-def decode_state(payload: Mapping[str, torch.Tensor], codec: str, like: Mapping[str, torch.Tensor]) -> StateDict:
+def decode_state(payload: Mapping[str, torch.Tensor], codec: str, like: Mapping[str, torch.Tensor],
+                 exact: frozenset[str] = frozenset()) -> StateDict:
     """Inverse of :func:`encode_state`, shaped and typed as ``like``."""
     out: StateDict = {}
     for k, ref in like.items():
@@ -103,21 +105,24 @@ def decode_state(payload: Mapping[str, torch.Tensor], codec: str, like: Mapping[
         parts = {key.split(_SEP, 1)[1]: t for key, t in payload.items() if key.startswith(k + _SEP)}
         if "data" not in parts:
             raise KeyError(f"the compressed update carries no {k!r}")
-        out[k] = decode(parts, codec, ref.shape).to(ref.dtype)
+        out[k] = decode(parts, "fp32" if k in exact else codec, ref.shape).to(ref.dtype)
     return out
 
 
 class CompressedUpdates(FedAvg):
     """``inner``'s aggregation of client updates that travel compressed with ``codec`` (see the module docstring);
-    ``error_feedback``: each client adds what quantization dropped from its last update to its next."""
+    ``error_feedback``: each client adds what quantization dropped from its last update to its next; ``exact``: state
+    keys that travel in fp32 all the same (a model's BatchNorm statistics: a variance quantized in a block with
+    larger values can come back negative)."""
 
     per_client_messages = True
 
-    def __init__(self, inner: FedAvg, codec: str, error_feedback: bool = False) -> None:
+    def __init__(self, inner: FedAvg, codec: str, error_feedback: bool = False, exact: frozenset[str] = frozenset()) -> None:
         if inner.per_client_messages or inner.folds_base_weights:
             raise ValueError(f"codec = {codec!r} cannot wrap {inner.describe()}: it already sends each client its own "
                              "message or folds into the frozen weights")
         self.inner, self.codec, self.error_feedback = inner, check_codec(codec), bool(error_feedback)
+        self.exact = frozenset(exact)
         self.name = f"{inner.name}+{codec}"
         self._sent: StateDict = {}  # the global state of this round's broadcast
         self.residuals: dict[int, StateDict] = {}  # error feedback: per client, what quantization dropped
@@ -138,15 +143,17 @@ class CompressedUpdates(FedAvg):
                  for k, v in state.items()}
         if self.error_feedback and client_index in self.residuals:
             delta = {k: v + self.residuals[client_index][k] if v.is_floating_point() else v for k, v in delta.items()}
-        payload = encode_state(delta, self.codec)
+        payload = encode_state(delta, self.codec, self.exact)
         if self.error_feedback:
-            sent = decode_state(payload, self.codec, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in delta.items()})
+            sent = decode_state(payload, self.codec, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in delta.items()},
+                                self.exact)
             self.residuals[client_index] = {k: delta[k] - sent[k] for k in delta if delta[k].is_floating_point()}
         return payload
 
     def from_uplink(self, state: Mapping[str, torch.Tensor], client_index: int) -> StateDict:
         """The client's state as the server reads it: the broadcast plus the decoded delta."""
-        delta = decode_state(state, self.codec, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in self._sent.items()})
+        delta = decode_state(state, self.codec, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in self._sent.items()},
+                             self.exact)
         return {k: (self._sent[k].to(torch.float32) + delta[k]).to(self._sent[k].dtype) if self._sent[k].is_floating_point()
                 else delta[k] for k in self._sent}
 
@@ -161,4 +168,5 @@ class CompressedUpdates(FedAvg):
         self.residuals = {int(i): dict(r) for i, r in state.get("residuals", {}).items()}
 
     def describe(self) -> str:
-        return f"{self.inner.describe()} with {self.codec} updates{' and error feedback' if self.error_feedback else ''}"
+        exact = f" ({len(self.exact)} state tensors in fp32)" if self.exact else ""
+        return f"{self.inner.describe()} with {self.codec} updates{' and error feedback' if self.error_feedback else ''}{exact}"

@@ -60,6 +60,15 @@ FINDINGS: tuple[FindingSpec, ...] = (
                          "(against full-model FedAvg, paired by seed).",
         "inconclusive": "**Whether synchronizing LoRA half as often (DiLoCo, the same local epochs) costs accuracy is "
                         "undecided**: {study} (against full-model FedAvg, paired by seed)."}),
+    FindingSpec("eurosat_fedavg_ptq", "ptq_below_qat", {
+        "holds": "**Post-training INT8 is slightly less accurate than quantization-aware training, as the EuroSAT seed "
+                 "expects**: {study} (PTQ - QAT, paired by seed).",
+        "does not hold/above": "**Quantization-aware training does not beat post-training INT8 on the EuroSAT CNN, "
+                               "against its seed's expectation**: {study} (PTQ - QAT, paired by seed).",
+        "does not hold/below": "**Quantization-aware training beats post-training INT8 on the EuroSAT CNN by more than "
+                               "its seed's 'slightly'**: {study} (PTQ - QAT, paired by seed).",
+        "inconclusive": "**Whether post-training INT8 is slightly less accurate than quantization-aware training on the "
+                        "EuroSAT CNN is undecided**: {study} (PTQ - QAT, paired by seed)."}),
     FindingSpec("lora_vs_qlora", "gpu_memory_768", {
         "holds": "**QLoRA saves Gemma-2-2B the GPU memory its seed reported** ({seed}): {study}.",
         "does not hold/below": "**QLoRA's 4-bit weights save Gemma-2-2B more GPU memory than its seed reported** "

