@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (experiment, run id, checkpoint writes before the kill, what the writes' paths contain): the kill lands mid-run.
 KILLS = [
     ("eurosat_fedavg_ptq", "iid-s0-r3", 1, "checkpoints"),                           # round 1 of 3
+    ("eurosat_fedavg_ptq", "iid-s0-r3-qat1", 3, "checkpoints"),                      # QAT arm: rounds 1-2, then the continuation written
     ("code_lm_fedprox", "lora-iid-mu0.1-n24-s0-r3", 2, "checkpoints"),               # round 2 of 3
     ("glue_lora_aggregation", "sst2-svd-iid-r8-s42", 1, "checkpoints"),              # run: round 1 of 3
     ("glue_lora_aggregation", "sst2-error-study-s42", 2, "checkpoints"),             # error_study: case 2 of 4
@@ -34,6 +35,7 @@ KILLS = [
     ("lora_vs_qlora", "lm-qlora-s0", 3, "checkpoints"),                              # lm: step 3 of 6
     ("lora_vs_qlora", "unet-lora-s0", 3, "checkpoints"),                             # unet: step 3 of 6
     ("savings_frontier", "sst2-lora-naive-int8ef-every-iid-s42", 1, "checkpoints"),  # point: round 1 of 2, error feedback kept
+    ("savings_frontier", "eurosat-full-nf4ef-every-iid-s42", 1, "checkpoints"),      # cnn_point: round 1 of 2, residuals kept
 ]
 # Differ by design: how far the interrupted attempt had come.
 RESUME_FIELDS = ("resumed_from_round",)

@@ -17,7 +17,8 @@ quantization scales included (the ledger serializes it):
           values), QLoRA's data type.
 
 Pure functions :func:`encode` / :func:`decode` for one tensor; the strategy keeps the per-client residuals in its
-state, so an interrupted run resumes with them.
+state, so an interrupted run resumes with them. State keys named in ``exact`` (a model's BatchNorm statistics, which
+are not gradients) travel in fp32 under every codec.
 """
 
 from __future__ import annotations

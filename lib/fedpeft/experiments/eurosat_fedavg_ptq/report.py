@@ -46,6 +46,9 @@ LIMITATIONS = """\
 - FP16 and INT8 are evaluated on the CPU. FP16 timing on a CPU means little; accuracy and size are what count here.
 - `int8_static` is evaluated with the reference pt2e graph (quantize/dequantize around float kernels), which
   reproduces int8 numerics. Its speed is not measured.
+- The QAT arm trains only its last `qat_rounds` rounds with fake quantization (the first are the FP32 run's own),
+  in fp32 and in-process; its clients' activation ranges are averaged by FedAvg with the weights, and their observer
+  buffers travel in its messages (a few KiB more than the FP32 run's).
 - In the `embedded` profile the images are generated, so the report's accuracy claims are not tested there."""
 
 #: The seed's reported figures (``003_4ffed47dd2e2f732.txt``), quoted, not measured.
@@ -397,7 +400,7 @@ def build_claims(s: Settings, summary: pd.DataFrame, by_seed: pd.DataFrame, comm
         why = (no_real if not real else "qat_rounds = 0 in this profile: no QAT arm ran" if not p["qat_rounds"]
                else "no QAT run has finished in this profile yet")
         ledger.add("PTQ is slightly less accurate than quantization-aware training", "slightly lower",
-                   not_testable(why, needs="profile"), "ptq_seeds")
+                   not_testable(why, needs="profile"), "ptq_seeds", key="ptq_below_qat")
 
     # --- the study's own checks ---
     ledger.check("The FedAvg model learns: test accuracy above chance (always the most frequent class)",
@@ -521,8 +524,10 @@ def finding(s: Settings, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFram
     if comparisons := partitions_and_rounds(s, summary, claims):
         text += " " + comparisons
     if qat is not None and qat.attrs.get("unfinished"):
-        text += (f" **QAT run{'s' if len(qat.attrs['unfinished']) != 1 else ''} {', '.join(qat.attrs['unfinished'])} stopped at the "
-                 "time limit before the last round** and are left out of the comparison; running their stages again continues them.")
+        many = len(qat.attrs["unfinished"]) != 1
+        text += (f" **QAT run{'s' if many else ''} {', '.join(qat.attrs['unfinished'])} stopped at the time limit before the last "
+                 f"round** and {'are' if many else 'is'} left out of the comparison; running {'their stages' if many else 'its stage'} "
+                 f"again continues {'them' if many else 'it'}.")
     if (acc["rounds_completed"] < acc["rounds"]).any():
         text += (f" **Some runs stopped at the time limit ({p['time_limit_s']} s) before their last round**, so these numbers "
                  "are not final; their checkpoints are kept, and running their stages again continues them.")
@@ -559,9 +564,13 @@ def qat_sentence(qat: pd.DataFrame, verdict) -> str:
                 f"{{measured}}, an interval that crosses the edge of {band} below ({means}).", "")
 
 
-def metrics(summary: pd.DataFrame, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, s: Settings) -> dict[str, float]:
-    """Flat numbers for ``dvc metrics``."""
+def metrics(summary: pd.DataFrame, acc: pd.DataFrame, ptq: pd.DataFrame, comm: pd.DataFrame, s: Settings,
+            qat: pd.DataFrame | None = None) -> dict[str, float]:
+    """Flat numbers for ``dvc metrics`` (with the QAT arm's int8 accuracy, mean over seeds, and size when it ran)."""
     out: dict[str, float] = {}
+    if qat is not None and not qat.empty:
+        out["qat_int8_accuracy_pct"] = round(float(qat["qat_int8_pct"].mean()), 4)
+        out["qat_int8_size_bytes"] = int(qat["qat_size_bytes"].iloc[0])
     for _, r in acc.iterrows():
         key = f"{r['partition']}_r{int(r['rounds'])}"
         out[f"{key}_accuracy_mean_pct"] = round(float(r["accuracy_mean"]), 4)

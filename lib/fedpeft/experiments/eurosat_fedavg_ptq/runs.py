@@ -5,7 +5,8 @@ if it was killed) and records its per-round history, its communication ledger, i
 accuracy of the server's test set and the bytes of a training checkpoint (model + Adam state). Every main run (each
 seed of the main partition at the main number of rounds) also quantizes its final model with every ``ptq_methods``
 entry and records accuracy and saved bytes, so that each quantization claim is judged over every seed and the report
-never needs a trained model.
+never needs a trained model. The quantization-aware arm (``qat_rounds``) repeats each main seed's run with its last
+rounds on the int8 fake-quantized model and records its converted int8 model's accuracy and size (``qat`` table).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def run_specs(s: Settings) -> list[RunSpec]:
     if p["qat_rounds"] > p["num_rounds"]:
         raise ValueError(f"eurosat_fedavg_ptq: qat_rounds = {p['qat_rounds']} is not allowed with num_rounds = {p['num_rounds']}; "
                          "it must be between 0 (no QAT arm) and num_rounds (QAT from the start)")
+    if p["qat_rounds"] and p["engine"] != "inprocess":
+        raise ValueError(f"eurosat_fedavg_ptq: qat_rounds = {p['qat_rounds']} is not allowed with engine = {p['engine']!r}: the QAT "
+                         "arm continues its float rounds' checkpoint, which only the in-process round loop writes; use engine "
+                         "'inprocess' or qat_rounds = 0")
     if p["qat_rounds"]:
         specs += [RunSpec(f"{p['partition']}-s{seed}-r{p['num_rounds']}-qat{p['qat_rounds']}",
                           {"partition": p["partition"], "seed": seed, "rounds": p["num_rounds"], "ptq": False,

@@ -3,7 +3,8 @@ the study's checks and the conclusion, from the runs' records.
 
 Notebook: ``notebooks/06_savings_frontier.ipynb``. Nothing here trains: the runs are
 :mod:`fedpeft.experiments.savings_frontier.runs`, one DVC stage each. Bytes are the ledger's (serialized messages,
-both directions, every client and round); MiB = 2**20 bytes; scores are in points (percent of the validation set).
+both directions, every client and round); MiB = 2**20 bytes; scores are in points (percent of the text task's
+validation set, of the CNN's test set).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 A point is what is sent (``model``: ``lora``, ``qlora`` or ``full``, and for adapters the ``aggregation``), how
 (``codec``, ``error_feedback``), how often (``sync_interval``: 0 for FedAvg every round, H for DiLoCo every H rounds'
-worth of local epochs) and on which shards (``sharding``: ``iid`` or ``dirichlet``). Every point starts from the
-same base model and trains each client for ``num_rounds * local_epochs`` epochs in all; the record holds the
+worth of local epochs) and on which shards (``sharding``: ``iid`` or ``dirichlet``). Every point of the text task starts from the
+same base model and trains each client for ``num_rounds * local_epochs`` epochs in all (the EuroSAT CNN's points:
+``cnn_rounds * cnn_local_epochs``, from the seed's CNN); the record holds the
 per-round history, the ledger's bytes per round (both directions, serialized messages with their headers and
 quantization scales) and the client's model-state memory (:func:`client_state_bytes`).
 """

@@ -100,7 +100,7 @@ REPORT_KEYS = frozenset({"cost_margin"})
 KIND_KEYS = {
     "point": frozenset({"source", "model", "main_task", "train_examples", "eval_examples", "pretrain_examples", "max_length",
                         "num_clients", "num_rounds", "local_epochs", "batch_size", "eval_batch_size", "learning_rate",
-                        "full_finetune_lr", "lora_rank", "lora_alpha", "lora_dropout", "target_modules"}),
+                        "full_finetune_lr", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "model_seed"}),
     "cnn_point": frozenset({"cnn_source", "cnn_images_per_class", "cnn_pool_images", "cnn_test_images", "cnn_clients",
                             "cnn_rounds", "cnn_local_epochs", "cnn_batch_size", "cnn_learning_rate"}),
 }
@@ -128,12 +128,12 @@ def load(profile: str, overrides: dict[str, Any] | None = None) -> Settings:
 
 
 def data_files(s: Settings) -> list[str]:
-    """The data-root files (manifest paths) the runs read: the task's train and dev split, and the EuroSAT zip when
-    the CNN's points read it."""
+    """The data-root files (manifest paths) the runs read: the text task's train and dev split, and the EuroSAT zip
+    when the CNN's points read it (``cnn_source``), whether or not they are planned yet."""
     folders = {"sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": "glue/STS-B"}
     files = []
     if s["source"] == "tsv" and s["main_task"] in folders:
         files += [f"{folders[s['main_task']]}/{split}" for split in ("train.tsv", "dev.tsv")]
-    if s["cnn_points"] and s["cnn_source"] == "eurosat_zip":
+    if s["cnn_source"] == "eurosat_zip":  # also while cnn_points is off: turning it on leaves the lock (and the text points) as they are
         files.append("eurosat/EuroSAT_RGB.zip")  # fedpeft.data.eurosat.EUROSAT_ZIP
     return files
