@@ -22,7 +22,7 @@ from fedpeft.experiments.eurosat_fedavg_ptq import settings as eurosat
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"generated_images_per_class": 6, "num_rounds": 1, "seeds": [0], "compare_partitions": [], "local_epochs": 1,
-        "ptq_methods": ["fp32"], "calibration_images": 8}
+        "ptq_methods": ["fp32"], "calibration_images": 8, "qat_rounds": 0}
 
 
 @pytest.fixture(autouse=True)
