@@ -72,6 +72,10 @@ def test_within_flips_every_way(values, verdict):
     assert c.within(values, 85.2, 1.0, what="accuracy (%)").verdict == verdict
 
 
+def test_within_prints_the_tolerance_unsigned_under_a_signed_format():
+    assert "within -0.50 ± 0.50 points" in c.within([-0.4, -0.6, -0.5], -0.5, 0.5, "PTQ - QAT", "{:+.2f}", " points").rule
+
+
 def test_exact_fact_and_not_testable():
     assert c.exact(434_602, 434_602, "parameters").verdict == "holds"
     assert c.exact(434_601, 434_602, "parameters").verdict == "does not hold"

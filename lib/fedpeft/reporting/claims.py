@@ -323,7 +323,8 @@ def within(values: Sequence[float], target: float, tolerance: float, what: str =
     outside; inconclusive when it straddles an edge or there is one value."""
     m = mean_interval(values)
     lo, hi = target - tolerance, target + tolerance
-    rule = f"{what} within {fmt.format(target)} ± {fmt.format(tolerance)}{unit} ({100 * m.level:.0f} % t interval; {_n(m, n_counts)})"
+    rule = (f"{what} within {fmt.format(target)} ± {fmt.format(tolerance).lstrip('+')}{unit} ({100 * m.level:.0f} % t interval; "
+            f"{_n(m, n_counts)})")  # a signed format ("{:+.2f}") shows the target's sign, not the tolerance's
     if not m.defined:
         return replace(Verdict("inconclusive", m.text(fmt, unit), rule, m), target=target)
     if lo <= m.low and m.high <= hi:
