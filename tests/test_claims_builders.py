@@ -312,6 +312,53 @@ def test_glue_mixed_ranks_judge_svd_against_zero_padding_paired_by_seed(svd, ver
     assert row["verdict"] == "not testable here" and row["needs"] == "new arm"
 
 
+CHANCE = 444 / 872  # the majority class of SST-2's 872 validation examples
+
+
+def _category_inputs(naive_loss: list[float], svd_score: float = CHANCE):
+    """Category runs of svd and naive over five seeds (svd's loss 2.0 + 0.1 x seed index), scores at ``svd_score``
+    and chance."""
+    g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
+    s = g.load("local", {"shardings": ["iid", "category"], "repeat_shardings": ["category"], "extra_tasks": [],
+                         "compress_client_rank": 0})
+    scores = scores[scores["sharding"] == "iid"].assign(loss=0.45)
+    base = scores.iloc[0].to_dict()
+    cat = [{**base, "sharding": "category", "method": m, "seed": seed, "score": svd_score if m == "svd" else CHANCE, "loss": loss,
+            "chance_score": CHANCE}
+           for m, losses in (("svd", [2.0 + 0.1 * i for i in range(5)]), ("naive", naive_loss))
+           for seed, loss in zip((42, 43, 44, 45, 46), losses, strict=True)]
+    return g, s, pd.concat([scores, pd.DataFrame(cat)], ignore_index=True), errors, baselines, merge
+
+
+@pytest.mark.parametrize("naive_loss, verdict, sentence", [
+    ([2.5, 2.7, 2.6, 2.9, 2.8], "holds", "naive's global model ends higher than svd's"),
+    ([1.5, 1.4, 1.6, 1.7, 1.5], "does not hold", "naive's global model ends lower than svd's"),
+    ([2.5, 1.9, 1.8, 2.6, 2.2], "inconclusive", "svd and naive cannot be told apart"),
+])
+def test_glue_category_shards_at_chance_are_judged_on_the_validation_loss(naive_loss, verdict, sentence):
+    g, s, scores, errors, baselines, merge = _category_inputs(naive_loss)
+    ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033)
+    row = ledger.frame().set_index("claim").loc["Naive averaging is less stable with heterogeneous clients (category shards)"]
+    assert row["verdict"] == verdict and row["kind"] == "seed claim"
+    assert "naive - svd final validation loss on category shards" in row["rule"] and "n = 5 seeds, paired" in row["rule"]
+    assert "nats" in row["study"] and "judged on the final validation loss" in row["note"]
+    text = g.finding(s, scores, g.seed_table(scores, "sst2", s["lora_rank"]), errors, merge, baselines, 60.0, 0.0033, ledger)
+    assert "With one label per client (category shards, 5 seeds; chance 50.92 %) svd reaches 50.92 ± 0.00 % and naive" in text
+    assert "Neither beats chance over the seeds, so judged on the validation loss" in text and sentence in text
+
+
+def test_glue_category_shards_that_learn_are_judged_on_the_score_and_one_run_at_chance_is_not_testable():
+    g, s, scores, errors, baselines, merge = _category_inputs([2.5, 2.7, 2.6, 2.9, 2.8], svd_score=698 / 872)
+    ledger = g.build_claims(s, scores, errors, baselines, merge, 0.0033)
+    assert ledger.verdicts["naive_unstable_category"].verdict == "holds"  # svd at 80.05 %, naive at chance: judged on the score
+    assert "naive_unstable_category_loss" not in ledger.verdicts
+    g, s, scores, errors, baselines, merge = _category_inputs([2.5, 2.7, 2.6, 2.9, 2.8])
+    one = scores[(scores["sharding"] != "category") | (scores["seed"] == 42)]  # one run a side, both at chance
+    row = g.build_claims(s, one, errors, baselines, merge, 0.0033).frame().set_index("claim").loc[
+        "Naive averaging is less stable with heterogeneous clients (category shards)"]
+    assert row["verdict"] == "not testable here" and row["needs"] == "signal"
+
+
 def test_glue_counts_the_seeds_model_and_judges_one_accuracy_on_its_examples():
     g, s, scores, errors, baselines, merge = _glue_inputs([0.80, 0.81, 0.79], [0.80, 0.80, 0.81], [0.1] * 6)
     frame = g.build_claims(s, scores, errors, baselines, merge, 0.0033).frame().set_index("claim")
