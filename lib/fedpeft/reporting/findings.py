@@ -60,6 +60,13 @@ FINDINGS: tuple[FindingSpec, ...] = (
                          "(against full-model FedAvg, paired by seed).",
         "inconclusive": "**Whether synchronizing LoRA half as often (DiLoCo, the same local epochs) costs accuracy is "
                         "undecided**: {study} (against full-model FedAvg, paired by seed)."}),
+    FindingSpec("savings_frontier", "cost:CNN full model nf4 + EF", {
+        "holds": "**On the EuroSAT CNN, 4-bit NF4 updates of the full model with error feedback save traffic at no real "
+                 "cost in accuracy**: {study} (against the CNN's full-precision updates every round, paired by seed).",
+        "does not hold": "**On the EuroSAT CNN, 4-bit NF4 updates of the full model with error feedback cost accuracy**: "
+                         "{study} (against the CNN's full-precision updates every round, paired by seed).",
+        "inconclusive": "**Whether 4-bit NF4 updates of the full model with error feedback cost the EuroSAT CNN accuracy "
+                        "is undecided**: {study} (against the CNN's full-precision updates every round, paired by seed)."}),
     FindingSpec("eurosat_fedavg_ptq", "ptq_below_qat", {
         "holds": "**Post-training INT8 is slightly less accurate than quantization-aware training, as the EuroSAT seed "
                  "expects**: {study} (PTQ - QAT, paired by seed).",
